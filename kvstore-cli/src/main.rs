@@ -1,0 +1,2 @@
+//! SKELETON: `kvstore-cli` is being written.
+fn main() {}

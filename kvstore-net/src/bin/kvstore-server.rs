@@ -1,0 +1,2 @@
+//! SKELETON: `kvstore-server` is being written.
+fn main() {}
