@@ -97,15 +97,18 @@ fn run(ops: Vec<Op>, cache: bool) -> Result<(), TestCaseError> {
             }
             Op::Add(k, v) => {
                 let out = store.add(key(k), &v, ItemMeta::default()).unwrap();
-                if model.contains_key(&key(k)) {
-                    prop_assert_eq!(out, StoreOutcome::NotStored);
-                } else {
-                    prop_assert!(
-                        matches!(out, StoreOutcome::Stored { .. }),
-                        "expected stored, got {:?}",
-                        out
-                    );
-                    model.insert(key(k), v);
+                match model.entry(key(k)) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        prop_assert_eq!(out, StoreOutcome::NotStored);
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        prop_assert!(
+                            matches!(out, StoreOutcome::Stored { .. }),
+                            "expected stored, got {:?}",
+                            out
+                        );
+                        slot.insert(v);
+                    }
                 }
             }
             Op::Cas(k, v, current) => {
