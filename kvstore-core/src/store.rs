@@ -196,6 +196,12 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether an item with this expiry is expired now (reads the clock only
+/// for items that can expire).
+fn expired(expiry: Expiry) -> bool {
+    expiry != Expiry::Never && expiry.is_expired_at(unix_now())
+}
+
 fn validate_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
@@ -1099,7 +1105,7 @@ impl Inner {
         validate_key(key)?;
         let hash = (self.hasher)(key);
         if let Some(it) = self.cache.get(hash, key) {
-            if !it.expiry.is_expired_at(unix_now()) {
+            if !expired(it.expiry) {
                 return Ok(Some(it));
             }
             self.remove_if_expired(key)?;
@@ -1112,7 +1118,7 @@ impl Inner {
             return Ok(None);
         };
         if let FileRead::Found(item) = self.read_file(&gen, hash, idx, key)? {
-            if item.expiry.is_expired_at(unix_now()) {
+            if expired(item.expiry) {
                 drop(gen);
                 self.remove_if_expired(key)?;
                 return Ok(None);
@@ -1176,9 +1182,8 @@ impl Inner {
                 item: None,
             });
         };
-        let now = unix_now();
         if let Some(it) = self.cache.get(hash, key) {
-            let item = (!it.expiry.is_expired_at(now)).then_some(it);
+            let item = (!expired(it.expiry)).then_some(it);
             return Ok(Current {
                 idx: Some(idx),
                 item,
@@ -1186,7 +1191,7 @@ impl Inner {
         }
         match self.read_file(gen, hash, idx, key)? {
             FileRead::Found(item) => {
-                let item = (!item.expiry.is_expired_at(now)).then(|| Arc::new(item));
+                let item = (!expired(item.expiry)).then(|| Arc::new(item));
                 Ok(Current {
                     idx: Some(idx),
                     item,
@@ -1709,7 +1714,7 @@ impl Inner {
         let Ok(h) = record::decode_header(&buf) else {
             return;
         };
-        if !h.expiry.is_expired_at(unix_now()) {
+        if !expired(h.expiry) {
             return;
         }
         let Some(key) = buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len) else {
