@@ -381,6 +381,8 @@ struct Inner {
     group: GroupSync,
     exchange_supported: AtomicBool,
     stop: Stop,
+    /// Set when the background sweep after open has finished.
+    sweep_done: AtomicBool,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
     doomed_cv: Condvar,
@@ -498,6 +500,7 @@ impl Store {
             group: GroupSync::default(),
             exchange_supported: AtomicBool::new(true),
             stop: Stop::default(),
+            sweep_done: AtomicBool::new(false),
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
             _lock: dir_lock,
@@ -510,7 +513,10 @@ impl Store {
         }
         {
             let inner = inner.clone();
-            threads.push(spawn("kvstore-sweeper", move || inner.sweep())?);
+            threads.push(spawn("kvstore-sweeper", move || {
+                inner.sweep();
+                inner.sweep_done.store(true, Ordering::SeqCst);
+            })?);
         }
         if let Durability::Periodic(every) = options.durability {
             let inner = inner.clone();
@@ -899,6 +905,13 @@ impl Store {
         self.inner.group_sync()
     }
 
+    /// Testing hook: whether the background pass after open (recycling
+    /// leftover files, removing expired items) has finished.
+    #[doc(hidden)]
+    pub fn background_sweep_done(&self) -> bool {
+        self.inner.sweep_done.load(Ordering::SeqCst)
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -935,6 +948,20 @@ impl Store {
     /// As [`Store::repair`].
     pub fn repair_with(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
         crate::store::offline::repair(dir.as_ref(), &options)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.durability)
+            .field(
+                "keys",
+                &self.inner.current_gen().count.load(Ordering::Relaxed),
+            )
+            .field("read_only", &self.inner.read_only.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -1080,7 +1107,9 @@ impl Inner {
             layout::current_contents(n).as_bytes(),
             sync_meta,
         ) {
-            lock(&self.doomed).push(gen_dir);
+            // Whether CURRENT was switched is unknown now (the rename or
+            // its flush failed): refuse writes until a reopen decides.
+            self.set_read_only(format!("switching generation failed: {e}"));
             return Err(e);
         }
         let old = std::mem::replace(&mut *gen, Arc::new(new_gen));
@@ -1672,6 +1701,15 @@ impl Inner {
     fn sweep(&self) {
         let gen = self.current_gen();
         let expiring = gen.expiring_marked.load(Ordering::Relaxed);
+        // (hash, index) of every mapped key, to spot value files no entry
+        // points to (left by a write interrupted between its rename and its
+        // map record) without reading every file.
+        let mut mapped: Vec<(u64, u16)> = gen
+            .map_snapshot()
+            .into_iter()
+            .map(|(k, idx)| ((self.hasher)(&k), idx))
+            .collect();
+        mapped.sort_unstable();
         for sub in 0..SUBDIRS {
             if self.stop.stopped() || !Arc::ptr_eq(&gen, &self.current_gen()) {
                 return;
@@ -1698,12 +1736,39 @@ impl Inner {
                         drop(pool);
                         let _ = self.fs.remove_file(&dir.join(name));
                     }
-                } else if expiring {
-                    if let Some((hash, _)) = layout::parse_value_name(name) {
+                } else if let Some((hash, idx)) = layout::parse_value_name(name) {
+                    if mapped.binary_search(&(hash, idx)).is_err() {
+                        self.sweep_stray(&gen, &dir.join(name), hash, idx);
+                    } else if expiring {
                         self.sweep_expired(&dir.join(name), hash);
                     }
                 }
             }
+        }
+    }
+
+    /// Recycles a value file that no map entry points to, after checking
+    /// again under the stripe lock (a write may have mapped it since).
+    fn sweep_stray(&self, gen: &Generation, path: &Path, hash: u64, idx: u16) {
+        let current = self.gen_read();
+        if !std::ptr::eq(&**current, gen) {
+            return;
+        }
+        let _g = lock(&self.stripe(hash).lock);
+        let buf = match self.fs.read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let owner = record::decode_header(&buf)
+            .ok()
+            .and_then(|h| buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len));
+        if let Some(key) = owner {
+            if (self.hasher)(key) == hash && gen.lookup(hash, key) == Some(idx) {
+                return;
+            }
+        }
+        if let Err(e) = self.retire_file(gen, hash, path) {
+            log::warn!("cannot recycle stray value file {}: {e}", path.display());
         }
     }
 
