@@ -1741,11 +1741,11 @@ impl Inner {
         // (hash, index) of every mapped key, to spot value files no entry
         // points to (left by a write interrupted between its rename and its
         // map record) without reading every file.
-        let mut mapped: Vec<(u64, u16)> = gen
-            .map_snapshot()
-            .into_iter()
-            .map(|(k, idx)| ((self.hasher)(&k), idx))
-            .collect();
+        let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.count.load(Ordering::Relaxed));
+        for shard in gen.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            mapped.extend(shard.iter().map(|(k, &idx)| ((self.hasher)(k), idx)));
+        }
         mapped.sort_unstable();
         for sub in 0..SUBDIRS {
             if self.stop.stopped() || !Arc::ptr_eq(&gen, &self.current_gen()) {
