@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod error;
+pub mod protocol;
 pub mod server;
 
 pub use client::Client;
