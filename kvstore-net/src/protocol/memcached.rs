@@ -442,6 +442,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
                     request: Request::Verbosity { noreply },
                     consumed: n,
                 },
+                // memcached's `ERROR` for a bad level is silenced by
+                // `noreply`, and clients (memcapable) rely on that.
+                [] | [_] if noreply => Parsed::Request {
+                    request: Request::Verbosity { noreply },
+                    consumed: n,
+                },
                 _ => reject(ERROR, n),
             }
         }
@@ -865,6 +871,12 @@ mod tests {
             req(b"verbosity 0 noreply\r\n").0,
             Request::Verbosity { noreply: true }
         );
+        // memcached sends nothing here (its ERROR is silenced by noreply),
+        // and memcapable relies on it.
+        assert_eq!(
+            req(b"verbosity noreply\r\n").0,
+            Request::Verbosity { noreply: true }
+        );
     }
 
     #[test]
@@ -875,7 +887,6 @@ mod tests {
             b"version foo bar\r\n",
             b"version noreply\r\n",
             b"verbosity foo bar my\r\n",
-            b"verbosity noreply\r\n",
             b"verbosity\r\n",
             b"delete\r\n",
             b"delete a b c d e\r\n",
