@@ -4,9 +4,14 @@
 #![warn(missing_docs)]
 
 pub mod client;
+mod connection;
 pub mod error;
+mod handler;
+pub mod mcclient;
+pub mod protocol;
 pub mod server;
 
 pub use client::Client;
 pub use error::{Error, Result};
-pub use server::{Server, ServerConfig, ServerHandle};
+pub use mcclient::{McCasOutcome, McClient, McItem};
+pub use server::{Server, ServerConfig, ServerHandle, ShutdownTrigger};
