@@ -6,8 +6,9 @@
 //! overwrite can never look like a wrong read. A wrong read is a failure,
 //! never a latency data point.
 //!
-//! The clients connect first (at most [`MAX_CONNECTING`] at a time, with
-//! retries, so a listen backlog never overflows), wait until all are
+//! The clients connect first (at most [`MAX_CONNECTING`] at a time, each
+//! waiting for one reply before the next may connect, so the server's
+//! accept queue never overflows; with retries), wait until all are
 //! connected, and then start together.
 
 use std::fmt;
@@ -601,7 +602,9 @@ impl ClientJob {
         };
         let connected = {
             let _slot = shared.connecting.acquire();
-            self.endpoint.connect_with_retries(CONNECT_ATTEMPTS)
+            self.endpoint
+                .connect_with_retries(CONNECT_ATTEMPTS)
+                .and_then(|client| self.check_served(client))
         };
         ready.signal();
         shared.start.wait_open();
@@ -620,6 +623,22 @@ impl ClientJob {
             }
         }
         outcome
+    }
+
+    /// Waits for one reply (a `get` of this client's bare prefix, a key
+    /// that only this client may use) before giving up the connect slot.
+    ///
+    /// `connect` returns when the kernel has completed the handshake, not
+    /// when the server has accepted the connection: without this wait,
+    /// fast connects pile up in the server's accept queue, which overflows
+    /// (Linux then drops SYNs and the client waits a 1 s retransmit).
+    /// Holding the slot until the server answers bounds the queue by
+    /// [`MAX_CONNECTING`].
+    fn check_served(&self, mut client: Client) -> Result<Client> {
+        client
+            .get(key_prefix(self.id, self.width))
+            .map_err(|e| self.endpoint.error(e))?;
+        Ok(client)
     }
 
     /// Runs the rounds; the first wrong read or error ends the client.
