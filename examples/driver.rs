@@ -106,7 +106,7 @@ fn serve(server: &ServerHandle, clients: usize, no_shell: bool) -> Result<bool> 
             "the server has no seed-dialect listener".into(),
         ));
     };
-    let endpoint = Endpoint::from_socket_addr(seed_addr);
+    let endpoint = Endpoint::from_socket_addr(seed_addr).with_timeout(stress::DEFAULT_TIMEOUT);
     print!("server listening on {seed_addr} (seed dialect)");
     if let Some(mc) = server.memcached_addr() {
         print!(" and {mc} (memcached dialect)");

@@ -23,9 +23,10 @@ struct Cli {
     /// Server port (seed dialect).
     #[arg(long, global = true, env = "SERVER_PORT", default_value_t = 7878)]
     port: u16,
-    /// Seconds to wait for the connection and for every reply.
-    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
-    timeout: Duration,
+    /// Seconds to wait for the connection and for every reply [default:
+    /// 10; stress: 60, as thousands of clients queue behind each other].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,7 +123,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let endpoint = Endpoint::new(cli.host, cli.port).with_timeout(cli.timeout);
+    let timeout = cli.timeout.unwrap_or(match cli.command {
+        Command::Stress { .. } => stress::DEFAULT_TIMEOUT,
+        _ => kvstore_cli::endpoint::DEFAULT_TIMEOUT,
+    });
+    let endpoint = Endpoint::new(cli.host, cli.port).with_timeout(timeout);
     let stdout = io::stdout();
     let mut out = stdout.lock();
     match cli.command {

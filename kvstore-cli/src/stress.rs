@@ -26,6 +26,9 @@ use rand::{Rng, SeedableRng};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 
+/// Default timeout of a stress client's connect and requests: with
+/// thousands of clients, a request waits behind thousands of others.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most connects in flight at once.
 pub const MAX_CONNECTING: usize = 64;
 /// Connect attempts per client before it counts as failed.
@@ -65,7 +68,8 @@ pub struct StressConfig {
 impl StressConfig {
     /// `clients` clients against `endpoint` with the defaults of the
     /// `stress` command: keys up to 30 bytes, values up to 1000, one round,
-    /// a clock seed, and a progress bar when stderr is a terminal.
+    /// a clock seed, and a progress bar when stderr is a terminal. The
+    /// endpoint's timeout is used as it is (see [`DEFAULT_TIMEOUT`]).
     pub fn new(endpoint: Endpoint, clients: usize) -> StressConfig {
         StressConfig {
             endpoint,
@@ -377,7 +381,7 @@ fn progress_bar(wanted: bool, clients: u64) -> Option<ProgressBar> {
     }
     let bar = ProgressBar::with_draw_target(Some(clients), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
-        "{spinner} {msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+        "{spinner} {msg:10} [{elapsed_precise}] {wide_bar} {pos}/{len}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
