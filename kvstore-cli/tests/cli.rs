@@ -367,6 +367,28 @@ fn stress_with_1000_clients_verifies_every_read() {
     }
 }
 
+/// 10,000 clients, each its own connection, all connected at once: too
+/// heavy for every `cargo test` on a 2-core machine (about 10 s, 20,000
+/// sockets and threads). Run it with
+/// `cargo test -p kvstore-cli --release --test cli -- --ignored`.
+#[test]
+#[ignore]
+fn stress_with_10000_clients_verifies_every_read() {
+    // The server side of 10,000 sockets lives in this process.
+    kvstore_cli::stress::raise_fd_limit();
+    let s = TestServer::start_with(ServerConfig {
+        max_connections: 20_000,
+        ..ServerConfig::default()
+    });
+    let out = text(&ok(s.cli(&["stress", "--clients", "10000"]), b""));
+    assert_eq!(
+        out.lines().last(),
+        Some("clients=10000 ok=10000 failed=0"),
+        "{out}"
+    );
+    assert_eq!(s.store.len(), 10_000);
+}
+
 #[test]
 fn stress_counts_failures_and_exits_1() {
     // A server that takes no value of 1 byte or more: every set fails.
