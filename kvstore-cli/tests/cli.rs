@@ -478,6 +478,84 @@ fn verify_and_repair_an_offline_store() {
     );
 }
 
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn verify_reports_a_damaged_value_and_repair_drops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    store_with_keys(&dir, 3);
+    let needle = b"value-of-the-victim";
+    {
+        let store = Store::open(&dir).unwrap();
+        store.set("victim", needle).unwrap();
+        store.flush().unwrap();
+    }
+    // Value files are self-describing: the one holding the victim's value
+    // is found by content, whatever the layout.
+    let files = files_containing(&dir, needle);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(&files[0], bytes).unwrap();
+
+    let d = dir.to_str().unwrap();
+    let out = run(cli_cmd(&["verify", "--dir", d]), b"");
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with(&format!("verified {d}: 4 files checked, 3 keys ok, ")),
+        "{report}"
+    );
+    assert!(
+        report.lines().skip(1).all(|l| l.starts_with("problem: ")),
+        "{report}"
+    );
+    assert!(report.lines().count() > 1, "{report}");
+
+    let report = text(&ok(cli_cmd(&["repair", "--dir", d]), b""));
+    assert!(
+        report.starts_with(&format!(
+            "repaired {d}: 4 files scanned, 3 keys recovered, 1 files dropped"
+        )),
+        "{report}"
+    );
+    let report = text(&ok(cli_cmd(&["verify", "--dir", d]), b""));
+    assert_eq!(
+        report,
+        format!("verified {d}: 3 files checked, 3 keys ok, 0 problems\n")
+    );
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.get("victim").unwrap(), None);
+    assert_eq!(
+        store.get("key-0").unwrap().as_deref(),
+        Some(&b"value-0"[..])
+    );
+}
+
 #[test]
 fn verify_and_repair_are_refused_while_the_store_is_open() {
     let tmp = tempfile::tempdir().unwrap();
@@ -515,4 +593,41 @@ fn verify_of_a_missing_directory_is_an_error() {
         )
     );
     assert!(!missing.exists(), "verify must not create the directory");
+}
+
+#[test]
+fn shell_library_prompts_when_interactive() {
+    let s = TestServer::start();
+    let endpoint = kvstore_cli::Endpoint::from_socket_addr(s.addr);
+    let mut client = endpoint.connect().unwrap();
+    let mut out = Vec::new();
+    let input = &b"set\nk\nv\nget k\nget\nnothing\nexit\n"[..];
+    kvstore_cli::shell::run(&mut client, &endpoint, input, &mut out, true).unwrap();
+    assert_eq!(
+        text(&out),
+        "kvstore> key: value: STORED\nkvstore> v\nkvstore> key: (empty)\nkvstore> "
+    );
+    let mut out = Vec::new();
+    let input = &b"set\nk\nv\nget k\n"[..];
+    kvstore_cli::shell::run(&mut client, &endpoint, input, &mut out, false).unwrap();
+    assert_eq!(text(&out), "STORED\nv\n");
+}
+
+#[test]
+fn shell_stops_with_an_error_when_the_server_goes_away() {
+    let mut s = TestServer::start();
+    let endpoint = kvstore_cli::Endpoint::from_socket_addr(s.addr);
+    let mut client = endpoint.connect().unwrap();
+    s.handle.take().unwrap().shutdown().unwrap();
+    let mut out = Vec::new();
+    let err = kvstore_cli::shell::run(
+        &mut client,
+        &endpoint,
+        &b"get k\nget k\n"[..],
+        &mut out,
+        false,
+    )
+    .unwrap_err();
+    assert!(err.is_connection_lost(), "{err}");
+    assert!(err.to_string().contains(&s.addr.to_string()), "{err}");
 }
