@@ -15,7 +15,7 @@ use kvstore_core::{
 
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::protocol::memcached::{self as mc, StoreMode};
-use crate::protocol::{push_u64, seed, Parsed, Recovery, Reject};
+use crate::protocol::{push_u64, seed, KeyPolicy, Parsed, Recovery, Reject};
 
 /// Server-wide counters behind `stats` (memcached dialect).
 #[derive(Debug)]
@@ -145,6 +145,7 @@ pub(crate) struct Context {
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
     pub max_value_bytes: usize,
+    pub keys: KeyPolicy,
 }
 
 impl Context {
@@ -179,6 +180,7 @@ impl Handler for SeedHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
         let limits = seed::Limits {
             max_value_bytes: self.ctx.max_value_bytes,
+            keys: self.ctx.keys,
         };
         let (request, consumed) = match seed::parse(buf, &limits) {
             Parsed::Request { request, consumed } => (request, consumed),
@@ -201,16 +203,21 @@ impl Handler for SeedHandler {
             seed::Request::Get { keys } => {
                 for key in keys {
                     stats.cmd_get.fetch_add(1, Relaxed);
-                    match store.get(key) {
-                        Ok(value) => {
-                            let value = value.unwrap_or_default();
-                            let counter = if value.is_empty() {
-                                &stats.get_misses
-                            } else {
-                                &stats.get_hits
+                    // Zero-copy: a cached value is encoded straight from
+                    // the store's cache into the output buffer.
+                    let found = store.get_item_with(key, |item| {
+                        seed::encode_value(out.buf(), key, item.value);
+                    });
+                    match found {
+                        Ok(found) => {
+                            if found.is_none() {
+                                seed::encode_value(out.buf(), key, b"");
+                            }
+                            let counter = match found {
+                                Some(()) => &stats.get_hits,
+                                None => &stats.get_misses,
                             };
                             counter.fetch_add(1, Relaxed);
-                            seed::encode_value(out.buf(), key, &value);
                             out.flush_if_large()?;
                         }
                         Err(e) => {
@@ -340,6 +347,7 @@ impl Handler for McHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
         let limits = mc::Limits {
             max_value_bytes: self.ctx.max_value_bytes,
+            keys: self.ctx.keys,
         };
         let (request, consumed) = match mc::parse(buf, &limits) {
             Parsed::Request { request, consumed } => (request, consumed),
@@ -366,11 +374,15 @@ impl Handler for McHandler {
             mc::Request::Get { with_cas, keys } => {
                 for key in keys {
                     stats.cmd_get.fetch_add(1, Relaxed);
-                    match store.get_item(key) {
-                        Ok(Some(item)) => {
+                    // Zero-copy: a cached value is encoded straight from
+                    // the store's cache into the output buffer.
+                    let found = store.get_item_with(key, |item| {
+                        let cas = with_cas.then_some(item.cas);
+                        mc::encode_value(out.buf(), key, item.flags, item.value, cas);
+                    });
+                    match found {
+                        Ok(Some(())) => {
                             stats.get_hits.fetch_add(1, Relaxed);
-                            let cas = with_cas.then_some(item.cas);
-                            mc::encode_value(out.buf(), key, item.flags, &item.value, cas);
                             out.flush_if_large()?;
                         }
                         Ok(None) => {
