@@ -23,8 +23,9 @@ struct Cli {
     /// Server port (seed dialect).
     #[arg(long, global = true, env = "SERVER_PORT", default_value_t = 7878)]
     port: u16,
-    /// Seconds to wait for the connection and for every reply [default:
-    /// 10; stress: 60, as thousands of clients queue behind each other].
+    /// Seconds (or 500ms, 2s, 1m) to wait for the connection and for every
+    /// reply [default: 10; stress: 60, as thousands of clients queue behind
+    /// each other].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
     #[command(subcommand)]
@@ -96,10 +97,22 @@ enum Command {
     },
 }
 
+/// Seconds (`10`, `2.5`), or with a unit: `500ms`, `2s`, `1m`.
 fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let secs = number
+        .trim()
+        .parse::<f64>()
+        .map(|n| n * scale)
+        .map_err(|_| format!("`{s}` is not a duration (seconds, or with ms/s/m)"))?;
     if !(secs > 0.0 && secs <= 86_400.0) {
         return Err(format!("`{s}` is not between 0 and 86400 seconds"));
     }
@@ -235,4 +248,28 @@ fn os_bytes(s: OsString) -> Vec<u8> {
 #[cfg(not(unix))]
 fn os_bytes(s: OsString) -> Vec<u8> {
     s.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts_parse_with_and_without_units() {
+        assert_eq!(parse_secs("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_secs("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_secs("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+        assert!(parse_secs("NaN").is_err());
+    }
 }

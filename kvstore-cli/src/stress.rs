@@ -36,7 +36,7 @@ pub const CONNECT_ATTEMPTS: u32 = 8;
 /// Stack size of a client thread: they hold little, and there may be
 /// tens of thousands of them.
 pub const CLIENT_STACK_BYTES: usize = 128 * 1024;
-/// Failure messages kept for the summary.
+/// Distinct failure reasons kept for the summary.
 pub const MAX_FAILURES_SHOWN: usize = 10;
 /// File descriptors kept aside for everything but the client sockets.
 const SPARE_FDS: u64 = 64;
@@ -165,8 +165,62 @@ pub struct StressSummary {
     pub set: Latency,
     /// Get latencies.
     pub get: Latency,
-    /// The first [`MAX_FAILURES_SHOWN`] failures, one line each.
-    pub failures: Vec<String>,
+    /// Failed clients grouped by reason, in order of first appearance; at
+    /// most [`MAX_FAILURES_SHOWN`] reasons.
+    pub failures: Vec<FailureGroup>,
+}
+
+/// Clients that failed for the same reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureGroup {
+    /// What went wrong, for example `wrong read: got 3 bytes, set 5 bytes`.
+    pub reason: String,
+    /// How many clients failed this way.
+    pub clients: usize,
+    /// Where it happened first, for example `client 7 round 0 key !(ab`.
+    pub first: String,
+}
+
+impl fmt::Display for FailureGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.clients == 1 {
+            write!(f, "{} ({})", self.reason, self.first)
+        } else {
+            write!(
+                f,
+                "{} ({} clients; first {})",
+                self.reason, self.clients, self.first
+            )
+        }
+    }
+}
+
+/// One failed client: where, and why.
+struct Failure {
+    context: String,
+    reason: String,
+}
+
+/// Groups failures by reason, keeping the first [`MAX_FAILURES_SHOWN`].
+#[derive(Default)]
+struct FailureLog {
+    groups: Vec<FailureGroup>,
+    failed: usize,
+}
+
+impl FailureLog {
+    fn add(&mut self, failure: Failure) {
+        self.failed += 1;
+        if let Some(group) = self.groups.iter_mut().find(|g| g.reason == failure.reason) {
+            group.clients += 1;
+        } else if self.groups.len() < MAX_FAILURES_SHOWN {
+            self.groups.push(FailureGroup {
+                reason: failure.reason,
+                clients: 1,
+                first: failure.context,
+            });
+        }
+    }
 }
 
 impl StressSummary {
@@ -216,11 +270,12 @@ impl fmt::Display for StressSummary {
         for failure in &self.failures {
             writeln!(f, "failure: {failure}")?;
         }
-        if self.failed > self.failures.len() {
+        let shown: usize = self.failures.iter().map(|g| g.clients).sum();
+        if self.failed > shown {
             writeln!(
                 f,
-                "({} more failed clients not shown)",
-                self.failed - self.failures.len()
+                "({} more failed clients, for other reasons, not shown)",
+                self.failed - shown
             )?;
         }
         write!(f, "{}", self.last_line())
@@ -306,7 +361,10 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
             .spawn(move || job.run());
         match spawned {
             Ok(handle) => handles.push(handle),
-            Err(err) => spawn_failures.push(format!("client {id}: cannot start a thread: {err}")),
+            Err(err) => spawn_failures.push(Failure {
+                context: format!("client {id}"),
+                reason: format!("cannot start a thread: {err}"),
+            }),
         }
     }
     shared.start.wait_ready(handles.len());
@@ -323,12 +381,9 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
     let mut get_samples = Vec::with_capacity(total_rounds as usize);
     let mut ok = 0;
     let mut rounds_ok = 0;
-    let mut failures = Vec::new();
-    let mut failed = spawn_failures.len();
+    let mut failures = FailureLog::default();
     for failure in spawn_failures {
-        if failures.len() < MAX_FAILURES_SHOWN {
-            failures.push(failure);
-        }
+        failures.add(failure);
     }
     for (id, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -338,20 +393,13 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
                 get_samples.extend(outcome.get_nanos);
                 match outcome.failure {
                     None => ok += 1,
-                    Some(failure) => {
-                        failed += 1;
-                        if failures.len() < MAX_FAILURES_SHOWN {
-                            failures.push(failure);
-                        }
-                    }
+                    Some(failure) => failures.add(failure),
                 }
             }
-            Err(_) => {
-                failed += 1;
-                if failures.len() < MAX_FAILURES_SHOWN {
-                    failures.push(format!("client thread {id} panicked"));
-                }
-            }
+            Err(_) => failures.add(Failure {
+                context: format!("client {id}"),
+                reason: "client thread panicked".to_string(),
+            }),
         }
     }
     let run_time = run_begin.elapsed();
@@ -362,7 +410,7 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         addr,
         clients: config.clients,
         ok,
-        failed,
+        failed: failures.failed,
         rounds: config.rounds,
         rounds_ok,
         seed,
@@ -371,7 +419,7 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         ops: shared.ops.load(Ordering::Relaxed),
         set: Latency::from_nanos(set_samples),
         get: Latency::from_nanos(get_samples),
-        failures,
+        failures: failures.groups,
     })
 }
 
@@ -594,7 +642,7 @@ struct ClientOutcome {
     rounds_ok: u64,
     set_nanos: Vec<u64>,
     get_nanos: Vec<u64>,
-    failure: Option<String>,
+    failure: Option<Failure>,
 }
 
 impl ClientJob {
@@ -620,7 +668,10 @@ impl ClientJob {
                 }
             }
             Err(err) => {
-                outcome.failure = Some(format!("client {}: {err}", self.id));
+                outcome.failure = Some(Failure {
+                    context: format!("client {}", self.id),
+                    reason: err.to_string(),
+                });
                 if let Some(bar) = &shared.progress {
                     bar.inc(self.rounds as u64);
                 }
@@ -639,14 +690,23 @@ impl ClientJob {
     /// Holding the slot until the server answers bounds the queue by
     /// [`MAX_CONNECTING`].
     fn check_served(&self, mut client: Client) -> Result<Client> {
-        client
-            .get(key_prefix(self.id, self.width))
-            .map_err(|e| self.endpoint.error(e))?;
-        Ok(client)
+        match client.get(key_prefix(self.id, self.width)) {
+            Ok(_) => Ok(client),
+            // What a server over its connection limit answers in the seed
+            // dialect before it closes.
+            Err(kvstore_net::Error::Rejected(reply)) => Err(Error::Server {
+                addr: self.endpoint.addr(),
+                what: format!(
+                    "refused the connection ({}; over its connection limit?)",
+                    reply.trim_end()
+                ),
+            }),
+            Err(e) => Err(self.endpoint.error(e)),
+        }
     }
 
     /// Runs the rounds; the first wrong read or error ends the client.
-    fn rounds(&self, client: &mut Client, outcome: &mut ClientOutcome) -> Result<(), String> {
+    fn rounds(&self, client: &mut Client, outcome: &mut ClientOutcome) -> Result<(), Failure> {
         let mut rng =
             StdRng::seed_from_u64(self.seed ^ (self.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let prefix = key_prefix(self.id, self.width);
@@ -659,16 +719,19 @@ impl ClientJob {
             if let Some(bar) = &self.shared.progress {
                 bar.inc(1);
             }
-            if let Err(why) = result {
+            if let Err(reason) = result {
                 if let Some(bar) = &self.shared.progress {
                     bar.inc((self.rounds - round - 1) as u64);
                 }
-                return Err(format!(
-                    "client {} round {} key {}: {why}",
-                    self.id,
-                    round,
-                    String::from_utf8_lossy(&key)
-                ));
+                return Err(Failure {
+                    context: format!(
+                        "client {} round {} key {}",
+                        self.id,
+                        round,
+                        String::from_utf8_lossy(&key)
+                    ),
+                    reason,
+                });
             }
             outcome.rounds_ok += 1;
         }
@@ -778,12 +841,21 @@ mod tests {
             ops: 5,
             set: Latency::default(),
             get: Latency::default(),
-            failures: vec!["client 2 round 0 key x: wrong read".into()],
+            failures: vec![FailureGroup {
+                reason: "wrong read: got 1 bytes, set 2 bytes".into(),
+                clients: 1,
+                first: "client 2 round 0 key x".into(),
+            }],
         };
         let text = summary.to_string();
         assert_eq!(text.lines().last(), Some("clients=3 ok=2 failed=1"));
         assert!(text.contains("500 ops/s"), "{text}");
-        assert!(text.contains("failure: client 2"), "{text}");
+        assert!(
+            text.contains(
+                "failure: wrong read: got 1 bytes, set 2 bytes (client 2 round 0 key x)\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -791,5 +863,42 @@ mod tests {
         let mut config = StressConfig::new(Endpoint::new("127.0.0.1", 1), 1000);
         config.max_key = 1;
         assert!(matches!(run(&config), Err(Error::Usage(_))));
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    fn failure(id: usize, reason: &str) -> Failure {
+        Failure {
+            context: format!("client {id}"),
+            reason: reason.to_string(),
+        }
+    }
+
+    #[test]
+    fn failures_group_by_reason_in_order() {
+        let mut log = FailureLog::default();
+        log.add(failure(3, "timed out"));
+        log.add(failure(5, "wrong read"));
+        log.add(failure(9, "timed out"));
+        assert_eq!(log.failed, 3);
+        assert_eq!(log.groups.len(), 2);
+        assert_eq!(
+            log.groups[0].to_string(),
+            "timed out (2 clients; first client 3)"
+        );
+        assert_eq!(log.groups[1].to_string(), "wrong read (client 5)");
+    }
+
+    #[test]
+    fn reasons_past_the_limit_are_counted_not_kept() {
+        let mut log = FailureLog::default();
+        for id in 0..MAX_FAILURES_SHOWN + 5 {
+            log.add(failure(id, &format!("reason {id}")));
+        }
+        assert_eq!(log.failed, MAX_FAILURES_SHOWN + 5);
+        assert_eq!(log.groups.len(), MAX_FAILURES_SHOWN);
     }
 }

@@ -407,7 +407,35 @@ fn stress_counts_failures_and_exits_1() {
         Some("clients=4 ok=0 failed=4"),
         "{stdout}"
     );
-    assert!(stdout.contains("failure: client "), "{stdout}");
+    assert!(stdout.contains(" (4 clients; first client "), "{stdout}");
+}
+
+#[test]
+fn stress_names_a_server_over_its_connection_limit() {
+    let s = TestServer::start_with(ServerConfig {
+        max_connections: 5,
+        ..ServerConfig::default()
+    });
+    let out = run(s.cli(&["stress", "--clients", "10", "--seed", "3"]), b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    // All clients hold their connection until every one is connected, so
+    // at most 5 get in (fewer if the probe's slot is not yet released).
+    let last = stdout.lines().last().unwrap();
+    let ok: usize = last
+        .strip_prefix("clients=10 ok=")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!((1..=5).contains(&ok), "{stdout}");
+    assert_eq!(last, format!("clients=10 ok={ok} failed={}", 10 - ok));
+    assert!(
+        stdout.contains(&format!(
+            "failure: server {} refused the connection (INVALID REQUEST; over its connection limit?) (",
+            s.addr
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]
