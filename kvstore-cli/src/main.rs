@@ -18,10 +18,16 @@ use kvstore_cli::{commands, shell, stress, Endpoint, Error, Result};
 #[command(name = "kvstore-cli", version, about, propagate_version = true)]
 struct Cli {
     /// Server host name or address.
-    #[arg(long, global = true, default_value = "127.0.0.1")]
+    #[arg(long, global = true, value_name = "HOST", default_value = "127.0.0.1")]
     host: String,
     /// Server port (seed dialect).
-    #[arg(long, global = true, env = "SERVER_PORT", default_value_t = 7878)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PORT",
+        env = "SERVER_PORT",
+        default_value_t = 7878
+    )]
     port: u16,
     /// Seconds (or 500ms, 2s, 1m) to wait for the connection and for every
     /// reply [default: 10; stress: 60, as thousands of clients queue behind
@@ -44,9 +50,10 @@ enum Command {
     /// Store a value; `-` reads it from stdin (binary safe). Prints STORED.
     Set {
         /// The key.
+        #[arg(value_name = "KEY")]
         key: String,
         /// The value, or `-` for stdin.
-        #[arg(allow_hyphen_values = true)]
+        #[arg(value_name = "VALUE", allow_hyphen_values = true)]
         value: OsString,
     },
     /// Delete a key; prints DELETED or NOT-FOUND.
@@ -67,32 +74,32 @@ enum Command {
     /// is `clients=N ok=N failed=F`, and the exit status is 1 when F > 0.
     Stress {
         /// Concurrent clients, each with its own connection.
-        #[arg(long)]
+        #[arg(long, value_name = "N")]
         clients: usize,
         /// Longest key in bytes (keys are 1..=max-key bytes).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, value_name = "BYTES", default_value_t = 30)]
         max_key: usize,
         /// Longest value in bytes (values are 1..=max-value bytes).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, value_name = "BYTES", default_value_t = 1000)]
         max_value: usize,
         /// Set/get/verify rounds per client.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, value_name = "R", default_value_t = 1)]
         rounds: usize,
         /// Seed of the random keys and values (default: from the clock).
-        #[arg(long)]
+        #[arg(long, value_name = "S")]
         seed: Option<u64>,
     },
     /// Check an offline store directory (refused while a server holds it).
     Verify {
         /// The store directory.
-        #[arg(long)]
+        #[arg(long, value_name = "PATH")]
         dir: PathBuf,
     },
     /// Rebuild the map of an offline store directory from its value files
     /// (refused while a server holds it).
     Repair {
         /// The store directory.
-        #[arg(long)]
+        #[arg(long, value_name = "PATH")]
         dir: PathBuf,
     },
 }
