@@ -383,6 +383,9 @@ struct Inner {
     stop: Stop,
     /// Set when the background sweep after open has finished.
     sweep_done: AtomicBool,
+    /// Bumped by every change on disk, so the periodic flusher can skip
+    /// idle intervals.
+    changes: AtomicU64,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
     doomed_cv: Condvar,
@@ -501,6 +504,7 @@ impl Store {
             exchange_supported: AtomicBool::new(true),
             stop: Stop::default(),
             sweep_done: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
             _lock: dir_lock,
@@ -1112,6 +1116,7 @@ impl Inner {
             self.set_read_only(format!("switching generation failed: {e}"));
             return Err(e);
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let old = std::mem::replace(&mut *gen, Arc::new(new_gen));
         self.cache.clear();
         for s in self.stripes.iter() {
@@ -1388,8 +1393,10 @@ impl Inner {
         Ok(())
     }
 
-    /// `Always`: waits for a group flush. Other modes: nothing.
+    /// Called after each step of a write: `Always` waits for a group
+    /// flush; other modes only note that there is something to flush.
     fn barrier(&self) -> Result<()> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         if self.durability == Durability::Always {
             self.group_sync()
         } else {
@@ -1660,10 +1667,13 @@ impl Inner {
     }
 
     fn flusher_loop(&self, every: Duration) {
+        let mut flushed = 0;
         while !self.stop.wait(every) {
-            if self.read_only.load(Ordering::SeqCst) {
+            let changes = self.changes.load(Ordering::SeqCst);
+            if self.read_only.load(Ordering::SeqCst) || changes == flushed {
                 continue;
             }
+            flushed = changes;
             if let Err(e) = self.group_sync() {
                 log::error!("periodic flush failed, store is now read-only: {e}");
             }
