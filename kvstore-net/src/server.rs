@@ -120,7 +120,9 @@ struct Shared {
     conns: Mutex<HashMap<u64, RawFd>>,
     conns_cv: Condvar,
     next_id: AtomicU64,
-    listen_addrs: Mutex<Vec<SocketAddr>>,
+    /// The listeners, kept open here so that `trigger` can wake their
+    /// accepts without racing a close.
+    listeners: Mutex<Vec<Arc<TcpListener>>>,
 }
 
 impl Shared {
@@ -138,13 +140,22 @@ impl Shared {
         *t = true;
         self.triggered_cv.notify_all();
         drop(t);
-        // Wake each blocking accept with a connection of our own.
-        let addrs = self
-            .listen_addrs
+        // Wake each blocking accept: shutting a listening socket down makes
+        // accept fail at once on Linux; elsewhere, connect to it.
+        let listeners = self
+            .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for addr in addrs {
+        for listener in listeners {
+            // SAFETY: the Arc keeps the listener (and so its descriptor)
+            // open for the duration of the call.
+            if unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) } == 0 {
+                continue;
+            }
+            let Ok(addr) = listener.local_addr() else {
+                continue;
+            };
             let target = match addr.ip() {
                 IpAddr::V4(ip) if ip.is_unspecified() => {
                     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -205,9 +216,9 @@ impl Server {
                 source,
             })
         };
-        let seed_listener = config.seed_port.map(bind).transpose()?;
-        let mc_listener = config.memcached_port.map(bind).transpose()?;
-        let local = |l: &TcpListener| {
+        let seed_listener = config.seed_port.map(bind).transpose()?.map(Arc::new);
+        let mc_listener = config.memcached_port.map(bind).transpose()?.map(Arc::new);
+        let local = |l: &Arc<TcpListener>| {
             l.local_addr().map_err(|source| Error::Bind {
                 addr: config.bind.to_string(),
                 source,
@@ -227,7 +238,13 @@ impl Server {
             conns: Mutex::new(HashMap::new()),
             conns_cv: Condvar::new(),
             next_id: AtomicU64::new(0),
-            listen_addrs: Mutex::new(seed_addr.into_iter().chain(memcached_addr).collect()),
+            listeners: Mutex::new(
+                seed_listener
+                    .iter()
+                    .chain(mc_listener.iter())
+                    .cloned()
+                    .collect(),
+            ),
         });
 
         let mut acceptors = Vec::new();
@@ -266,7 +283,7 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, dialect: Dialect, shared: Arc<Shared>) {
+fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(SeqCst) {
