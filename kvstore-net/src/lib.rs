@@ -4,9 +4,11 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod server;
 
 pub use client::Client;
+pub use cluster::{ketama_name, Continuum, KeyHash, Node};
 pub use error::{Error, Result};
 pub use server::{Server, ServerConfig, ServerHandle};
