@@ -140,6 +140,107 @@ impl Node {
     }
 }
 
+/// One server of a cluster: where to connect and its place on the continuum.
+///
+/// Written as twemproxy writes a `servers:` entry, `host:port:weight` with an
+/// optional ` name`, so the list in `deploy/nutcracker.yml` can be given to
+/// [`Cluster`] unchanged and both route every key alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerSpec {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port of the memcached dialect.
+    pub port: u16,
+    /// Relative share of keys, at least 1.
+    pub weight: u32,
+    /// Name on the continuum: given, or [`ketama_name`] of host and port.
+    pub name: String,
+}
+
+impl ServerSpec {
+    /// A server at `host:port` with `weight` and the default ketama name.
+    pub fn new(host: impl Into<String>, port: u16, weight: u32) -> ServerSpec {
+        let host = host.into();
+        let name = ketama_name(&host, port);
+        ServerSpec {
+            host,
+            port,
+            weight,
+            name,
+        }
+    }
+
+    /// Parses `host:port[:weight] [name]` (weight defaults to 1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] naming the entry when a part is missing, the
+    /// port or weight is not a number, the weight is 0, or a part is extra.
+    pub fn parse(entry: &str) -> Result<ServerSpec> {
+        let bad = |why: &str| {
+            Error::InvalidRequest(format!(
+                "bad server entry {entry:?}: {why} (expected host:port[:weight] [name])"
+            ))
+        };
+        let mut words = entry.split_whitespace();
+        let address = words.next().ok_or_else(|| bad("empty"))?;
+        let name = words.next();
+        if words.next().is_some() {
+            return Err(bad("too many words"));
+        }
+        let mut parts = address.split(':');
+        let host = parts.next().filter(|host| !host.is_empty());
+        let host = host.ok_or_else(|| bad("no host"))?;
+        let port = parts.next().ok_or_else(|| bad("no port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("port is not a number"))?;
+        let weight = match parts.next() {
+            Some(weight) => weight.parse().map_err(|_| bad("weight is not a number"))?,
+            None => 1,
+        };
+        if parts.next().is_some() {
+            return Err(bad("too many colons"));
+        }
+        if weight == 0 {
+            return Err(bad("weight must be at least 1"));
+        }
+        let mut spec = ServerSpec::new(host, port, weight);
+        if let Some(name) = name {
+            spec.name = name.to_string();
+        }
+        Ok(spec)
+    }
+
+    /// `host:port`, the address to connect to.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The server as the continuum sees it.
+    pub fn node(&self) -> Node {
+        Node::new(self.name.clone(), self.weight)
+    }
+}
+
+impl FromStr for ServerSpec {
+    type Err = Error;
+
+    /// Same as [`ServerSpec::parse`].
+    fn from_str(entry: &str) -> Result<ServerSpec> {
+        ServerSpec::parse(entry)
+    }
+}
+
+impl fmt::Display for ServerSpec {
+    /// The twemproxy form, `host:port:weight name`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{} {}",
+            self.host, self.port, self.weight, self.name
+        )
+    }
+}
+
 /// A point of the continuum: a position and the index of its server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Point {
@@ -476,6 +577,38 @@ mod tests {
         let none = Continuum::with_live(&all, &[false, false]).unwrap();
         assert!(none.is_empty());
         assert_eq!(none.server_for(b"k", KeyHash::Md5), None);
+    }
+
+    #[test]
+    fn server_entries_parse_like_twemproxy() {
+        let plain = ServerSpec::parse("127.0.0.1:11212:1").unwrap();
+        assert_eq!(plain, ServerSpec::new("127.0.0.1", 11212, 1));
+        assert_eq!(plain.name, "127.0.0.1:11212");
+        assert_eq!(plain.addr(), "127.0.0.1:11212");
+        let default_port = ServerSpec::parse("10.0.0.1:11211").unwrap();
+        assert_eq!(
+            (default_port.weight, default_port.name.as_str()),
+            (1, "10.0.0.1")
+        );
+        let named = ServerSpec::parse("  127.0.0.1:40000:3   kv-a ").unwrap();
+        assert_eq!(
+            (named.port, named.weight, named.name.as_str()),
+            (40000, 3, "kv-a")
+        );
+        assert_eq!(named.to_string().parse::<ServerSpec>().unwrap(), named);
+        for bad in [
+            "",
+            "127.0.0.1",
+            ":11211",
+            "h:port",
+            "h:70000",
+            "h:1:0",
+            "h:1:x",
+            "h:1:1:1",
+            "h:1:1 a b",
+        ] {
+            assert!(ServerSpec::parse(bad).is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]

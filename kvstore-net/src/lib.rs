@@ -9,6 +9,6 @@ pub mod error;
 pub mod server;
 
 pub use client::Client;
-pub use cluster::{ketama_name, Continuum, KeyHash, Node};
+pub use cluster::{ketama_name, Continuum, KeyHash, Node, ServerSpec};
 pub use error::{Error, Result};
 pub use server::{Server, ServerConfig, ServerHandle};
