@@ -25,8 +25,11 @@
 //! running nutcracker in front of real memcached servers, and the unit tests
 //! below pin server choices computed by libmemcached itself.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::io;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
@@ -294,6 +297,11 @@ impl Continuum {
                 node.name
             )));
         }
+        Ok(Continuum::build(nodes, live))
+    }
+
+    /// [`Continuum::with_live`] on arguments already checked.
+    fn build(nodes: &[Node], live: &[bool]) -> Continuum {
         let live_count = live.iter().filter(|&&up| up).count();
         // u32 on purpose: twemproxy sums the weights in a uint32_t.
         let total_weight = nodes
@@ -318,10 +326,10 @@ impl Continuum {
         // Ties between servers (two equal 32-bit points) are ordered by
         // server index; C's qsort leaves their order unspecified.
         points.sort_unstable();
-        Ok(Continuum {
+        Continuum {
             points,
             servers: nodes.len(),
-        })
+        }
     }
 
     /// Index of the server owning position `hash`: the first point at or
@@ -373,6 +381,378 @@ fn points_for(weight: u32, total_weight: u32, live: usize) -> u32 {
     // The C adds a double constant, then floorf converts back to float.
     let groups = (f64::from(groups) + 0.000_000_000_1) as f32;
     groups.floor() as u32 * POINTS_PER_HASH
+}
+
+/// Settings of a [`Cluster`]; start from `ClusterOptions::default()` and
+/// chain the setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    hash: KeyHash,
+    timeout: Duration,
+    failure_limit: u32,
+    retry_interval: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            hash: KeyHash::Md5,
+            timeout: Duration::from_secs(2),
+            failure_limit: 2,
+            retry_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// How keys are hashed onto the continuum (default [`KeyHash::Md5`]; it
+    /// must match the `hash:` of any twemproxy routing the same keys).
+    pub fn hash(mut self, hash: KeyHash) -> Self {
+        self.hash = hash;
+        self
+    }
+
+    /// Timeout of connecting to a server and of every read and write
+    /// (default 2 s, as `timeout: 2000` in `deploy/nutcracker.yml`). A
+    /// timeout counts as a failure of that server.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Failures in a row after which a server is ejected (default 2, as
+    /// twemproxy's `server_failure_limit`; 0 is taken as 1). A failure is a
+    /// refused or broken connection, a timeout or a reply that is not the
+    /// protocol; answers such as `NOT_STORED` are not failures.
+    pub fn failure_limit(mut self, failures: u32) -> Self {
+        self.failure_limit = failures.max(1);
+        self
+    }
+
+    /// How long an ejected server stays out before it is tried again
+    /// (default 30 s, as twemproxy's `server_retry_timeout: 30000`): the
+    /// first request after that time puts it back on the continuum. When it
+    /// answers it takes its keys back; when not, it takes
+    /// [`ClusterOptions::failure_limit`] failures to eject it again.
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval;
+        self
+    }
+}
+
+/// What [`Cluster`] needs of a connection to one server.
+trait Connection: Send {
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// One value (or `None`) per key, in order.
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+    fn delete(&mut self, key: &[u8]) -> Result<bool>;
+}
+
+/// Opens a connection to a server with a timeout.
+type Connector = Box<dyn Fn(&ServerSpec, Duration) -> Result<Box<dyn Connection>> + Send + Sync>;
+
+/// A server of the cluster and what the client knows of it.
+struct Slot {
+    spec: ServerSpec,
+    conn: Option<Box<dyn Connection>>,
+    /// Failures in a row since the last success or ejection.
+    failures: u32,
+    /// Ejected until then.
+    ejected_until: Option<Instant>,
+}
+
+/// A client of several servers of the memcached dialect (kvstore servers,
+/// or memcached itself), each key sent to the server the ketama continuum
+/// gives it: the same server twemproxy with the same server list and hash
+/// would pick.
+///
+/// Failover works as twemproxy's `auto_eject_hosts`: a server that fails
+/// [`ClusterOptions::failure_limit`] times in a row is ejected, the
+/// continuum is rebuilt without it so its keys go to the next server on the
+/// continuum (nobody else's move), and it is tried again after
+/// [`ClusterOptions::retry_interval`]. A request whose server is ejected by
+/// its own failure is sent again to the key's new server, so with a limit of
+/// 1 a dead server costs callers no error at all; below the limit the
+/// failure is returned.
+///
+/// One connection per server, opened on first use and reopened after a
+/// failure. A `Cluster` is used from one thread at a time (`&mut self`);
+/// give each thread its own.
+pub struct Cluster {
+    slots: Vec<Slot>,
+    nodes: Vec<Node>,
+    /// The continuum of the servers not ejected.
+    continuum: Continuum,
+    options: ClusterOptions,
+    connector: Connector,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = self
+            .slots
+            .iter()
+            .map(|slot| slot.spec.to_string())
+            .collect();
+        f.debug_struct("Cluster")
+            .field("servers", &servers)
+            .field("ejected", &self.ejected())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// A client with `options` of `servers` over connections `connector`
+    /// opens; nothing is connected yet.
+    // Interim: the public constructors arrive with the net branch's McClient.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn with_connector(
+        servers: &[ServerSpec],
+        options: ClusterOptions,
+        connector: Connector,
+    ) -> Result<Cluster> {
+        let nodes: Vec<Node> = servers.iter().map(ServerSpec::node).collect();
+        let continuum = Continuum::new(&nodes)?;
+        let slots = servers
+            .iter()
+            .map(|spec| Slot {
+                spec: spec.clone(),
+                conn: None,
+                failures: 0,
+                ejected_until: None,
+            })
+            .collect();
+        Ok(Cluster {
+            slots,
+            nodes,
+            continuum,
+            options,
+            connector,
+        })
+    }
+
+    /// The servers, in the order given (a server's index is its place here).
+    pub fn servers(&self) -> impl Iterator<Item = &ServerSpec> + '_ {
+        self.slots.iter().map(|slot| &slot.spec)
+    }
+
+    /// Indexes of the servers ejected now.
+    pub fn ejected(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&index| self.slots[index].ejected_until.is_some())
+            .collect()
+    }
+
+    /// Index of the server `key` goes to now (`None` when every server is
+    /// ejected). Ejected servers whose retry time has come are not taken
+    /// back until the next request.
+    pub fn server_for(&self, key: impl AsRef<[u8]>) -> Option<usize> {
+        self.continuum.server_for(key.as_ref(), self.options.hash)
+    }
+
+    /// Stores `value` under `key` on the key's server.
+    ///
+    /// # Errors
+    ///
+    /// The server's answer when it refuses ([`Error::NotStored`],
+    /// [`Error::Rejected`]); a connection error when the key's server failed
+    /// and was not ejected (yet); the last such error when every server is
+    /// ejected.
+    pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.route(key, |conn| conn.set(key, value))
+    }
+
+    /// The value of `key` on the key's server, `None` when it has none.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::set`].
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        let key = key.as_ref();
+        let mut values = self.route(key, |conn| conn.get_many(&[key]))?;
+        match values.pop() {
+            Some(value) if values.is_empty() => Ok(value),
+            _ => Err(Error::Protocol(format!(
+                "{} values for one key",
+                values.len() + 1
+            ))),
+        }
+    }
+
+    /// Deletes `key` on the key's server; `true` if it was there.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::set`].
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        self.route(key, |conn| conn.delete(key))
+    }
+
+    /// The values of `keys`, in order: one multi-get per server involved.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::set`], for any of the servers involved.
+    pub fn get_many<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values = vec![None; keys.len()];
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut last_failure = None;
+        // Each round that leaves keys pending ejected a server, so this
+        // ends after at most one round per server.
+        self.readmit_due();
+        for _ in 0..=self.slots.len() {
+            if pending.is_empty() {
+                return Ok(values);
+            }
+            let mut by_server: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for &index in &pending {
+                let key = keys[index].as_ref();
+                let server = match self.server_for(key) {
+                    Some(server) => server,
+                    None => return Err(last_failure.unwrap_or_else(|| self.all_ejected())),
+                };
+                by_server.entry(server).or_default().push(index);
+            }
+            pending.clear();
+            for (server, indexes) in by_server {
+                let batch: Vec<&[u8]> = indexes.iter().map(|&i| keys[i].as_ref()).collect();
+                match self.call(server, |conn| conn.get_many(&batch)) {
+                    Ok(found) if found.len() == indexes.len() => {
+                        for (index, value) in indexes.into_iter().zip(found) {
+                            values[index] = value;
+                        }
+                    }
+                    Ok(found) => {
+                        return Err(Error::Protocol(format!(
+                            "{} values for {} keys from {}",
+                            found.len(),
+                            indexes.len(),
+                            self.slots[server].spec.addr()
+                        )))
+                    }
+                    Err(e) if is_server_failure(&e) && self.fail(server) => {
+                        pending.extend(indexes);
+                        last_failure = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last_failure.unwrap_or_else(|| self.all_ejected()))
+    }
+
+    /// Runs `op` on the server of `key`, sending it again to the key's next
+    /// server when a failure ejects the first.
+    fn route<T>(
+        &mut self,
+        key: &[u8],
+        mut op: impl FnMut(&mut dyn Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut last_failure = None;
+        // Retries are due at the start of a request only, so a server
+        // ejected during this one is not tried again by it.
+        self.readmit_due();
+        for _ in 0..=self.slots.len() {
+            let Some(server) = self.server_for(key) else {
+                break;
+            };
+            match self.call(server, &mut op) {
+                Err(e) if is_server_failure(&e) && self.fail(server) => last_failure = Some(e),
+                other => return other,
+            }
+        }
+        Err(last_failure.unwrap_or_else(|| self.all_ejected()))
+    }
+
+    /// Runs `op` on server `server`'s connection, opening it if needed; a
+    /// failure closes the connection (its state is unknown).
+    fn call<T>(
+        &mut self,
+        server: usize,
+        op: impl FnOnce(&mut dyn Connection) -> Result<T>,
+    ) -> Result<T> {
+        let slot = &mut self.slots[server];
+        let conn = match &mut slot.conn {
+            Some(conn) => conn,
+            empty => empty.insert((self.connector)(&slot.spec, self.options.timeout)?),
+        };
+        let result = op(conn.as_mut());
+        match &result {
+            Err(e) if is_server_failure(e) => slot.conn = None,
+            _ => slot.failures = 0,
+        }
+        result
+    }
+
+    /// Counts a failure of `server`; ejects it and returns `true` at the
+    /// limit.
+    fn fail(&mut self, server: usize) -> bool {
+        let slot = &mut self.slots[server];
+        slot.conn = None;
+        slot.failures += 1;
+        if slot.failures < self.options.failure_limit {
+            return false;
+        }
+        slot.failures = 0;
+        let now = Instant::now();
+        slot.ejected_until = Some(now.checked_add(self.options.retry_interval).unwrap_or(now));
+        log::warn!(
+            "ejecting server {} after {} failure(s); retrying it in {:?}",
+            slot.spec,
+            self.options.failure_limit,
+            self.options.retry_interval
+        );
+        self.rebuild();
+        true
+    }
+
+    /// Takes back the ejected servers whose retry time has come.
+    fn readmit_due(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for slot in &mut self.slots {
+            if slot.ejected_until.is_some_and(|until| until <= now) {
+                slot.ejected_until = None;
+                log::info!("retrying ejected server {}", slot.spec);
+                changed = true;
+            }
+        }
+        if changed {
+            self.rebuild();
+        }
+    }
+
+    fn rebuild(&mut self) {
+        let live: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|slot| slot.ejected_until.is_none())
+            .collect();
+        self.continuum = Continuum::build(&self.nodes, &live);
+    }
+
+    fn all_ejected(&self) -> Error {
+        let addrs: Vec<String> = self.slots.iter().map(|slot| slot.spec.addr()).collect();
+        Error::Connect {
+            addr: addrs.join(","),
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                "every server of the cluster is ejected",
+            ),
+        }
+    }
+}
+
+/// Whether `error` means the server is unreachable or broken (and counts
+/// toward ejecting it), rather than an answer of a working server.
+fn is_server_failure(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Connect { .. } | Error::Io { .. } | Error::Protocol(_)
+    )
 }
 
 #[cfg(test)]
@@ -616,5 +996,269 @@ mod tests {
         assert!(Continuum::new(&[]).is_err());
         assert!(Continuum::new(&[Node::new("a", 0)]).is_err());
         assert!(Continuum::with_live(&[Node::new("a", 1)], &[true, true]).is_err());
+    }
+
+    // --- Cluster over fake servers: routing and failover without sockets.
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct FakeServer {
+        up: bool,
+        data: HashMap<Vec<u8>, Vec<u8>>,
+    }
+
+    type Farm = Arc<Mutex<Vec<FakeServer>>>;
+
+    struct FakeConn {
+        farm: Farm,
+        index: usize,
+    }
+
+    impl FakeConn {
+        fn with<T>(&self, op: impl FnOnce(&mut FakeServer) -> Result<T>) -> Result<T> {
+            let mut farm = self.farm.lock().unwrap();
+            let server = &mut farm[self.index];
+            if !server.up {
+                return Err(Error::Io {
+                    addr: format!("fake {}", self.index),
+                    source: io::Error::from(io::ErrorKind::ConnectionReset),
+                });
+            }
+            op(server)
+        }
+    }
+
+    impl Connection for FakeConn {
+        fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+            self.with(|server| {
+                if key == b"refused" {
+                    return Err(Error::NotStored);
+                }
+                server.data.insert(key.to_vec(), value.to_vec());
+                Ok(())
+            })
+        }
+        fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+            self.with(|server| Ok(keys.iter().map(|k| server.data.get(*k).cloned()).collect()))
+        }
+        fn delete(&mut self, key: &[u8]) -> Result<bool> {
+            self.with(|server| Ok(server.data.remove(key).is_some()))
+        }
+    }
+
+    fn specs(n: usize) -> Vec<ServerSpec> {
+        (0..n)
+            .map(|i| ServerSpec::new("10.0.0.1", 11300 + i as u16, 1))
+            .collect()
+    }
+
+    fn fake_cluster(n: usize, options: ClusterOptions) -> (Cluster, Farm) {
+        let farm: Farm = Arc::new(Mutex::new(
+            (0..n)
+                .map(|_| FakeServer {
+                    up: true,
+                    ..FakeServer::default()
+                })
+                .collect(),
+        ));
+        let shared = Arc::clone(&farm);
+        let connector: Connector = Box::new(move |spec: &ServerSpec, _timeout| {
+            let index = usize::from(spec.port - 11300);
+            if !shared.lock().unwrap()[index].up {
+                return Err(Error::Connect {
+                    addr: spec.addr(),
+                    source: io::Error::from(io::ErrorKind::ConnectionRefused),
+                });
+            }
+            Ok(Box::new(FakeConn {
+                farm: Arc::clone(&shared),
+                index,
+            }) as Box<dyn Connection>)
+        });
+        let cluster = Cluster::with_connector(&specs(n), options, connector).unwrap();
+        (cluster, farm)
+    }
+
+    fn set_up(farm: &Farm, index: usize, up: bool) {
+        farm.lock().unwrap()[index].up = up;
+    }
+
+    fn holders(farm: &Farm, key: &[u8]) -> Vec<usize> {
+        let farm = farm.lock().unwrap();
+        (0..farm.len())
+            .filter(|&i| farm[i].data.contains_key(key))
+            .collect()
+    }
+
+    /// A key the full continuum of `n` servers puts on `server`.
+    fn key_on(n: usize, server: usize, nth: usize) -> String {
+        let continuum =
+            Continuum::new(&specs(n).iter().map(ServerSpec::node).collect::<Vec<_>>()).unwrap();
+        (0..)
+            .map(|i| format!("key-{i}"))
+            .filter(|key| continuum.server_for(key.as_bytes(), KeyHash::Md5) == Some(server))
+            .nth(nth)
+            .unwrap()
+    }
+
+    #[test]
+    fn cluster_puts_each_key_on_its_continuum_server_only() {
+        let (mut cluster, farm) = fake_cluster(3, ClusterOptions::default());
+        let continuum =
+            Continuum::new(&specs(3).iter().map(ServerSpec::node).collect::<Vec<_>>()).unwrap();
+        for i in 0..300 {
+            let key = format!("k{i}");
+            cluster.set(&key, format!("v{i}")).unwrap();
+            let expected = continuum.server_for(key.as_bytes(), KeyHash::Md5).unwrap();
+            assert_eq!(holders(&farm, key.as_bytes()), [expected], "{key}");
+            assert_eq!(
+                cluster.get(&key).unwrap(),
+                Some(format!("v{i}").into_bytes())
+            );
+        }
+        assert!(cluster.delete("k1").unwrap());
+        assert!(!cluster.delete("k1").unwrap());
+        assert_eq!(cluster.get("k1").unwrap(), None);
+    }
+
+    #[test]
+    fn dead_server_is_ejected_at_the_failure_limit_and_its_keys_move_on() {
+        let (mut cluster, farm) = fake_cluster(3, ClusterOptions::default().failure_limit(2));
+        let key = key_on(3, 1, 0);
+        set_up(&farm, 1, false);
+        // First failure: below the limit, the caller sees it.
+        assert!(matches!(cluster.set(&key, "v"), Err(Error::Connect { .. })));
+        assert!(cluster.ejected().is_empty());
+        // Second: ejected, and the request goes to the key's next server.
+        cluster.set(&key, "v").unwrap();
+        assert_eq!(cluster.ejected(), [1]);
+        let without_1 = Continuum::with_live(
+            &specs(3).iter().map(ServerSpec::node).collect::<Vec<_>>(),
+            &[true, false, true],
+        )
+        .unwrap();
+        let next = without_1.server_for(key.as_bytes(), KeyHash::Md5).unwrap();
+        assert_eq!(holders(&farm, key.as_bytes()), [next]);
+        assert_eq!(cluster.server_for(&key), Some(next));
+    }
+
+    #[test]
+    fn failure_limit_one_fails_over_without_an_error() {
+        let (mut cluster, farm) = fake_cluster(3, ClusterOptions::default().failure_limit(1));
+        let key = key_on(3, 2, 0);
+        set_up(&farm, 2, false);
+        cluster.set(&key, "v").unwrap();
+        assert_eq!(cluster.get(&key).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(cluster.ejected(), [2]);
+    }
+
+    #[test]
+    fn other_servers_keys_work_while_one_is_down() {
+        let (mut cluster, farm) = fake_cluster(3, ClusterOptions::default().failure_limit(5));
+        let (on_0, on_2) = (key_on(3, 0, 0), key_on(3, 2, 0));
+        cluster.set(&on_0, "zero").unwrap();
+        cluster.set(&on_2, "two").unwrap();
+        set_up(&farm, 1, false);
+        for _ in 0..10 {
+            assert_eq!(cluster.get(&on_0).unwrap(), Some(b"zero".to_vec()));
+            assert_eq!(cluster.get(&on_2).unwrap(), Some(b"two".to_vec()));
+        }
+        assert!(cluster.ejected().is_empty());
+    }
+
+    #[test]
+    fn ejected_server_stays_out_until_its_retry_interval() {
+        let options = ClusterOptions::default()
+            .failure_limit(1)
+            .retry_interval(Duration::from_secs(3600));
+        let (mut cluster, farm) = fake_cluster(3, options);
+        let key = key_on(3, 1, 0);
+        cluster.set(&key, "before").unwrap();
+        set_up(&farm, 1, false);
+        cluster.set(&key, "during").unwrap();
+        set_up(&farm, 1, true);
+        // Back up, but not retried for an hour: the key still reads from
+        // the server that took it over.
+        assert_eq!(cluster.get(&key).unwrap(), Some(b"during".to_vec()));
+        assert_eq!(cluster.ejected(), [1]);
+    }
+
+    #[test]
+    fn retried_server_takes_its_keys_back_with_their_data() {
+        let options = ClusterOptions::default()
+            .failure_limit(1)
+            .retry_interval(Duration::ZERO);
+        let (mut cluster, farm) = fake_cluster(3, options);
+        let key = key_on(3, 1, 0);
+        let other = key_on(3, 0, 0);
+        cluster.set(&key, "kept").unwrap();
+        set_up(&farm, 1, false);
+        cluster.set(&other, "x").unwrap();
+        // The key's server fails on every try: the request fails over.
+        cluster.set(&key, "elsewhere").unwrap();
+        assert_eq!(holders(&farm, key.as_bytes()).len(), 2);
+        set_up(&farm, 1, true);
+        // Retry due at once: server 1 is back with what it held.
+        assert_eq!(cluster.get(&key).unwrap(), Some(b"kept".to_vec()));
+        assert!(cluster.ejected().is_empty());
+    }
+
+    #[test]
+    fn every_server_down_is_an_error_not_a_hang() {
+        let options = ClusterOptions::default()
+            .failure_limit(1)
+            .retry_interval(Duration::from_secs(3600));
+        let (mut cluster, farm) = fake_cluster(3, options);
+        for i in 0..3 {
+            set_up(&farm, i, false);
+        }
+        assert!(cluster.set("k", "v").is_err());
+        assert_eq!(cluster.ejected(), [0, 1, 2]);
+        let error = cluster.get("k").unwrap_err();
+        assert!(error.to_string().contains("10.0.0.1:11300"), "{error}");
+        assert!(cluster.get_many(&["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn get_many_keeps_order_across_servers_and_fails_over() {
+        let (mut cluster, farm) = fake_cluster(3, ClusterOptions::default().failure_limit(1));
+        let keys: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+        for key in keys.iter().step_by(2) {
+            cluster.set(key, key.to_uppercase()).unwrap();
+        }
+        let expect: Vec<Option<Vec<u8>>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (i % 2 == 0).then(|| key.to_uppercase().into_bytes()))
+            .collect();
+        assert_eq!(cluster.get_many(&keys).unwrap(), expect);
+        let servers: std::collections::HashSet<_> =
+            keys.iter().filter_map(|k| cluster.server_for(k)).collect();
+        assert_eq!(servers.len(), 3);
+        // Server 0 dies: its keys read as missing from their new server,
+        // the others' keys still read, in order.
+        set_up(&farm, 0, false);
+        let continuum =
+            Continuum::new(&specs(3).iter().map(ServerSpec::node).collect::<Vec<_>>()).unwrap();
+        let got = cluster.get_many(&keys).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            if continuum.server_for(key.as_bytes(), KeyHash::Md5) == Some(0) {
+                assert_eq!(got[i], None, "{key}");
+            } else {
+                assert_eq!(got[i], expect[i], "{key}");
+            }
+        }
+        assert_eq!(cluster.ejected(), [0]);
+    }
+
+    #[test]
+    fn refusals_are_answers_not_failures() {
+        let (mut cluster, _farm) = fake_cluster(3, ClusterOptions::default().failure_limit(1));
+        for _ in 0..5 {
+            assert!(matches!(cluster.set("refused", "v"), Err(Error::NotStored)));
+        }
+        assert!(cluster.ejected().is_empty());
     }
 }
