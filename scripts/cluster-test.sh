@@ -6,121 +6,38 @@
 #   kvstore's continuum (kvstore-net/src/cluster.rs) must predict the server
 #   of every key, for hash md5 and fnv1a_64, before and after the proxy
 #   ejects a killed server.
-# Part 2, kvstore: nutcracker in front of 3 kvstore-server processes.
-#   10,000 keys through the proxy, each server's share within 20% of even,
-#   everything read back through the proxy and through kvstore's own
-#   Cluster client, one server SIGKILLed (the proxy ejects it, the others'
-#   keys stay readable), restarted on its directory: its keys are back.
+# Part 2, kvstore: deploy/nutcracker.yml (on free ports) in front of 3
+#   kvstore-server processes. 10,000 keys through the proxy, each server's
+#   share within 20% of even, everything read back through the proxy and
+#   through kvstore's own Cluster client, one server SIGKILLed (the proxy
+#   ejects it, the others' keys stay readable), restarted on its directory
+#   and port: the proxy takes it back and its keys are there again.
 #
 # Loopback only; ports are picked free at run time; every process started
 # here is stopped by its PID on exit. Needs nutcracker and memcached
 # (installed with apt-get when missing) and the Rust toolchain.
+# CLUSTER_TEST_KEYS (default 10000) sets the number of keys.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 KEYS=${CLUSTER_TEST_KEYS:-10000}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-cluster-test.XXXXXX")
-PIDS=()
+# shellcheck source=scripts/cluster-common.sh
+. scripts/cluster-common.sh
 
-cleanup() {
-    local status=$?
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$status" -ne 0 ]; then
-        echo "cluster-test: FAILED (logs in $WORK)" >&2
-        for log in "$WORK"/*.log; do
-            [ -f "$log" ] || continue
-            echo "--- $log (last lines)" >&2
-            tail -n 20 "$log" >&2
-        done
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-need_package() { # command package
-    if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ] && [ ! -x "/usr/bin/$1" ]; then
-        echo "cluster-test: installing $2"
-        if [ "$(id -u)" -eq 0 ]; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-        else
-            sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-        fi
-    fi
-}
 need_package nutcracker nutcracker
 need_package memcached memcached
-NUTCRACKER=$(command -v nutcracker || echo /usr/sbin/nutcracker)
-MEMCACHED=$(command -v memcached || echo /usr/bin/memcached)
 
 echo "== building release binaries"
-cargo build --release --quiet -p kvstore-net --bin kvstore-server --example cluster_check
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-CHECK=$TARGET/release/examples/cluster_check
-SERVER=$TARGET/release/kvstore-server
-
-# start_nutcracker NAME CONFIG: starts it, waits for every listen port.
-start_nutcracker() {
-    local name=$1 conf=$2 stats
-    "$NUTCRACKER" -t -c "$conf" >"$WORK/$name.conftest.log" 2>&1 ||
-        { cat "$WORK/$name.conftest.log" >&2; return 1; }
-    stats=$("$CHECK" free-ports 1)
-    "$NUTCRACKER" -c "$conf" -a 127.0.0.1 -s "$stats" -o "$WORK/$name.log" -v 6 &
-    PIDS+=($!)
-    eval "${name}_PID=$!"
-    for listen in $(sed -n 's/^ *listen: *//p' "$conf"); do
-        "$CHECK" wait "$listen"
-    done
-}
-
-# pool NAME LISTEN HASH SERVER_LINE...: one nutcracker pool, YAML on stdout,
-# ejecting a server at its first failure and keeping it out for 60 s.
-pool() {
-    local name=$1 listen=$2 hash=$3
-    shift 3
-    cat <<YAML
-$name:
-  listen: $listen
-  hash: $hash
-  distribution: ketama
-  timeout: 2000
-  auto_eject_hosts: true
-  server_failure_limit: 1
-  server_retry_timeout: 60000
-  servers:
-YAML
-    for line in "$@"; do
-        echo "   - $line"
-    done
-}
-
-server_args() { # prefix entries...: --server args for cluster_check
-    for line in "$@"; do
-        printf -- '--server\0%s\0' "$line"
-    done
-}
+build_binaries
 
 echo "== part 1: kvstore's continuum against nutcracker + 3 real memcached"
 mapfile -t MC_PORTS < <("$CHECK" free-ports 3)
 mapfile -t PX_PORTS < <("$CHECK" free-ports 2)
-MC_USER=()
-[ "$(id -u)" -eq 0 ] && MC_USER=(-u nobody)
 MC_PIDS=()
 for port in "${MC_PORTS[@]}"; do
-    "$MEMCACHED" "${MC_USER[@]}" -l 127.0.0.1 -p "$port" -U 0 -t 1 -m 64 >"$WORK/memcached-$port.log" 2>&1 &
-    PIDS+=($!)
-    MC_PIDS+=($!)
-done
-for port in "${MC_PORTS[@]}"; do
-    "$CHECK" wait "127.0.0.1:$port"
+    start_memcached "$port"
+    MC_PIDS+=("$STARTED_PID")
 done
 MD5_SERVERS=()
 FNV_SERVERS=()
@@ -129,37 +46,103 @@ for i in 0 1 2; do
     MD5_SERVERS+=("127.0.0.1:${MC_PORTS[$i]}:1")
     FNV_SERVERS+=("127.0.0.1:${MC_PORTS[$i]}:1 ${names[$i]}")
 done
+# Two pools over the same memcached servers: md5 with default server names,
+# fnv1a_64 (twemproxy's default hash) with explicit names.
 {
-    pool md5 "127.0.0.1:${PX_PORTS[0]}" md5 "${MD5_SERVERS[@]}"
-    pool fnv "127.0.0.1:${PX_PORTS[1]}" fnv1a_64 "${FNV_SERVERS[@]}"
+    pool md5 "127.0.0.1:${PX_PORTS[0]}" md5 60000 "${MD5_SERVERS[@]}"
+    pool fnv "127.0.0.1:${PX_PORTS[1]}" fnv1a_64 60000 "${FNV_SERVERS[@]}"
 } >"$WORK/nutcracker-memcached.yml"
 start_nutcracker mcproxy "$WORK/nutcracker-memcached.yml"
-
+MCPROXY_PID=$STARTED_PID
 MD5_PROXY=127.0.0.1:${PX_PORTS[0]}
 FNV_PROXY=127.0.0.1:${PX_PORTS[1]}
 mapfile -d '' -t MD5_ARGS < <(server_args "${MD5_SERVERS[@]}")
 mapfile -d '' -t FNV_ARGS < <(server_args "${FNV_SERVERS[@]}")
+MD5=("${MD5_ARGS[@]}" --hash md5)
+FNV=("${FNV_ARGS[@]}" --hash fnv1a_64)
 
 "$CHECK" write --proxy "$MD5_PROXY" --prefix m: --count "$KEYS"
-"$CHECK" locate "${MD5_ARGS[@]}" --hash md5 --prefix m: --count "$KEYS"
+"$CHECK" locate "${MD5[@]}" --prefix m: --count "$KEYS"
 "$CHECK" write --proxy "$FNV_PROXY" --prefix f: --count "$KEYS"
-"$CHECK" locate "${FNV_ARGS[@]}" --hash fnv1a_64 --prefix f: --count "$KEYS"
+"$CHECK" locate "${FNV[@]}" --prefix f: --count "$KEYS"
+# Control: the check must fail when the prediction is wrong.
+if "$CHECK" locate "${MD5_ARGS[@]}" --hash fnv1a_64 --prefix m: --count "$KEYS" >/dev/null 2>&1; then
+    echo "the location check passed with the wrong hash: it cannot fail" >&2
+    exit 1
+fi
 
 echo "-- killing memcached 1 (SIGKILL, pid ${MC_PIDS[1]}): the proxy must eject it"
 kill -KILL "${MC_PIDS[1]}"
 wait "${MC_PIDS[1]}" 2>/dev/null || true
-"$CHECK" await-ejection --proxy "$MD5_PROXY" "${MD5_ARGS[@]}" --hash md5 --dead 1 --prefix m: --count "$KEYS"
-"$CHECK" await-ejection --proxy "$FNV_PROXY" "${FNV_ARGS[@]}" --hash fnv1a_64 --dead 1 --prefix f: --count "$KEYS"
-"$CHECK" read --proxy "$MD5_PROXY" "${MD5_ARGS[@]}" --hash md5 --dead 1 --prefix m: --count "$KEYS"
-# New keys written now go to the continuum without server 1.
+"$CHECK" await-ejection --proxy "$MD5_PROXY" "${MD5[@]}" --dead 1 --prefix m: --count "$KEYS"
+"$CHECK" await-ejection --proxy "$FNV_PROXY" "${FNV[@]}" --dead 1 --prefix f: --count "$KEYS"
+"$CHECK" read --proxy "$MD5_PROXY" "${MD5[@]}" --dead 1 --prefix m: --count "$KEYS"
+# Keys written now go to the continuum without server 1.
 "$CHECK" write --proxy "$MD5_PROXY" --prefix m2: --count "$KEYS"
-"$CHECK" locate "${MD5_ARGS[@]}" --hash md5 --dead 1 --prefix m2: --count "$KEYS"
+"$CHECK" locate "${MD5[@]}" --dead 1 --prefix m2: --count "$KEYS"
 "$CHECK" write --proxy "$FNV_PROXY" --prefix f2: --count "$KEYS"
-"$CHECK" locate "${FNV_ARGS[@]}" --hash fnv1a_64 --dead 1 --prefix f2: --count "$KEYS"
-kill "$mcproxy_PID" "${MC_PIDS[0]}" "${MC_PIDS[2]}"
+"$CHECK" locate "${FNV[@]}" --dead 1 --prefix f2: --count "$KEYS"
+stop "$MCPROXY_PID"
+stop "${MC_PIDS[0]}"
+stop "${MC_PIDS[2]}"
 echo "part 1 passed: nutcracker and kvstore's continuum agree on every key"
 
 if [ "${CLUSTER_TEST_PART:-all}" = memcached ]; then
-    echo "cluster-test: 1 passed, 0 failed (part 2 skipped on request)"
+    echo "cluster-test: 1 passed, 0 failed (part 2 not asked for)"
     exit 0
 fi
+
+echo "== part 2: deploy/nutcracker.yml in front of 3 kvstore-server processes"
+KV_PIDS=()
+KV_ADDRS=()
+for i in 0 1 2; do
+    mkdir -p "$WORK/kv-$i"
+    start_kvstore "kv-$i" "$WORK/kv-$i" 0
+    KV_PIDS+=("$STARTED_PID")
+    KV_ADDRS+=("$STARTED_ADDR")
+    echo "kvstore-server $i: pid $STARTED_PID, memcached dialect on $STARTED_ADDR"
+done
+PROXY=127.0.0.1:$("$CHECK" free-ports 1)
+# The deploy file with free ports, and a 1 s retry so the restart below is
+# picked up quickly (deploy: 30 s).
+sed -e "s/127\.0\.0\.1:22121/$PROXY/" \
+    -e "s/127\.0\.0\.1:11211:1/${KV_ADDRS[0]}:1/" \
+    -e "s/127\.0\.0\.1:11212:1/${KV_ADDRS[1]}:1/" \
+    -e "s/127\.0\.0\.1:11213:1/${KV_ADDRS[2]}:1/" \
+    -e "s/server_retry_timeout: 30000/server_retry_timeout: 1000/" \
+    deploy/nutcracker.yml >"$WORK/nutcracker-kvstore.yml"
+for addr in "${KV_ADDRS[@]}"; do
+    grep -q "$addr:1" "$WORK/nutcracker-kvstore.yml" || { echo "templating deploy/nutcracker.yml failed" >&2; exit 1; }
+done
+start_nutcracker kvproxy "$WORK/nutcracker-kvstore.yml"
+KV_SERVERS=()
+for addr in "${KV_ADDRS[@]}"; do
+    KV_SERVERS+=("$addr:1")
+done
+mapfile -d '' -t KV_ARGS < <(server_args "${KV_SERVERS[@]}")
+KV=("${KV_ARGS[@]}" --hash md5)
+
+"$CHECK" write --proxy "$PROXY" --prefix k: --count "$KEYS"
+"$CHECK" locate "${KV[@]}" --prefix k: --count "$KEYS" --max-skew 0.2
+"$CHECK" read --proxy "$PROXY" "${KV[@]}" --prefix k: --count "$KEYS"
+"$CHECK" cluster-read "${KV[@]}" --prefix k: --count "$KEYS"
+
+echo "-- killing kvstore-server 1 (SIGKILL, pid ${KV_PIDS[1]})"
+kill -KILL "${KV_PIDS[1]}"
+wait "${KV_PIDS[1]}" 2>/dev/null || true
+"$CHECK" await-ejection --proxy "$PROXY" "${KV[@]}" --dead 1 --prefix k: --count "$KEYS"
+"$CHECK" read --proxy "$PROXY" "${KV[@]}" --dead 1 --prefix k: --count "$KEYS"
+"$CHECK" cluster-read "${KV[@]}" --dead 1 --prefix k: --count "$KEYS"
+
+echo "-- restarting kvstore-server 1 on its directory and port"
+port1=${KV_ADDRS[1]##*:}
+start_kvstore kv-1-again "$WORK/kv-1" "$port1"
+echo "kvstore-server 1 again: pid $STARTED_PID on $STARTED_ADDR"
+# The proxy retries it after server_retry_timeout: wait until its keys read
+# back through the proxy, then check every key is where it was.
+"$CHECK" read --proxy "$PROXY" "${KV[@]}" --only 1 --retry-ms 15000 --prefix k: --count "$KEYS"
+"$CHECK" locate "${KV[@]}" --prefix k: --count "$KEYS" --max-skew 0.2
+"$CHECK" read --proxy "$PROXY" "${KV[@]}" --prefix k: --count "$KEYS"
+"$CHECK" cluster-read "${KV[@]}" --prefix k: --count "$KEYS"
+echo "part 2 passed: 3 kvstore servers behind nutcracker, one killed and restarted"
+echo "cluster-test: 2 passed, 0 failed"

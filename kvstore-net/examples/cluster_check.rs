@@ -98,6 +98,12 @@ enum Step {
         servers: Servers,
         #[command(flatten)]
         keys: KeyRange,
+        /// Only the keys the full continuum puts on this server.
+        #[arg(long)]
+        only: Option<usize>,
+        /// Try again until this many milliseconds have passed.
+        #[arg(long, default_value_t = 0)]
+        retry_ms: u64,
     },
     /// Waits until the proxy has ejected the dead servers: a read of a key
     /// of theirs stops failing (it then goes to the next live server).
@@ -138,7 +144,24 @@ fn run(step: Step) -> Result<(), String> {
             proxy,
             servers,
             keys,
-        } => read(&proxy, &servers, &keys),
+            only,
+            retry_ms,
+        } => {
+            let deadline = Instant::now() + Duration::from_millis(retry_ms);
+            let mut tries = 1;
+            loop {
+                match read(&proxy, &servers, &keys, only) {
+                    Err(e) if Instant::now() < deadline => {
+                        tries += 1;
+                        if tries % 25 == 0 {
+                            eprintln!("  still failing after {tries} tries: {e}");
+                        }
+                        std::thread::sleep(Duration::from_millis(40));
+                    }
+                    other => break other,
+                }
+            }
+        }
         Step::AwaitEjection {
             proxy,
             servers,
@@ -311,11 +334,19 @@ fn locate(servers: &Servers, range: &KeyRange, max_skew: Option<f64>) -> Result<
     Ok(())
 }
 
-fn read(proxy: &str, servers: &Servers, range: &KeyRange) -> Result<(), String> {
+fn read(
+    proxy: &str,
+    servers: &Servers,
+    range: &KeyRange,
+    only: Option<usize>,
+) -> Result<(), String> {
     let (full, _, live) = continua(servers)?;
     let wanted: Vec<Vec<u8>> = keys(range)
         .into_iter()
-        .filter(|key| full.server_for(key, servers.hash).is_some_and(|s| live[s]))
+        .filter(|key| {
+            full.server_for(key, servers.hash)
+                .is_some_and(|s| live[s] && only.map_or(true, |only| s == only))
+        })
         .collect();
     let started = Instant::now();
     let mut conn = mc::Conn::connect(proxy)?;
@@ -331,14 +362,14 @@ fn read(proxy: &str, servers: &Servers, range: &KeyRange) -> Result<(), String> 
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let which = match (only, servers.dead.is_empty()) {
+        (Some(only), _) => format!(" (all those of server {only}: {})", wanted.len()),
+        (None, false) => format!(" (all those on live servers: {})", wanted.len()),
+        (None, true) => String::new(),
+    };
     println!(
-        "read {good}/{} keys back through {proxy}{} in {secs:.2} s",
-        range.count,
-        if servers.dead.is_empty() {
-            String::new()
-        } else {
-            format!(" (all those on live servers: {})", wanted.len())
-        }
+        "read {good}/{} keys back through {proxy}{which} in {secs:.2} s",
+        range.count
     );
     Ok(())
 }
