@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Throughput through twemproxy (nutcracker) with 1, 2 and 3 backends, with
+# memcached's load generator memcaslap (libmemcached-tools). Not run by CI.
+#
+#   scripts/bench-cluster.sh                 # kvstore-server backends
+#   BACKEND=memcached scripts/bench-cluster.sh   # real memcached backends
+#
+# For each N: N backends, nutcracker in front (the deploy/nutcracker.yml
+# settings, hash md5 / ketama), memcaslap through the proxy; plus one run
+# straight at a single backend, without the proxy, for comparison. Prints
+# one line per run and a Markdown table at the end.
+# Settings: DURATION (10s), THREADS (2), CONNS (64), VALUE_BYTES (100),
+# BACKEND (kvstore|memcached). Loopback only; everything started here is
+# stopped by its PID.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-64}
+VALUE_BYTES=${VALUE_BYTES:-100}
+BACKEND=${BACKEND:-kvstore}
+# shellcheck source=scripts/cluster-common.sh
+. scripts/cluster-common.sh
+
+need_package nutcracker nutcracker
+need_package memcaslap libmemcached-tools
+[ "$BACKEND" = memcached ] && need_package memcached memcached
+build_binaries
+KVSTORE_ARGS=(--durability periodic)
+
+# start_backends N: sets BACKENDS (addresses) and BACKEND_PIDS.
+start_backends() {
+    BACKENDS=()
+    BACKEND_PIDS=()
+    local i port
+    for ((i = 0; i < $1; i++)); do
+        if [ "$BACKEND" = memcached ]; then
+            port=$("$CHECK" free-ports 1)
+            start_memcached "$port"
+            BACKENDS+=("127.0.0.1:$port")
+        else
+            rm -rf "$WORK/kv-$i"
+            mkdir -p "$WORK/kv-$i"
+            start_kvstore "kv-$i" "$WORK/kv-$i" 0
+            BACKENDS+=("$STARTED_ADDR")
+        fi
+        BACKEND_PIDS+=("$STARTED_PID")
+    done
+}
+
+stop_backends() {
+    local pid
+    for pid in "${BACKEND_PIDS[@]}"; do
+        stop "$pid"
+    done
+}
+
+# measure LABEL ADDR: runs memcaslap at ADDR, prints and records its TPS.
+RESULTS=()
+measure() {
+    local label=$1 addr=$2 out tps misses
+    out=$(memcaslap -s "$addr" -T "$THREADS" -c "$CONNS" -t "$DURATION" -X "$VALUE_BYTES" 2>&1) ||
+        { echo "$out" >&2; return 1; }
+    tps=$(sed -n 's/.*TPS: \([0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
+    [ -n "$tps" ] || { echo "no TPS in memcaslap output: $out" >&2; return 1; }
+    misses=$(sed -n 's/^get_misses: //p' <<<"$out" | tail -n 1)
+    echo "$label: $tps ops/s (get_misses $misses)"
+    RESULTS+=("| $label | $tps |")
+}
+
+echo "== $BACKEND backends; memcaslap -T $THREADS -c $CONNS -t $DURATION -X $VALUE_BYTES (90% get, 10% set); $(nproc) cores"
+start_backends 1
+measure "1 $BACKEND, direct (no proxy)" "${BACKENDS[0]}"
+stop_backends
+
+for n in 1 2 3; do
+    start_backends "$n"
+    lines=()
+    for addr in "${BACKENDS[@]}"; do
+        lines+=("$addr:1")
+    done
+    proxy=127.0.0.1:$("$CHECK" free-ports 1)
+    pool bench "$proxy" md5 30000 "${lines[@]}" >"$WORK/nutcracker-$n.yml"
+    start_nutcracker "proxy-$n" "$WORK/nutcracker-$n.yml"
+    proxy_pid=$STARTED_PID
+    measure "$n $BACKEND behind nutcracker" "$proxy"
+    stop "$proxy_pid"
+    stop_backends
+done
+
+echo
+echo "| setup | ops/s |"
+echo "| --- | --- |"
+printf '%s\n' "${RESULTS[@]}"
