@@ -66,15 +66,30 @@ impl Store {
         todo!()
     }
     /// Stores `value` under `key` with metadata; returns the new cas.
-    pub fn set_with(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, meta: ItemMeta) -> Result<u64> {
+    pub fn set_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        meta: ItemMeta,
+    ) -> Result<u64> {
         todo!()
     }
     /// Stores only if `key` is absent.
-    pub fn add(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, meta: ItemMeta) -> Result<StoreOutcome> {
+    pub fn add(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        meta: ItemMeta,
+    ) -> Result<StoreOutcome> {
         todo!()
     }
     /// Stores only if `key` is present.
-    pub fn replace(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, meta: ItemMeta) -> Result<StoreOutcome> {
+    pub fn replace(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        meta: ItemMeta,
+    ) -> Result<StoreOutcome> {
         todo!()
     }
     /// Appends `data` to an existing value (flags and expiry unchanged).
@@ -86,7 +101,13 @@ impl Store {
         todo!()
     }
     /// Stores only if the item's cas is still `expected_cas`.
-    pub fn compare_and_swap(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, meta: ItemMeta, expected_cas: u64) -> Result<CasOutcome> {
+    pub fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        meta: ItemMeta,
+        expected_cas: u64,
+    ) -> Result<CasOutcome> {
         todo!()
     }
     /// Adds `delta` to a decimal counter, wrapping at 2^64.

@@ -1,46 +1,271 @@
-//! Client of the seed dialect.
-//!
-//! SKELETON: signatures are the contract; bodies are being written.
+//! Client of the seed dialect, the mirror of the server side: it encodes
+//! requests with [`crate::protocol::seed`] and decodes the replies with the
+//! same module.
 
-use std::net::ToSocketAddrs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::protocol::seed::{self, Request, Status};
+use crate::protocol::validate_key;
+
+/// Default connect, read and write timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest reply line a client accepts (a `VALUE` line holds a key of at
+/// most 250 bytes and a few numbers).
+pub(crate) const MAX_REPLY_LINE_BYTES: u64 = 4096;
 
 /// A connection to a kvstore server speaking the seed dialect.
+///
+/// After an error of kind [`Error::Io`] or [`Error::Protocol`] the
+/// connection is in an unknown state: drop it and connect again.
 pub struct Client {
-    _private: (),
+    conn: Conn,
 }
 
-#[allow(unused_variables)]
+/// A buffered connection with its peer's name for error messages.
+pub(crate) struct Conn {
+    pub(crate) reader: BufReader<TcpStream>,
+    pub(crate) out: Vec<u8>,
+    pub(crate) addr: String,
+}
+
+impl Conn {
+    pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Conn> {
+        let addrs: Vec<_> = addr
+            .to_socket_addrs()
+            .map_err(|source| Error::Connect {
+                addr: "(unresolved address)".into(),
+                source,
+            })?
+            .collect();
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, timeout) {
+                Ok(stream) => {
+                    let name = a.to_string();
+                    let io = |source| Error::Connect {
+                        addr: name.clone(),
+                        source,
+                    };
+                    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+                    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+                    stream.set_nodelay(true).map_err(io)?;
+                    return Ok(Conn {
+                        reader: BufReader::new(stream),
+                        out: Vec::new(),
+                        addr: name,
+                    });
+                }
+                Err(e) => last = Some((a.to_string(), e)),
+            }
+        }
+        let (addr, source) = last.unwrap_or_else(|| {
+            (
+                "(no address)".into(),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "address resolved to nothing",
+                ),
+            )
+        });
+        Err(Error::Connect { addr, source })
+    }
+
+    fn io(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    /// Sends the buffered request bytes.
+    pub(crate) fn send(&mut self) -> Result<()> {
+        let res = self.reader.get_mut().write_all(&self.out);
+        self.out.clear();
+        res.map_err(|e| self.io(e))
+    }
+
+    /// Reads one reply line, terminator stripped.
+    pub(crate) fn line(&mut self) -> Result<Vec<u8>> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_REPLY_LINE_BYTES)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| self.io(e))?;
+        if n == 0 {
+            return Err(self.io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            )));
+        }
+        if line.pop() != Some(b'\n') {
+            return Err(Error::Protocol(format!(
+                "reply line without end or longer than {MAX_REPLY_LINE_BYTES} bytes"
+            )));
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Ok(line)
+    }
+
+    /// Reads a data block of `len` bytes and its `\r\n`.
+    pub(crate) fn block(&mut self, len: usize) -> Result<Vec<u8>> {
+        let mut data = vec![0u8; len + 2];
+        self.reader.read_exact(&mut data).map_err(|e| self.io(e))?;
+        if !data.ends_with(b"\r\n") {
+            return Err(Error::Protocol("data block not followed by \\r\\n".into()));
+        }
+        data.truncate(len);
+        Ok(data)
+    }
+}
+
+pub(crate) fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    validate_key(key).map_err(|e| Error::InvalidRequest(format!("{e}: {:?}", lossy(key))))
+}
+
 impl Client {
     /// Connects with the default timeouts (connect, read and write: 10 s).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address answers.
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
-        todo!()
+        Client::connect_timeout(addr, DEFAULT_TIMEOUT)
     }
+
     /// Connects with `timeout` for the connect and for every read and write.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address answers.
     pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Client> {
-        todo!()
+        Ok(Client {
+            conn: Conn::connect(addr, timeout)?,
+        })
     }
+
+    /// The address of the server.
+    pub fn peer(&self) -> &str {
+        &self.conn.addr
+    }
+
+    fn status(&mut self) -> Result<Status> {
+        let line = self.conn.line()?;
+        match seed::parse_status(&line) {
+            Some(Status::Invalid) => Err(Error::Rejected(lossy(&line))),
+            Some(Status::NotStored) => Err(Error::NotStored),
+            Some(status) => Ok(status),
+            None => Err(Error::Protocol(lossy(&line))),
+        }
+    }
+
     /// Stores `value` under `key`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a key the protocol cannot carry,
+    /// [`Error::NotStored`] when the server could not store it (too large,
+    /// disk full), [`Error::Io`] on socket errors and timeouts.
     pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        todo!()
+        let key = key.as_ref();
+        check_key(key)?;
+        Request::Set {
+            key,
+            value: value.as_ref(),
+        }
+        .encode(&mut self.conn.out);
+        self.conn.send()?;
+        match self.status()? {
+            Status::Stored => Ok(()),
+            other => Err(Error::Protocol(format!("{other:?} in reply to set"))),
+        }
     }
+
     /// The value of `key`; the seed dialect answers a missing key with an
     /// empty value, so a missing key reads as empty.
+    ///
+    /// # Errors
+    /// As [`Client::get_many`].
     pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Vec<u8>> {
-        todo!()
+        let mut values = self.get_many(&[key])?;
+        values
+            .pop()
+            .ok_or_else(|| Error::Protocol("no value in reply to get".into()))
     }
+
     /// The values of several keys, in order, in one round trip.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a bad key, [`Error::Protocol`] if the
+    /// reply does not match the request, [`Error::Io`] on socket errors.
     pub fn get_many<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Vec<u8>>> {
-        todo!()
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        for key in keys {
+            check_key(key.as_ref())?;
+        }
+        seed::encode_get(&mut self.conn.out, keys.iter().map(|k| k.as_ref()));
+        self.conn.send()?;
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let line = self.conn.line()?;
+            let Some((got, len)) = seed::parse_value_header(&line) else {
+                return match seed::parse_status(&line) {
+                    Some(Status::NotStored) => Err(Error::NotStored),
+                    Some(Status::Invalid) => Err(Error::Rejected(lossy(&line))),
+                    _ => Err(Error::Protocol(lossy(&line))),
+                };
+            };
+            if got != key.as_ref() {
+                return Err(Error::Protocol(format!(
+                    "value for key {:?} where {:?} was expected",
+                    lossy(got),
+                    lossy(key.as_ref())
+                )));
+            }
+            values.push(self.conn.block(len)?);
+        }
+        match self.status()? {
+            Status::End => Ok(values),
+            other => Err(Error::Protocol(format!("{other:?} instead of END"))),
+        }
     }
+
     /// Deletes `key`; `true` if it existed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a bad key, [`Error::NotStored`] when
+    /// the store failed, [`Error::Io`] on socket errors.
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
-        todo!()
+        let key = key.as_ref();
+        check_key(key)?;
+        Request::Delete { key }.encode(&mut self.conn.out);
+        self.conn.send()?;
+        match self.status()? {
+            Status::Deleted => Ok(true),
+            Status::NotFound => Ok(false),
+            other => Err(Error::Protocol(format!("{other:?} in reply to delete"))),
+        }
     }
+
     /// Deletes every key.
+    ///
+    /// # Errors
+    /// [`Error::NotStored`] when the store failed, [`Error::Io`] on socket
+    /// errors.
     pub fn clear(&mut self) -> Result<()> {
-        todo!()
+        Request::Clear.encode(&mut self.conn.out);
+        self.conn.send()?;
+        match self.status()? {
+            Status::Deleted => Ok(()),
+            other => Err(Error::Protocol(format!("{other:?} in reply to delete"))),
+        }
     }
 }

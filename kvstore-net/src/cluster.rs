@@ -25,7 +25,7 @@
 //! running nutcracker in front of real memcached servers, and the unit tests
 //! below pin server choices computed by libmemcached itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::str::FromStr;
@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 
 use crate::error::{Error, Result};
+use crate::mcclient::McClient;
 
 /// Points a server of average weight gets on the continuum.
 pub const POINTS_PER_SERVER: u32 = 160;
@@ -448,6 +449,37 @@ trait Connection: Send {
     fn delete(&mut self, key: &[u8]) -> Result<bool>;
 }
 
+impl Connection for McClient {
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        McClient::set(self, key, value, 0, 0)
+    }
+
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut hits: HashMap<Vec<u8>, Vec<u8>> = McClient::get_many(self, keys, false)?
+            .into_iter()
+            .map(|(key, item)| (key, item.value))
+            .collect();
+        let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        // A key asked for twice gets its value twice.
+        let mut first_seen: HashMap<&[u8], usize> = HashMap::new();
+        for (i, &key) in keys.iter().enumerate() {
+            let value = match first_seen.get(key) {
+                Some(&first) => values[first].clone(),
+                None => {
+                    first_seen.insert(key, i);
+                    hits.remove(key)
+                }
+            };
+            values.push(value);
+        }
+        Ok(values)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        McClient::delete(self, key)
+    }
+}
+
 /// Opens a connection to a server with a timeout.
 type Connector = Box<dyn Fn(&ServerSpec, Duration) -> Result<Box<dyn Connection>> + Send + Sync>;
 
@@ -503,10 +535,34 @@ impl fmt::Debug for Cluster {
 }
 
 impl Cluster {
+    /// A client of `servers` with the default [`ClusterOptions`].
+    ///
+    /// Connections ([`McClient`]) are opened on first use, one per server,
+    /// so a server that is down now costs nothing until one of its keys is
+    /// used, and then counts as a failure.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] when `servers` is empty or a weight is 0.
+    pub fn connect(servers: &[ServerSpec]) -> Result<Cluster> {
+        Cluster::connect_with(servers, ClusterOptions::default())
+    }
+
+    /// A client of `servers` with `options`; see [`Cluster::connect`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] when `servers` is empty or a weight is 0.
+    pub fn connect_with(servers: &[ServerSpec], options: ClusterOptions) -> Result<Cluster> {
+        let connector: Connector = Box::new(|spec: &ServerSpec, timeout| {
+            let client = McClient::connect_timeout(spec.addr(), timeout)?;
+            Ok(Box::new(client) as Box<dyn Connection>)
+        });
+        Cluster::with_connector(servers, options, connector)
+    }
+
     /// A client with `options` of `servers` over connections `connector`
     /// opens; nothing is connected yet.
-    // Interim: the public constructors arrive with the net branch's McClient.
-    #[cfg_attr(not(test), allow(dead_code))]
     fn with_connector(
         servers: &[ServerSpec],
         options: ClusterOptions,
@@ -1000,7 +1056,6 @@ mod tests {
 
     // --- Cluster over fake servers: routing and failover without sockets.
 
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]

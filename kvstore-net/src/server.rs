@@ -1,14 +1,37 @@
 //! Listeners, connection threads and shutdown.
 //!
-//! SKELETON: signatures are the contract; bodies are being written.
+//! Each listener has one accept thread; each connection gets its own
+//! thread with a small stack ([`CONNECTION_STACK_BYTES`]), counted by a
+//! guard that releases its slot on drop. Over `max_connections` a new
+//! connection gets its dialect's error line and is closed.
+//!
+//! Shutdown order: set the flag, wake the blocking accepts, stop accepting,
+//! stop reading (requests already received are answered), wait for the
+//! connection threads, flush the store.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvstore_core::Store;
 
-use crate::error::Result;
+use crate::connection::{self, End, Handler};
+use crate::error::{Error, Result};
+use crate::handler::{Context, McHandler, SeedHandler, Stats};
+use crate::protocol::{memcached, seed};
+
+/// Stack size of a connection thread: parsing works on heap buffers, so a
+/// small stack lets 10,000 connections fit comfortably.
+pub const CONNECTION_STACK_BYTES: usize = 128 * 1024;
+
+/// How long shutdown waits for connections to finish their requests
+/// before it closes them outright.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the server listens on and the limits it enforces.
 #[derive(Debug, Clone)]
@@ -43,32 +66,411 @@ impl Default for ServerConfig {
 /// The server: binds its listeners and serves one store.
 pub struct Server;
 
-/// A running server; shut it down with [`ServerHandle::shutdown`].
+/// A running server; shut it down with [`ServerHandle::shutdown`], or
+/// trigger the shutdown from elsewhere (a signal handler thread) with a
+/// [`ShutdownTrigger`] and wait for it with [`ServerHandle::wait`].
 pub struct ServerHandle {
-    _private: (),
+    shared: Arc<Shared>,
+    seed_addr: Option<SocketAddr>,
+    memcached_addr: Option<SocketAddr>,
+    acceptors: Vec<JoinHandle<()>>,
 }
 
-#[allow(unused_variables)]
+/// Starts the shutdown of a server from any thread; cheap to clone.
+#[derive(Clone)]
+pub struct ShutdownTrigger {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Seed,
+    Memcached,
+}
+
+impl Dialect {
+    fn name(self) -> &'static str {
+        match self {
+            Dialect::Seed => "seed",
+            Dialect::Memcached => "memcached",
+        }
+    }
+
+    fn too_many_connections(self) -> &'static [u8] {
+        match self {
+            Dialect::Seed => seed::INVALID_REQUEST,
+            Dialect::Memcached => memcached::TOO_MANY_CONNECTIONS,
+        }
+    }
+}
+
+/// State shared by the handle, the acceptors and the connections.
+struct Shared {
+    store: Arc<Store>,
+    config: ServerConfig,
+    stats: Arc<Stats>,
+    stopping: AtomicBool,
+    /// Set once shutdown is triggered; `wait` blocks on it.
+    triggered: Mutex<bool>,
+    triggered_cv: Condvar,
+    /// Live connections: id -> socket, so shutdown can stop their reads.
+    /// A connection removes itself before its socket is closed, so every
+    /// descriptor here is open.
+    conns: Mutex<HashMap<u64, RawFd>>,
+    conns_cv: Condvar,
+    next_id: AtomicU64,
+    listen_addrs: Mutex<Vec<SocketAddr>>,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+        // A poisoned map is still a valid map: connection threads do not
+        // panic while holding it.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn trigger(&self) {
+        if self.stopping.swap(true, SeqCst) {
+            return;
+        }
+        let mut t = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
+        *t = true;
+        self.triggered_cv.notify_all();
+        drop(t);
+        // Wake each blocking accept with a connection of our own.
+        let addrs = self
+            .listen_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for addr in addrs {
+            let target = match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => {
+                    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+                }
+                IpAddr::V6(ip) if ip.is_unspecified() => {
+                    SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+                }
+                _ => addr,
+            };
+            if let Err(e) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                log::warn!("cannot wake the listener on {addr}: {e}");
+            }
+        }
+    }
+}
+
+/// Releases a connection's slot (and its entry in the registry) on drop.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut conns = self.shared.conns();
+        conns.remove(&self.id);
+        self.shared.stats.curr_connections.fetch_sub(1, SeqCst);
+        self.shared.conns_cv.notify_all();
+    }
+}
+
 impl Server {
     /// Binds the listeners of `config` and starts serving `store` on
     /// background threads.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the address (and so the port) that could not
+    /// be bound.
     pub fn start(store: Arc<Store>, config: ServerConfig) -> Result<ServerHandle> {
-        todo!()
+        let bind = |port: u16| {
+            let addr = SocketAddr::new(config.bind, port);
+            TcpListener::bind(addr).map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+        };
+        let seed_listener = config.seed_port.map(bind).transpose()?;
+        let mc_listener = config.memcached_port.map(bind).transpose()?;
+        let local = |l: &TcpListener| {
+            l.local_addr().map_err(|source| Error::Bind {
+                addr: config.bind.to_string(),
+                source,
+            })
+        };
+        let seed_addr = seed_listener.as_ref().map(local).transpose()?;
+        let memcached_addr = mc_listener.as_ref().map(local).transpose()?;
+
+        let shared = Arc::new(Shared {
+            store,
+            stats: Arc::new(Stats::new(config.max_connections)),
+            config,
+            stopping: AtomicBool::new(false),
+            triggered: Mutex::new(false),
+            triggered_cv: Condvar::new(),
+            conns: Mutex::new(HashMap::new()),
+            conns_cv: Condvar::new(),
+            next_id: AtomicU64::new(0),
+            listen_addrs: Mutex::new(seed_addr.into_iter().chain(memcached_addr).collect()),
+        });
+
+        let mut acceptors = Vec::new();
+        for (listener, dialect) in [
+            (seed_listener, Dialect::Seed),
+            (mc_listener, Dialect::Memcached),
+        ] {
+            let Some(listener) = listener else { continue };
+            let acceptor_shared = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("accept-{}", dialect.name()))
+                .spawn(move || accept_loop(listener, dialect, acceptor_shared));
+            match spawned {
+                Ok(h) => acceptors.push(h),
+                Err(source) => {
+                    let handle = ServerHandle {
+                        shared,
+                        seed_addr,
+                        memcached_addr,
+                        acceptors,
+                    };
+                    let _ = handle.shutdown();
+                    return Err(Error::Bind {
+                        addr: format!("the {} listener (no thread)", dialect.name()),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(ServerHandle {
+            shared,
+            seed_addr,
+            memcached_addr,
+            acceptors,
+        })
     }
+}
+
+fn accept_loop(listener: TcpListener, dialect: Dialect, shared: Arc<Shared>) {
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping.load(SeqCst) {
+            break;
+        }
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors or a connection reset before accept:
+                // keep serving the others; back off so a full fd table
+                // does not spin.
+                log::warn!("accept on the {} listener failed: {e}", dialect.name());
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("cannot set TCP_NODELAY for {peer}: {e}");
+        }
+        let stats = &shared.stats;
+        let current = stats.curr_connections.fetch_add(1, SeqCst);
+        if current >= shared.config.max_connections {
+            stats.curr_connections.fetch_sub(1, SeqCst);
+            stats.rejected_connections.fetch_add(1, Relaxed);
+            log::warn!(
+                "refusing connection from {peer}: {} connections already open",
+                shared.config.max_connections
+            );
+            refuse(stream, dialect);
+            continue;
+        }
+        stats.total_connections.fetch_add(1, Relaxed);
+        let id = shared.next_id.fetch_add(1, Relaxed);
+        shared.conns().insert(id, stream.as_raw_fd());
+        let guard = ConnGuard {
+            shared: Arc::clone(&shared),
+            id,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .stack_size(CONNECTION_STACK_BYTES)
+            .spawn(move || run_connection(stream, peer, dialect, guard));
+        if let Err(e) = spawned {
+            // The closure (with the stream and the guard) was dropped: the
+            // slot is released and the socket closed.
+            log::error!("cannot start a thread for {peer}: {e}");
+        }
+    }
+}
+
+/// Sends the over-limit line and closes, without blocking the acceptor.
+fn refuse(mut stream: TcpStream, dialect: Dialect) {
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(dialect.too_many_connections());
+    // Read what the client already sent, so the close is a FIN and not a
+    // reset that could destroy the reply.
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: ConnGuard) {
+    let shared = &guard.shared;
+    let ctx = Context {
+        store: Arc::clone(&shared.store),
+        stats: Arc::clone(&shared.stats),
+        max_value_bytes: shared.config.max_value_bytes,
+    };
+    let mut seed_handler;
+    let mut mc_handler;
+    let handler: &mut dyn Handler = match dialect {
+        Dialect::Seed => {
+            seed_handler = SeedHandler { ctx };
+            &mut seed_handler
+        }
+        Dialect::Memcached => {
+            mc_handler = McHandler { ctx };
+            &mut mc_handler
+        }
+    };
+    match connection::serve(&stream, handler, shared.config.idle_timeout) {
+        Ok(End::Eof) | Ok(End::Closed) => log::debug!("{peer} closed"),
+        Ok(End::EofMidRequest) => {
+            log::debug!("{peer} disconnected inside a request; nothing of it was stored")
+        }
+        Ok(End::Idle) => log::debug!("closing {peer}: idle"),
+        Err(e) => log::info!("connection from {peer} failed: {e}"),
+    }
+    // Leave the registry before the socket is closed.
+    drop(guard);
+    drop(stream);
 }
 
 impl ServerHandle {
     /// Address of the seed-dialect listener, if any.
     pub fn seed_addr(&self) -> Option<SocketAddr> {
-        todo!()
+        self.seed_addr
     }
+
     /// Address of the memcached-dialect listener, if any.
     pub fn memcached_addr(&self) -> Option<SocketAddr> {
-        todo!()
+        self.memcached_addr
     }
+
+    /// A handle that starts the shutdown from another thread (for example
+    /// one that waits for SIGINT/SIGTERM).
+    pub fn trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Number of connections currently open.
+    pub fn connections(&self) -> usize {
+        self.shared.stats.curr_connections.load(SeqCst)
+    }
+
     /// Stops accepting, finishes requests in flight, joins the connection
     /// threads and flushes the store.
+    ///
+    /// # Errors
+    /// The store's error if the final flush fails.
     pub fn shutdown(self) -> Result<()> {
-        todo!()
+        self.shared.trigger();
+        self.wait()
+    }
+
+    /// Blocks until a [`ShutdownTrigger`] fires (or [`shutdown`] is
+    /// called), then shuts down as [`ServerHandle::shutdown`] does.
+    ///
+    /// [`shutdown`]: ShutdownTrigger::shutdown
+    ///
+    /// # Errors
+    /// The store's error if the final flush fails.
+    pub fn wait(mut self) -> Result<()> {
+        {
+            let mut t = self
+                .shared
+                .triggered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            while !*t {
+                t = self
+                    .shared
+                    .triggered_cv
+                    .wait(t)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        for acceptor in self.acceptors.drain(..) {
+            if acceptor.join().is_err() {
+                log::error!("a listener thread panicked");
+            }
+        }
+        // Stop reading: each connection answers what it already received,
+        // sees end of input and exits.
+        self.close_connections(libc::SHUT_RD);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        if !self.wait_connections(deadline) {
+            // Stuck writing to a client that does not read: cut it off.
+            self.close_connections(libc::SHUT_RDWR);
+            self.wait_connections(Instant::now() + SHUTDOWN_GRACE);
+        }
+        self.shared.store.flush()?;
+        Ok(())
+    }
+
+    fn close_connections(&self, how: libc::c_int) {
+        let conns = self.shared.conns();
+        for &fd in conns.values() {
+            // SAFETY: the registry lock is held and a connection leaves the
+            // registry before its socket is closed, so `fd` is an open
+            // socket owned by that connection; shutdown does not close it.
+            unsafe {
+                libc::shutdown(fd, how);
+            }
+        }
+    }
+
+    /// Waits until no connection is open; `false` at the deadline.
+    fn wait_connections(&self, deadline: Instant) -> bool {
+        let mut conns = self.shared.conns();
+        while !conns.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            conns = self
+                .shared
+                .conns_cv
+                .wait_timeout(conns, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl ShutdownTrigger {
+    /// Starts the shutdown: the listeners stop accepting and
+    /// [`ServerHandle::wait`] returns once the rest is done. Safe to call
+    /// more than once.
+    pub fn shutdown(&self) {
+        self.shared.trigger();
+    }
+}
+
+impl Drop for ServerHandle {
+    /// A handle dropped without [`ServerHandle::shutdown`] stops the
+    /// listeners (connections end when their clients leave).
+    fn drop(&mut self) {
+        if !self.acceptors.is_empty() {
+            self.shared.trigger();
+            for acceptor in self.acceptors.drain(..) {
+                let _ = acceptor.join();
+            }
+        }
     }
 }

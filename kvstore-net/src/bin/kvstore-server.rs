@@ -1,2 +1,189 @@
-//! SKELETON: `kvstore-server` is being written.
-fn main() {}
+//! `kvstore-server`: serves one store directory over TCP, in the seed
+//! dialect (`--port`) and optionally the memcached dialect
+//! (`--memcached-port`).
+//!
+//! Prints one `listening on ADDR (seed|memcached)` line per listener on
+//! stdout; logs go to stderr. SIGINT/SIGTERM shut it down gracefully (stop
+//! accepting, answer requests in flight, flush the store) and it exits 0.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kvstore_core::{Durability, Options, Store};
+use kvstore_net::{Server, ServerConfig};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Leave write-back to the OS (survives a process crash, not a power cut).
+    Never,
+    /// Flush to stable storage every --sync-interval-ms in the background.
+    Periodic,
+    /// Acknowledge a write only once it is on stable storage.
+    Always,
+}
+
+/// Serve a kvstore directory over TCP (seed dialect, and memcached's ASCII
+/// protocol when --memcached-port is given).
+#[derive(Debug, Parser)]
+#[command(name = "kvstore-server", version, about)]
+struct Args {
+    /// The store directory (created if missing; one server per directory).
+    #[arg(long, value_name = "PATH", default_value = "./kvstore-data")]
+    dir: PathBuf,
+
+    /// Address to listen on; use 0.0.0.0 to listen on all interfaces.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    bind: IpAddr,
+
+    /// Port of the seed dialect (0: the OS picks one).
+    #[arg(long, value_name = "N", env = "SERVER_PORT", default_value_t = 7878)]
+    port: u16,
+
+    /// Port of the memcached dialect (0: the OS picks one; off unless given).
+    #[arg(long, value_name = "N")]
+    memcached_port: Option<u16>,
+
+    /// What an acknowledged write survives: never (process crash only),
+    /// periodic (at most --sync-interval-ms lost on power failure), always.
+    #[arg(long, value_enum, default_value = "periodic")]
+    durability: DurabilityArg,
+
+    /// Interval of the background flush with --durability periodic.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    sync_interval_ms: u64,
+
+    /// Most concurrent connections; more get an error line and are closed.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    max_value_bytes: usize,
+
+    /// Close connections idle this many seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    idle_timeout: u64,
+
+    /// Byte budget of the in-memory value cache (0 disables it).
+    #[arg(long, value_name = "N", default_value_t = kvstore_core::options::DEFAULT_CACHE_BYTES)]
+    cache_bytes: usize,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG
+    /// overrides it with filters such as `kvstore_net=debug`.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .target(env_logger::Target::Stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    raise_fd_limit();
+    let durability = match args.durability {
+        DurabilityArg::Never => Durability::Never,
+        DurabilityArg::Periodic => {
+            Durability::Periodic(Duration::from_millis(args.sync_interval_ms.max(1)))
+        }
+        DurabilityArg::Always => Durability::Always,
+    };
+    let options = Options::new()
+        .durability(durability)
+        .cache_bytes(args.cache_bytes)
+        .max_value_bytes(args.max_value_bytes);
+    let store = Store::open_with(&args.dir, options).map_err(|e| e.to_string())?;
+    let config = ServerConfig {
+        bind: args.bind,
+        seed_port: Some(args.port),
+        memcached_port: args.memcached_port,
+        max_connections: args.max_connections,
+        max_value_bytes: args.max_value_bytes,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+    };
+    let handle = Server::start(Arc::new(store), config).map_err(|e| e.to_string())?;
+
+    let trigger = handle.trigger();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: shutting down");
+                trigger.shutdown();
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    let announce = |addr: Option<std::net::SocketAddr>, dialect: &str| -> Result<(), String> {
+        if let Some(addr) = addr {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "listening on {addr} ({dialect})")
+                .and_then(|()| stdout.flush())
+                .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        }
+        Ok(())
+    };
+    announce(handle.seed_addr(), "seed")?;
+    announce(handle.memcached_addr(), "memcached")?;
+
+    handle.wait().map_err(|e| e.to_string())?;
+    log::info!("store flushed; bye");
+    Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit, so that many
+/// connections fit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            log::warn!(
+                "cannot read the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log::warn!(
+                    "cannot raise the open-file limit to {}: {}",
+                    lim.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Client of the memcached dialect, with flags, exptime and cas. Works
+//! against kvstore-server's memcached listener and against memcached
+//! itself; the cluster client builds on it.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use crate::client::{check_key, lossy, Conn, DEFAULT_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::protocol::memcached::{self as mc, parse_reply, Reply, StoreMode};
+use crate::protocol::Keys;
+
+/// A value read with [`McClient::get`] or [`McClient::gets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McItem {
+    /// The value.
+    pub value: Vec<u8>,
+    /// The client flags stored with it.
+    pub flags: u32,
+    /// The cas unique (only from `gets`/`gats`).
+    pub cas: Option<u64>,
+}
+
+/// Outcome of [`McClient::cas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McCasOutcome {
+    /// Stored.
+    Stored,
+    /// The item changed since its cas was read.
+    Exists,
+    /// The key does not exist.
+    NotFound,
+}
+
+/// A connection to a server speaking the memcached ASCII protocol.
+///
+/// `exptime` arguments follow memcached: 0 never expires, up to 30 days
+/// is relative seconds, larger is a Unix time, negative is expired.
+pub struct McClient {
+    conn: Conn,
+}
+
+impl McClient {
+    /// Connects with the default timeouts (10 s).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address answers.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<McClient> {
+        McClient::connect_timeout(addr, DEFAULT_TIMEOUT)
+    }
+
+    /// Connects with `timeout` for the connect and every read and write.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address answers.
+    pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<McClient> {
+        Ok(McClient {
+            conn: Conn::connect(addr, timeout)?,
+        })
+    }
+
+    /// The address of the server.
+    pub fn peer(&self) -> &str {
+        &self.conn.addr
+    }
+
+    /// Reads one reply line; error lines become errors.
+    fn reply(&mut self) -> Result<Vec<u8>> {
+        let line = self.conn.line()?;
+        match parse_reply(&line) {
+            Some(Reply::Error(e)) if e.starts_with(b"SERVER_ERROR") => {
+                log::debug!("{}: {}", self.conn.addr, lossy(e));
+                Err(Error::NotStored)
+            }
+            Some(Reply::Error(e)) => Err(Error::Rejected(lossy(e))),
+            Some(_) => Ok(line),
+            None => Err(Error::Protocol(lossy(&line))),
+        }
+    }
+
+    fn storage(
+        &mut self,
+        mode: StoreMode,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        exptime: i64,
+    ) -> Result<Reply<'static>> {
+        check_key(key)?;
+        mc::Request::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+            noreply: false,
+        }
+        .encode(&mut self.conn.out);
+        self.conn.send()?;
+        let line = self.reply()?;
+        match parse_reply(&line) {
+            Some(Reply::Stored) => Ok(Reply::Stored),
+            Some(Reply::NotStored) => Ok(Reply::NotStored),
+            Some(Reply::Exists) => Ok(Reply::Exists),
+            Some(Reply::NotFound) => Ok(Reply::NotFound),
+            _ => Err(Error::Protocol(lossy(&line))),
+        }
+    }
+
+    fn stored(
+        &mut self,
+        mode: StoreMode,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        exptime: i64,
+    ) -> Result<bool> {
+        match self.storage(mode, key, value, flags, exptime)? {
+            Reply::Stored => Ok(true),
+            Reply::NotStored => Ok(false),
+            other => Err(Error::Protocol(format!(
+                "{other:?} in reply to a storage command"
+            ))),
+        }
+    }
+
+    /// Stores `value` under `key` (memcached `set`).
+    ///
+    /// # Errors
+    /// [`Error::NotStored`] on `SERVER_ERROR` (too large, store failure),
+    /// [`Error::Rejected`] on a client error, [`Error::Io`] on socket errors.
+    pub fn set(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        flags: u32,
+        exptime: i64,
+    ) -> Result<()> {
+        match self.stored(StoreMode::Set, key.as_ref(), value.as_ref(), flags, exptime)? {
+            true => Ok(()),
+            false => Err(Error::NotStored),
+        }
+    }
+
+    /// Stores only if `key` is absent; `false` if it existed.
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn add(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        flags: u32,
+        exptime: i64,
+    ) -> Result<bool> {
+        self.stored(StoreMode::Add, key.as_ref(), value.as_ref(), flags, exptime)
+    }
+
+    /// Stores only if `key` is present; `false` if it was missing.
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn replace(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        flags: u32,
+        exptime: i64,
+    ) -> Result<bool> {
+        self.stored(
+            StoreMode::Replace,
+            key.as_ref(),
+            value.as_ref(),
+            flags,
+            exptime,
+        )
+    }
+
+    /// Appends to an existing value; `false` if the key was missing.
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn append(&mut self, key: impl AsRef<[u8]>, data: impl AsRef<[u8]>) -> Result<bool> {
+        self.stored(StoreMode::Append, key.as_ref(), data.as_ref(), 0, 0)
+    }
+
+    /// Prepends to an existing value; `false` if the key was missing.
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn prepend(&mut self, key: impl AsRef<[u8]>, data: impl AsRef<[u8]>) -> Result<bool> {
+        self.stored(StoreMode::Prepend, key.as_ref(), data.as_ref(), 0, 0)
+    }
+
+    /// Stores only if the item's cas is still `cas` (from [`McClient::gets`]).
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn cas(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        flags: u32,
+        exptime: i64,
+        cas: u64,
+    ) -> Result<McCasOutcome> {
+        match self.storage(
+            StoreMode::Cas(cas),
+            key.as_ref(),
+            value.as_ref(),
+            flags,
+            exptime,
+        )? {
+            Reply::Stored => Ok(McCasOutcome::Stored),
+            Reply::Exists => Ok(McCasOutcome::Exists),
+            Reply::NotFound => Ok(McCasOutcome::NotFound),
+            other => Err(Error::Protocol(format!("{other:?} in reply to cas"))),
+        }
+    }
+
+    fn retrieve<K: AsRef<[u8]>>(
+        &mut self,
+        with_cas: bool,
+        exptime: Option<i64>,
+        keys: &[K],
+    ) -> Result<Vec<(Vec<u8>, McItem)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut raw = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            check_key(key.as_ref())?;
+            if i > 0 {
+                raw.push(b' ');
+            }
+            raw.extend_from_slice(key.as_ref());
+        }
+        let keys = Keys::from_raw(&raw);
+        match exptime {
+            None => mc::Request::Get { with_cas, keys },
+            Some(exptime) => mc::Request::GetAndTouch {
+                with_cas,
+                exptime,
+                keys,
+            },
+        }
+        .encode(&mut self.conn.out);
+        self.conn.send()?;
+        let mut items = Vec::new();
+        loop {
+            let line = self.reply()?;
+            match parse_reply(&line) {
+                Some(Reply::End) => return Ok(items),
+                Some(Reply::Value {
+                    key,
+                    flags,
+                    bytes,
+                    cas,
+                }) => {
+                    let key = key.to_vec();
+                    let value = self.conn.block(bytes)?;
+                    items.push((key, McItem { value, flags, cas }));
+                }
+                _ => return Err(Error::Protocol(lossy(&line))),
+            }
+        }
+    }
+
+    /// The item of `key`, if present.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on socket errors, [`Error::Protocol`] on a reply that
+    /// is not the protocol.
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<McItem>> {
+        Ok(self
+            .retrieve(false, None, &[key])?
+            .pop()
+            .map(|(_, item)| item))
+    }
+
+    /// The item of `key` with its cas, if present.
+    ///
+    /// # Errors
+    /// As [`McClient::get`].
+    pub fn gets(&mut self, key: impl AsRef<[u8]>) -> Result<Option<McItem>> {
+        Ok(self
+            .retrieve(true, None, &[key])?
+            .pop()
+            .map(|(_, item)| item))
+    }
+
+    /// The items of the keys present among `keys` (misses are omitted), in
+    /// one round trip; with their cas if `with_cas`.
+    ///
+    /// # Errors
+    /// As [`McClient::get`].
+    pub fn get_many<K: AsRef<[u8]>>(
+        &mut self,
+        keys: &[K],
+        with_cas: bool,
+    ) -> Result<Vec<(Vec<u8>, McItem)>> {
+        self.retrieve(with_cas, None, keys)
+    }
+
+    /// Gets the item of `key` and sets its expiry (`gat`).
+    ///
+    /// # Errors
+    /// As [`McClient::get`].
+    pub fn gat(&mut self, key: impl AsRef<[u8]>, exptime: i64) -> Result<Option<McItem>> {
+        Ok(self
+            .retrieve(true, Some(exptime), &[key])?
+            .pop()
+            .map(|(_, item)| item))
+    }
+
+    fn simple(&mut self, what: &str) -> Result<Reply<'static>> {
+        self.conn.send()?;
+        let line = self.reply()?;
+        Ok(match parse_reply(&line) {
+            Some(Reply::Deleted) => Reply::Deleted,
+            Some(Reply::NotFound) => Reply::NotFound,
+            Some(Reply::Touched) => Reply::Touched,
+            Some(Reply::Ok) => Reply::Ok,
+            Some(Reply::Number(n)) => Reply::Number(n),
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "{:?} in reply to {what}",
+                    lossy(&line)
+                )))
+            }
+        })
+    }
+
+    /// Deletes `key`; `true` if it existed.
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        check_key(key)?;
+        mc::Request::Delete {
+            key,
+            noreply: false,
+        }
+        .encode(&mut self.conn.out);
+        match self.simple("delete")? {
+            Reply::Deleted => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(Error::Protocol(format!("{other:?} in reply to delete"))),
+        }
+    }
+
+    fn counter(&mut self, incr: bool, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        check_key(key)?;
+        mc::Request::Counter {
+            incr,
+            key,
+            delta,
+            noreply: false,
+        }
+        .encode(&mut self.conn.out);
+        match self.simple("incr/decr")? {
+            Reply::Number(n) => Ok(Some(n)),
+            Reply::NotFound => Ok(None),
+            other => Err(Error::Protocol(format!("{other:?} in reply to incr/decr"))),
+        }
+    }
+
+    /// Adds `delta` to a decimal counter (wrapping at 2^64); the new value,
+    /// or `None` if the key is missing.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when the value is not a number; otherwise as
+    /// [`McClient::set`].
+    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: u64) -> Result<Option<u64>> {
+        self.counter(true, key.as_ref(), delta)
+    }
+
+    /// Subtracts `delta` from a decimal counter (stopping at 0); the new
+    /// value, or `None` if the key is missing.
+    ///
+    /// # Errors
+    /// As [`McClient::incr`].
+    pub fn decr(&mut self, key: impl AsRef<[u8]>, delta: u64) -> Result<Option<u64>> {
+        self.counter(false, key.as_ref(), delta)
+    }
+
+    /// Sets a new expiry on `key`; `false` if it is missing.
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn touch(&mut self, key: impl AsRef<[u8]>, exptime: i64) -> Result<bool> {
+        let key = key.as_ref();
+        check_key(key)?;
+        mc::Request::Touch {
+            key,
+            exptime,
+            noreply: false,
+        }
+        .encode(&mut self.conn.out);
+        match self.simple("touch")? {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(Error::Protocol(format!("{other:?} in reply to touch"))),
+        }
+    }
+
+    /// Invalidates every item, `delay` seconds from now (0: now).
+    ///
+    /// # Errors
+    /// As [`McClient::set`].
+    pub fn flush_all(&mut self, delay: i64) -> Result<()> {
+        mc::Request::FlushAll {
+            delay,
+            noreply: false,
+        }
+        .encode(&mut self.conn.out);
+        match self.simple("flush_all")? {
+            Reply::Ok => Ok(()),
+            other => Err(Error::Protocol(format!("{other:?} in reply to flush_all"))),
+        }
+    }
+
+    /// The server's version string.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on socket errors, [`Error::Protocol`] on a bad reply.
+    pub fn version(&mut self) -> Result<String> {
+        mc::Request::Version.encode(&mut self.conn.out);
+        self.conn.send()?;
+        let line = self.reply()?;
+        match parse_reply(&line) {
+            Some(Reply::Version(v)) => Ok(lossy(v)),
+            _ => Err(Error::Protocol(lossy(&line))),
+        }
+    }
+
+    /// The server's `stats`, as name/value pairs in the order sent.
+    ///
+    /// # Errors
+    /// As [`McClient::version`].
+    pub fn stats(&mut self) -> Result<Vec<(String, String)>> {
+        mc::Request::Stats.encode(&mut self.conn.out);
+        self.conn.send()?;
+        let mut stats = Vec::new();
+        loop {
+            let line = self.reply()?;
+            match parse_reply(&line) {
+                Some(Reply::End) => return Ok(stats),
+                Some(Reply::Stat(name, value)) => stats.push((lossy(name), lossy(value))),
+                _ => return Err(Error::Protocol(lossy(&line))),
+            }
+        }
+    }
+}
