@@ -1,6 +1,9 @@
 //! Options for opening a store.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::io::{FileSystem, StdFileSystem};
 
 /// How hard the store works to keep acknowledged writes across a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub struct Options {
     pub(crate) durability: Durability,
     pub(crate) cache_bytes: usize,
     pub(crate) max_value_bytes: usize,
+    pub(crate) file_system: Arc<dyn FileSystem>,
+    pub(crate) key_hasher: fn(&[u8]) -> u64,
 }
 
 impl Options {
@@ -45,6 +50,8 @@ impl Options {
             durability: Durability::default(),
             cache_bytes: DEFAULT_CACHE_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            file_system: Arc::new(StdFileSystem),
+            key_hasher: crate::layout::fnv1a64,
         }
     }
 
@@ -64,6 +71,26 @@ impl Options {
     /// The largest value accepted (default 1 MiB).
     pub fn max_value_bytes(mut self, bytes: usize) -> Options {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The file system the store works through (default
+    /// [`StdFileSystem`]). Tests wrap the real one to record operations or
+    /// inject faults; see [`crate::io`].
+    pub fn file_system(mut self, file_system: Arc<dyn FileSystem>) -> Options {
+        self.file_system = file_system;
+        self
+    }
+
+    /// **Testing hook**: the function that maps a key to the 64-bit hash
+    /// naming its file (default FNV-1a 64). A deliberately weak hasher
+    /// forces hash collisions. A store must always be opened with the same
+    /// hasher (the files are named by it); [`Store::verify`](crate::Store::verify)
+    /// and [`Store::repair`](crate::Store::repair) assume the default, use
+    /// [`Store::verify_with`](crate::Store::verify_with) and
+    /// [`Store::repair_with`](crate::Store::repair_with) otherwise.
+    pub fn key_hasher(mut self, hasher: fn(&[u8]) -> u64) -> Options {
+        self.key_hasher = hasher;
         self
     }
 }
