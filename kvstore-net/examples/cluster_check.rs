@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use kvstore_net::{Continuum, KeyHash, ServerSpec};
+use kvstore_net::{Cluster, ClusterOptions, Continuum, KeyHash, ServerSpec};
 
 /// Keys asked for in one multi-get.
 const BATCH: usize = 100;
@@ -105,6 +105,15 @@ enum Step {
         #[arg(long, default_value_t = 0)]
         retry_ms: u64,
     },
+    /// Reads every key straight from the servers with kvstore's Cluster
+    /// client. With `--dead`, the client must eject the dead servers (their
+    /// keys then read as missing from their stand-ins) and read all others.
+    ClusterRead {
+        #[command(flatten)]
+        servers: Servers,
+        #[command(flatten)]
+        keys: KeyRange,
+    },
     /// Waits until the proxy has ejected the dead servers: a read of a key
     /// of theirs stops failing (it then goes to the next live server).
     AwaitEjection {
@@ -162,6 +171,7 @@ fn run(step: Step) -> Result<(), String> {
                 }
             }
         }
+        Step::ClusterRead { servers, keys } => cluster_read(&servers, &keys),
         Step::AwaitEjection {
             proxy,
             servers,
@@ -370,6 +380,49 @@ fn read(
     println!(
         "read {good}/{} keys back through {proxy}{which} in {secs:.2} s",
         range.count
+    );
+    Ok(())
+}
+
+fn cluster_read(servers: &Servers, range: &KeyRange) -> Result<(), String> {
+    let (full, _, live) = continua(servers)?;
+    let options = ClusterOptions::default()
+        .hash(servers.hash)
+        .failure_limit(1)
+        .retry_interval(Duration::from_secs(600));
+    let mut cluster =
+        Cluster::connect_with(&servers.servers, options).map_err(|e| e.to_string())?;
+    let all = keys(range);
+    let started = Instant::now();
+    let (mut good, mut failed_over) = (0, 0);
+    for batch in all.chunks(BATCH) {
+        let values = cluster.get_many(batch).map_err(|e| e.to_string())?;
+        for (key, got) in batch.iter().zip(values) {
+            let server = full.server_for(key, servers.hash).ok_or("no server")?;
+            match got {
+                Some(value) if live[server] && value == value_of(key) => good += 1,
+                None if !live[server] => failed_over += 1,
+                Some(_) => return Err(format!("wrong value for {} through Cluster", show(key))),
+                None => return Err(format!("{} missing through Cluster", show(key))),
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ejected = cluster.ejected();
+    if ejected != servers.dead {
+        return Err(format!(
+            "Cluster ejected servers {ejected:?}, expected {:?}",
+            servers.dead
+        ));
+    }
+    println!(
+        "read {good}/{} keys through kvstore's Cluster client in {secs:.2} s{}",
+        all.len(),
+        if ejected.is_empty() {
+            String::new()
+        } else {
+            format!("; it ejected server(s) {ejected:?}, whose {failed_over} keys failed over")
+        }
     );
     Ok(())
 }

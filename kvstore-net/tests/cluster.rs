@@ -118,7 +118,11 @@ fn keys_land_on_their_continuum_server_and_read_back() {
         predicted.sort();
         assert_eq!(held, predicted, "server {index}");
         // 600 keys over 3 equal servers: nobody is empty or holds most.
-        assert!((100..400).contains(&held.len()), "server {index}: {}", held.len());
+        assert!(
+            (100..400).contains(&held.len()),
+            "server {index}: {}",
+            held.len()
+        );
     }
     let values = cluster.get_many(&keys).unwrap();
     for (key, got) in keys.iter().zip(values) {
