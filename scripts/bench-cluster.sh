@@ -57,22 +57,48 @@ stop_backends() {
     done
 }
 
-# measure LABEL ADDR: runs memcaslap at ADDR, prints and records its TPS.
+# cpu_ticks PID...: user+system clock ticks used so far by those processes.
+cpu_ticks() {
+    local pid total=0 fields
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that
+        # ends the command name.
+        fields=$(sed 's/.*) //' "/proc/$pid/stat")
+        total=$((total + $(awk '{print $12 + $13}' <<<"$fields")))
+    done
+    echo "$total"
+}
+
+# measure LABEL ADDR PROXY_PID: runs memcaslap at ADDR, prints and records
+# its ops/s and the CPU the proxy (if any) and the backends used, in cores.
 RESULTS=()
 measure() {
-    local label=$1 addr=$2 out tps misses
+    local label=$1 addr=$2 proxy_pid=$3 out tps misses start_proxy start_backends
+    local ticks proxy_cores backend_cores secs
+    secs=${DURATION%s}
+    ticks=$(getconf CLK_TCK)
+    start_proxy=0
+    [ -n "$proxy_pid" ] && start_proxy=$(cpu_ticks "$proxy_pid")
+    start_backends=$(cpu_ticks "${BACKEND_PIDS[@]}")
     out=$(memcaslap -s "$addr" -T "$THREADS" -c "$CONNS" -t "$DURATION" -X "$VALUE_BYTES" 2>&1) ||
         { echo "$out" >&2; return 1; }
+    proxy_cores=-
+    [ -n "$proxy_pid" ] &&
+        proxy_cores=$(awk -v a="$start_proxy" -v b="$(cpu_ticks "$proxy_pid")" -v t="$ticks" -v s="$secs" \
+            'BEGIN { printf "%.2f", (b - a) / t / s }')
+    backend_cores=$(awk -v a="$start_backends" -v b="$(cpu_ticks "${BACKEND_PIDS[@]}")" -v t="$ticks" -v s="$secs" \
+        'BEGIN { printf "%.2f", (b - a) / t / s }')
     tps=$(sed -n 's/.*TPS: \([0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
     [ -n "$tps" ] || { echo "no TPS in memcaslap output: $out" >&2; return 1; }
     misses=$(sed -n 's/^get_misses: //p' <<<"$out" | tail -n 1)
-    echo "$label: $tps ops/s (get_misses $misses)"
-    RESULTS+=("| $label | $tps |")
+    echo "$label: $tps ops/s (get_misses $misses; CPU in cores: proxy $proxy_cores, backends $backend_cores)"
+    RESULTS+=("| $label | $tps | $proxy_cores | $backend_cores |")
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== $BACKEND backends; memcaslap -T $THREADS -c $CONNS -t $DURATION -X $VALUE_BYTES (90% get, 10% set); $(nproc) cores"
 start_backends 1
-measure "1 $BACKEND, direct (no proxy)" "${BACKENDS[0]}"
+measure "1 $BACKEND, direct (no proxy)" "${BACKENDS[0]}" ""
 stop_backends
 
 for n in 1 2 3; do
@@ -85,12 +111,13 @@ for n in 1 2 3; do
     pool bench "$proxy" md5 30000 "${lines[@]}" >"$WORK/nutcracker-$n.yml"
     start_nutcracker "proxy-$n" "$WORK/nutcracker-$n.yml"
     proxy_pid=$STARTED_PID
-    measure "$n $BACKEND behind nutcracker" "$proxy"
+    measure "$n $BACKEND behind nutcracker" "$proxy" "$proxy_pid"
     stop "$proxy_pid"
     stop_backends
 done
 
 echo
-echo "| setup | ops/s |"
-echo "| --- | --- |"
+echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| setup | ops/s | proxy CPU (cores) | backends CPU (cores) |"
+echo "| --- | --- | --- | --- |"
 printf '%s\n' "${RESULTS[@]}"
