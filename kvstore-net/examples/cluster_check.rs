@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use kvstore_net::{Cluster, ClusterOptions, Continuum, KeyHash, ServerSpec};
+use kvstore_net::{Cluster, ClusterOptions, Continuum, KeyHash, McClient, ServerSpec};
 
 /// Keys asked for in one multi-get.
 const BATCH: usize = 100;
@@ -201,6 +201,24 @@ fn show(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
+fn connect(addr: &str) -> Result<McClient, String> {
+    McClient::connect_timeout(addr, Duration::from_secs(10)).map_err(|e| e.to_string())
+}
+
+/// The values of the keys of `batch` that `client`'s server has.
+fn get_map<K: AsRef<[u8]>>(
+    client: &mut McClient,
+    batch: &[K],
+) -> Result<HashMap<Vec<u8>, Vec<u8>>, String> {
+    let items = client
+        .get_many(batch, false)
+        .map_err(|e| format!("get from {}: {e}", client.peer()))?;
+    Ok(items
+        .into_iter()
+        .map(|(key, item)| (key, item.value))
+        .collect())
+}
+
 fn free_ports(n: usize) -> Result<(), String> {
     // All bound at once so they are distinct; released on return.
     let listeners = (0..n)
@@ -228,10 +246,12 @@ fn wait(addr: &str, timeout: Duration) -> Result<(), String> {
 
 fn write(proxy: &str, range: &KeyRange) -> Result<(), String> {
     let started = Instant::now();
-    let mut conn = mc::Conn::connect(proxy)?;
+    let mut client = connect(proxy)?;
     let all = keys(range);
-    for batch in all.chunks(BATCH) {
-        conn.set_many(batch.iter().map(|key| (key.as_slice(), value_of(key))))?;
+    for key in &all {
+        client
+            .set(key, value_of(key), 0, 0)
+            .map_err(|e| format!("set {} through {proxy}: {e}", show(key)))?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -261,13 +281,20 @@ fn locate(servers: &Servers, range: &KeyRange, max_skew: Option<f64>) -> Result<
     let all = keys(range);
     let mut holders: HashMap<&[u8], Vec<usize>> = HashMap::new();
     let mut held = vec![0usize; servers.servers.len()];
+    let mut curr_items: Vec<Option<String>> = vec![None; servers.servers.len()];
     for (index, spec) in servers.servers.iter().enumerate() {
         if !live[index] {
             continue;
         }
-        let mut conn = mc::Conn::connect(&spec.addr())?;
+        let mut client = connect(&spec.addr())?;
+        curr_items[index] = client
+            .stats()
+            .map_err(|e| format!("stats of {spec}: {e}"))?
+            .into_iter()
+            .find(|(name, _)| name == "curr_items")
+            .map(|(_, value)| value);
         for batch in all.chunks(BATCH) {
-            let found = conn.get_many(batch)?;
+            let found = get_map(&mut client, batch)?;
             for key in batch {
                 if let Some(value) = found.get(key) {
                     if *value != value_of(key) {
@@ -311,10 +338,11 @@ fn locate(servers: &Servers, range: &KeyRange, max_skew: Option<f64>) -> Result<
         let skew = held[index] as f64 / even - 1.0;
         worst = worst.max(skew.abs());
         println!(
-            "  server {index} {spec}: holds {} keys, predicted {}, {:+.1}% of even",
+            "  server {index} {spec}: holds {} keys, predicted {}, {:+.1}% of even (stats curr_items {})",
             held[index],
             predicted[index],
-            skew * 100.0
+            skew * 100.0,
+            curr_items[index].as_deref().unwrap_or("missing")
         );
     }
     if !problems.is_empty() {
@@ -359,10 +387,10 @@ fn read(
         })
         .collect();
     let started = Instant::now();
-    let mut conn = mc::Conn::connect(proxy)?;
+    let mut client = connect(proxy)?;
     let mut good = 0;
     for batch in wanted.chunks(BATCH) {
-        let found = conn.get_many(batch)?;
+        let found = get_map(&mut client, batch)?;
         for key in batch {
             match found.get(key) {
                 Some(value) if *value == value_of(key) => good += 1,
@@ -441,7 +469,7 @@ fn await_ejection(
     let started = Instant::now();
     let mut failures = 0;
     loop {
-        let outcome = mc::Conn::connect(proxy).and_then(|mut conn| conn.get_many(&[&probe]));
+        let outcome = connect(proxy).and_then(|mut client| get_map(&mut client, &[&probe]));
         match outcome {
             Ok(_) => {
                 println!(
@@ -456,133 +484,6 @@ fn await_ejection(
             Err(_) => {
                 failures += 1;
                 std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// The few memcached-dialect requests these steps need, over one
-/// connection, pipelined per batch.
-mod mc {
-    use std::collections::HashMap;
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    pub struct Conn {
-        addr: String,
-        reader: BufReader<TcpStream>,
-        writer: TcpStream,
-    }
-
-    impl Conn {
-        pub fn connect(addr: &str) -> Result<Conn, String> {
-            let stream =
-                TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            let timeout = Some(Duration::from_secs(10));
-            let setup = stream
-                .set_read_timeout(timeout)
-                .and_then(|()| stream.set_write_timeout(timeout))
-                .and_then(|()| stream.set_nodelay(true))
-                .and_then(|()| stream.try_clone());
-            let writer = setup.map_err(|e| format!("cannot set up {addr}: {e}"))?;
-            Ok(Conn {
-                addr: addr.to_string(),
-                reader: BufReader::new(stream),
-                writer,
-            })
-        }
-
-        fn line(&mut self) -> Result<String, String> {
-            let mut line = Vec::new();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("reading from {}: {e}", self.addr))?;
-            if n == 0 {
-                return Err(format!("{} closed the connection", self.addr));
-            }
-            Ok(String::from_utf8_lossy(&line).trim_end().to_string())
-        }
-
-        fn send(&mut self, request: &[u8]) -> Result<(), String> {
-            self.writer
-                .write_all(request)
-                .map_err(|e| format!("writing to {}: {e}", self.addr))
-        }
-
-        pub fn set_many<'a>(
-            &mut self,
-            items: impl Iterator<Item = (&'a [u8], Vec<u8>)>,
-        ) -> Result<(), String> {
-            let mut request = Vec::new();
-            let mut count = 0;
-            for (key, value) in items {
-                request.extend_from_slice(b"set ");
-                request.extend_from_slice(key);
-                request.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
-                request.extend_from_slice(&value);
-                request.extend_from_slice(b"\r\n");
-                count += 1;
-            }
-            self.send(&request)?;
-            for _ in 0..count {
-                let reply = self.line()?;
-                if reply != "STORED" {
-                    return Err(format!("set through {} answered {reply:?}", self.addr));
-                }
-            }
-            Ok(())
-        }
-
-        pub fn get_many<K: AsRef<[u8]>>(
-            &mut self,
-            keys: &[K],
-        ) -> Result<HashMap<Vec<u8>, Vec<u8>>, String> {
-            let mut request = b"get".to_vec();
-            for key in keys {
-                request.push(b' ');
-                request.extend_from_slice(key.as_ref());
-            }
-            request.extend_from_slice(b"\r\n");
-            self.send(&request)?;
-            let mut found = HashMap::new();
-            loop {
-                let mut header = Vec::new();
-                self.reader
-                    .read_until(b'\n', &mut header)
-                    .map_err(|e| format!("reading from {}: {e}", self.addr))?;
-                if header.is_empty() {
-                    return Err(format!("{} closed the connection", self.addr));
-                }
-                if header == b"END\r\n" {
-                    return Ok(found);
-                }
-                let words: Vec<&[u8]> = header
-                    .trim_ascii_end()
-                    .split(|&b| b == b' ')
-                    .filter(|w| !w.is_empty())
-                    .collect();
-                let (key, bytes) = match words.as_slice() {
-                    [b"VALUE", key, _flags, bytes, ..] => (key.to_vec(), *bytes),
-                    _ => {
-                        return Err(format!(
-                            "get through {} answered {:?}",
-                            self.addr,
-                            String::from_utf8_lossy(&header)
-                        ))
-                    }
-                };
-                let bytes: usize = std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|b| b.parse().ok())
-                    .ok_or_else(|| format!("bad VALUE line from {}", self.addr))?;
-                let mut data = vec![0; bytes + 2];
-                self.reader
-                    .read_exact(&mut data)
-                    .map_err(|e| format!("reading from {}: {e}", self.addr))?;
-                data.truncate(bytes);
-                found.insert(key, data);
             }
         }
     }
