@@ -29,16 +29,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# need_package COMMAND PACKAGE: installs the Debian package when missing.
+# install_package PACKAGE: apt-get install, as root or through sudo.
+install_package() {
+    echo "installing $1"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
+# need_package COMMAND PACKAGE: installs the Debian package when COMMAND is
+# missing.
 need_package() {
     if command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; then
         return 0
     fi
-    echo "installing $2"
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    install_package "$2"
 }
 
 tool() { # COMMAND: its path, /usr/sbin included

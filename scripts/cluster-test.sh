@@ -6,6 +6,9 @@
 #   kvstore's continuum (kvstore-net/src/cluster.rs) must predict the server
 #   of every key, for hash md5 and fnv1a_64, before and after the proxy
 #   ejects a killed server.
+# Part 1b: libmemcached's weighted ketama (MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED,
+#   called through Python ctypes) must route 10,000 keys as the continuum
+#   does, for the deploy server list and for a weighted one.
 # Part 2, kvstore: deploy/nutcracker.yml (on free ports) in front of 3
 #   kvstore-server processes. 10,000 keys through the proxy, each server's
 #   share within 20% of even, everything read back through the proxy and
@@ -14,8 +17,9 @@
 #   and port: the proxy takes it back and its keys are there again.
 #
 # Loopback only; ports are picked free at run time; every process started
-# here is stopped by its PID on exit. Needs nutcracker and memcached
-# (installed with apt-get when missing) and the Rust toolchain.
+# here is stopped by its PID on exit. Needs nutcracker, memcached, python3
+# and libmemcached11 (each installed with apt-get when missing) and the Rust
+# toolchain.
 # CLUSTER_TEST_KEYS (default 10000) sets the number of keys.
 set -euo pipefail
 
@@ -86,6 +90,52 @@ stop "$MCPROXY_PID"
 stop "${MC_PIDS[0]}"
 stop "${MC_PIDS[2]}"
 echo "part 1 passed: nutcracker and kvstore's continuum agree on every key"
+
+echo "== part 1b: libmemcached's own weighted ketama (through Python ctypes) routes like the continuum"
+need_package python3 python3
+if ! ldconfig -p | grep -q 'libmemcached\.so\.11'; then
+    install_package libmemcached11
+fi
+# Routing only: libmemcached computes the server index without connecting,
+# so these addresses are names, never contacted. The first list is the
+# deploy one (port 11211 is named without its port), the second is weighted.
+for list in "127.0.0.1:11211:1 127.0.0.1:11212:1 127.0.0.1:11213:1" \
+    "127.0.0.2:11211:1 127.0.0.3:11211:2 127.0.0.4:22122:5"; do
+    read -r -a entries <<<"$list"
+    mapfile -d '' -t ROUTE_ARGS < <(server_args "${entries[@]}")
+    "$CHECK" route "${ROUTE_ARGS[@]}" --hash md5 --prefix l: --count "$KEYS" |
+        python3 -c '
+import ctypes, sys
+lib = ctypes.CDLL("libmemcached.so.11")
+lib.memcached_create.restype = ctypes.c_void_p
+lib.memcached_create.argtypes = [ctypes.c_void_p]
+lib.memcached_server_add_with_weight.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint16, ctypes.c_uint32]
+lib.memcached_behavior_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64]
+lib.memcached_generate_hash.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+lib.memcached_generate_hash.restype = ctypes.c_uint32
+lib.memcached_free.argtypes = [ctypes.c_void_p]
+MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED = 16
+memc = lib.memcached_create(None)
+for entry in sys.argv[1:]:
+    host, port, weight = entry.split(":")
+    assert lib.memcached_server_add_with_weight(memc, host.encode(), int(port), int(weight)) == 0
+assert lib.memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1) == 0
+agree = total = 0
+shares = [0] * (len(sys.argv) - 1)
+for line in sys.stdin.buffer:
+    index, key = line.rstrip(b"\n").split(b"\t", 1)
+    got = lib.memcached_generate_hash(memc, key, len(key))
+    total += 1
+    shares[got] += 1
+    if got == int(index):
+        agree += 1
+    elif total - agree <= 5:
+        print("  mismatch: %r: kvstore %s, libmemcached %d" % (key, index.decode(), got))
+lib.memcached_free(memc)
+print("libmemcached %s: %d/%d keys on the server kvstore predicts (shares %s)" % (" ".join(sys.argv[1:]), agree, total, shares))
+sys.exit(0 if total > 0 and agree == total else 1)
+' "${entries[@]}"
+done
 
 if [ "${CLUSTER_TEST_PART:-all}" = memcached ]; then
     echo "cluster-test: 1 passed, 0 failed (part 2 not asked for)"

@@ -19,6 +19,7 @@
 //! the value of a key is `value-of-<key>`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -114,6 +115,14 @@ enum Step {
         #[command(flatten)]
         keys: KeyRange,
     },
+    /// Prints, for each key, the index of the server the continuum gives
+    /// it, a tab and the key, one a line.
+    Route {
+        #[command(flatten)]
+        servers: Servers,
+        #[command(flatten)]
+        keys: KeyRange,
+    },
     /// Waits until the proxy has ejected the dead servers: a read of a key
     /// of theirs stops failing (it then goes to the next live server).
     AwaitEjection {
@@ -172,6 +181,7 @@ fn run(step: Step) -> Result<(), String> {
             }
         }
         Step::ClusterRead { servers, keys } => cluster_read(&servers, &keys),
+        Step::Route { servers, keys } => route(&servers, &keys),
         Step::AwaitEjection {
             proxy,
             servers,
@@ -410,6 +420,19 @@ fn read(
         range.count
     );
     Ok(())
+}
+
+fn route(servers: &Servers, range: &KeyRange) -> Result<(), String> {
+    let (_, continuum, _) = continua(servers)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for key in keys(range) {
+        let server = continuum
+            .server_for(&key, servers.hash)
+            .ok_or("no live server")?;
+        let line = [format!("{server}\t").into_bytes(), key, b"\n".to_vec()].concat();
+        out.write_all(&line).map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
 }
 
 fn cluster_read(servers: &Servers, range: &KeyRange) -> Result<(), String> {
