@@ -22,8 +22,56 @@
 //!
 //! The reference is twemproxy's `src/hashkit/nc_ketama.c` and libmemcached's
 //! `update_continuum`; `scripts/cluster-test.sh` checks this code against a
-//! running nutcracker in front of real memcached servers, and the unit tests
-//! below pin server choices computed by libmemcached itself.
+//! running nutcracker in front of real memcached servers and against
+//! libmemcached's own routing, and the unit tests below pin server choices
+//! computed by libmemcached.
+//!
+//! [`Cluster`] is the multi-server client built on this: [`McClient`]
+//! connections, one per server, keys routed by the continuum, and
+//! twemproxy's failover (eject a failing server, retry it later).
+//! `docs/CLUSTER.md` tells how to run servers behind nutcracker.
+//!
+//! # Example
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use kvstore_core::Store;
+//! # use kvstore_net::{Server, ServerConfig};
+//! use kvstore_net::{Cluster, ClusterOptions, ServerSpec};
+//! # let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+//! # let servers: Vec<_> = dirs
+//! #     .iter()
+//! #     .map(|dir| {
+//! #         let store = Arc::new(Store::open(dir.path()).unwrap());
+//! #         let config = ServerConfig {
+//! #             seed_port: None,
+//! #             memcached_port: Some(0),
+//! #             ..ServerConfig::default()
+//! #         };
+//! #         Server::start(store, config).unwrap()
+//! #     })
+//! #     .collect();
+//! # let lines: Vec<String> = servers
+//! #     .iter()
+//! #     .map(|server| format!("{}:1", server.memcached_addr().unwrap()))
+//! #     .collect();
+//! // `lines` holds three `host:port:weight` entries, as in nutcracker's
+//! // `servers:` list.
+//! let specs = lines
+//!     .iter()
+//!     .map(|line| ServerSpec::parse(line))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let mut cluster = Cluster::connect_with(&specs, ClusterOptions::default())?;
+//! cluster.set("user:42", "alice")?;
+//! assert_eq!(cluster.get("user:42")?, Some(b"alice".to_vec()));
+//! // The server twemproxy with the same list would pick:
+//! let home = cluster.server_for("user:42").unwrap();
+//! assert!(home < 3);
+//! # for server in servers {
+//! #     server.shutdown().unwrap();
+//! # }
+//! # Ok::<(), kvstore_net::Error>(())
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
