@@ -771,8 +771,8 @@ impl Cluster {
         Err(last_failure.unwrap_or_else(|| self.all_ejected()))
     }
 
-    /// Runs `op` on server `server`'s connection, opening it if needed; a
-    /// failure closes the connection (its state is unknown).
+    /// Runs `op` on server `server`'s connection, opening it if needed; an
+    /// error closes the connection (its state is unknown).
     fn call<T>(
         &mut self,
         server: usize,
@@ -785,8 +785,15 @@ impl Cluster {
         };
         let result = op(conn.as_mut());
         match &result {
-            Err(e) if is_server_failure(e) => slot.conn = None,
-            _ => slot.failures = 0,
+            Ok(_) => slot.failures = 0,
+            // After an error reply the connection may still hold the rest
+            // of the reply: start the next request on a fresh one.
+            Err(e) => {
+                slot.conn = None;
+                if !is_server_failure(e) {
+                    slot.failures = 0;
+                }
+            }
         }
         result
     }
@@ -1354,6 +1361,12 @@ mod tests {
             }
         }
         assert_eq!(cluster.ejected(), [0]);
+    }
+
+    #[test]
+    fn cluster_can_move_to_another_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<Cluster>();
     }
 
     #[test]
