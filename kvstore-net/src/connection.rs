@@ -29,8 +29,20 @@ const LINGER_BYTES: usize = 1 << 20;
 pub(crate) struct Output<'s> {
     buf: Vec<u8>,
     stream: &'s TcpStream,
-    /// Bytes written so far.
-    pub written: u64,
+    io: IoCounts,
+}
+
+/// Socket calls and bytes of a connection since the last batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct IoCounts {
+    /// `read` calls that returned data.
+    pub reads: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// `write_all` calls.
+    pub writes: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
 }
 
 impl Output<'_> {
@@ -52,7 +64,8 @@ impl Output<'_> {
         if !self.buf.is_empty() {
             let mut stream = self.stream;
             stream.write_all(&self.buf)?;
-            self.written += self.buf.len() as u64;
+            self.io.writes += 1;
+            self.io.bytes_written += self.buf.len() as u64;
             self.buf.clear();
         }
         Ok(())
@@ -79,8 +92,8 @@ pub(crate) trait Handler {
     /// Parses the first request in `buf` and appends its reply to `out`.
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step>;
     /// Called once per batch, after the replies were written, with the
-    /// bytes read and written since the last call.
-    fn batch_done(&mut self, _read: u64, _written: u64) {}
+    /// socket calls and bytes since the last call.
+    fn batch_done(&mut self, _io: &IoCounts) {}
 }
 
 /// How a connection ended.
@@ -110,9 +123,8 @@ pub(crate) fn serve(
     let mut out = Output {
         buf: Vec::new(),
         stream,
-        written: 0,
+        io: IoCounts::default(),
     };
-    let mut read_total: u64 = 0;
     loop {
         // Answer everything complete in the buffer.
         loop {
@@ -133,17 +145,14 @@ pub(crate) fn serve(
                 Step::Incomplete => break,
                 Step::Close => {
                     out.flush()?;
-                    handler.batch_done(read_total, out.written);
+                    handler.batch_done(&out.io);
                     linger_close(stream);
                     return Ok(End::Closed);
                 }
             }
         }
         out.flush()?;
-        handler.batch_done(
-            std::mem::take(&mut read_total),
-            std::mem::take(&mut out.written),
-        );
+        handler.batch_done(&std::mem::take(&mut out.io));
 
         // Make room for the next read.
         if start == end {
@@ -180,7 +189,8 @@ pub(crate) fn serve(
             });
         }
         end += n;
-        read_total += n as u64;
+        out.io.reads += 1;
+        out.io.bytes_read += n as u64;
     }
 }
 
@@ -207,7 +217,7 @@ mod tests {
     /// A dialect answering `x\n` with `y\n`, closing on `q\n`, and
     /// discarding 10 bytes after `s\n`.
     struct Echo {
-        batches: Vec<(u64, u64)>,
+        batches: Vec<IoCounts>,
     }
 
     impl Handler for Echo {
@@ -224,9 +234,9 @@ mod tests {
                 }
             }
         }
-        fn batch_done(&mut self, read: u64, written: u64) {
-            if read > 0 || written > 0 {
-                self.batches.push((read, written));
+        fn batch_done(&mut self, io: &IoCounts) {
+            if *io != IoCounts::default() {
+                self.batches.push(*io);
             }
         }
     }
@@ -263,8 +273,17 @@ mod tests {
         assert!(rest.is_empty());
         let (end, batches) = t.join().unwrap();
         assert_eq!(end, End::Closed);
-        // Three pipelined requests were answered in one batch of 6 bytes.
-        assert_eq!(batches[0], (6, 6));
+        // Three pipelined requests sent at once were answered with one
+        // write.
+        assert_eq!(
+            batches[0],
+            IoCounts {
+                reads: 1,
+                bytes_read: 6,
+                writes: 1,
+                bytes_written: 6
+            }
+        );
     }
 
     #[test]

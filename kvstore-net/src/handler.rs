@@ -13,7 +13,7 @@ use kvstore_core::{
     CasOutcome, CounterOutcome, Error as StoreError, ItemMeta, Store, StoreOutcome, TouchOutcome,
 };
 
-use crate::connection::{Handler, Output, Step};
+use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::protocol::memcached::{self as mc, StoreMode};
 use crate::protocol::{push_u64, seed, Parsed, Recovery, Reject};
 
@@ -45,6 +45,11 @@ pub(crate) struct Stats {
     pub store_errors: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// `read` calls on client sockets.
+    pub read_calls: AtomicU64,
+    /// `write` calls on client sockets (one per batch of pipelined
+    /// requests, unless a reply is larger than the flush threshold).
+    pub write_calls: AtomicU64,
 }
 
 impl Stats {
@@ -75,13 +80,15 @@ impl Stats {
             store_errors: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            read_calls: AtomicU64::new(0),
+            write_calls: AtomicU64::new(0),
         }
     }
 
     fn encode(&self, store: &Store, out: &mut Vec<u8>) {
         let now = unix_now();
         let n = |a: &AtomicU64| a.load(Relaxed).to_string();
-        let lines: [(&str, String); 30] = [
+        let lines: [(&str, String); 32] = [
             ("pid", std::process::id().to_string()),
             ("uptime", self.started.elapsed().as_secs().to_string()),
             ("time", now.to_string()),
@@ -114,6 +121,8 @@ impl Stats {
             ("store_errors", n(&self.store_errors)),
             ("bytes_read", n(&self.bytes_read)),
             ("bytes_written", n(&self.bytes_written)),
+            ("read_calls", n(&self.read_calls)),
+            ("write_calls", n(&self.write_calls)),
             ("curr_items", store.len().to_string()),
         ];
         for (name, value) in &lines {
@@ -139,12 +148,16 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn batch_done(&self, read: u64, written: u64) {
-        if read > 0 {
-            self.stats.bytes_read.fetch_add(read, Relaxed);
+    fn batch_done(&self, io: &IoCounts) {
+        if io.bytes_read > 0 {
+            self.stats.bytes_read.fetch_add(io.bytes_read, Relaxed);
+            self.stats.read_calls.fetch_add(io.reads, Relaxed);
         }
-        if written > 0 {
-            self.stats.bytes_written.fetch_add(written, Relaxed);
+        if io.bytes_written > 0 {
+            self.stats
+                .bytes_written
+                .fetch_add(io.bytes_written, Relaxed);
+            self.stats.write_calls.fetch_add(io.writes, Relaxed);
         }
     }
 }
@@ -188,16 +201,21 @@ impl Handler for SeedHandler {
             seed::Request::Get { keys } => {
                 for key in keys {
                     stats.cmd_get.fetch_add(1, Relaxed);
-                    match store.get(key) {
-                        Ok(value) => {
-                            let value = value.unwrap_or_default();
-                            let counter = if value.is_empty() {
-                                &stats.get_misses
-                            } else {
-                                &stats.get_hits
+                    // Zero-copy: a cached value is encoded straight from
+                    // the store's cache into the output buffer.
+                    let found = store.get_item_with(key, |item| {
+                        seed::encode_value(out.buf(), key, item.value);
+                    });
+                    match found {
+                        Ok(found) => {
+                            if found.is_none() {
+                                seed::encode_value(out.buf(), key, b"");
+                            }
+                            let counter = match found {
+                                Some(()) => &stats.get_hits,
+                                None => &stats.get_misses,
                             };
                             counter.fetch_add(1, Relaxed);
-                            seed::encode_value(out.buf(), key, &value);
                             out.flush_if_large()?;
                         }
                         Err(e) => {
@@ -240,8 +258,8 @@ impl Handler for SeedHandler {
         Ok(Step::Consumed(consumed))
     }
 
-    fn batch_done(&mut self, read: u64, written: u64) {
-        self.ctx.batch_done(read, written);
+    fn batch_done(&mut self, io: &IoCounts) {
+        self.ctx.batch_done(io);
     }
 }
 
@@ -353,11 +371,15 @@ impl Handler for McHandler {
             mc::Request::Get { with_cas, keys } => {
                 for key in keys {
                     stats.cmd_get.fetch_add(1, Relaxed);
-                    match store.get_item(key) {
-                        Ok(Some(item)) => {
+                    // Zero-copy: a cached value is encoded straight from
+                    // the store's cache into the output buffer.
+                    let found = store.get_item_with(key, |item| {
+                        let cas = with_cas.then_some(item.cas);
+                        mc::encode_value(out.buf(), key, item.flags, item.value, cas);
+                    });
+                    match found {
+                        Ok(Some(())) => {
                             stats.get_hits.fetch_add(1, Relaxed);
-                            let cas = with_cas.then_some(item.cas);
-                            mc::encode_value(out.buf(), key, item.flags, &item.value, cas);
                             out.flush_if_large()?;
                         }
                         Ok(None) => {
@@ -487,7 +509,7 @@ impl Handler for McHandler {
         Ok(Step::Consumed(consumed))
     }
 
-    fn batch_done(&mut self, read: u64, written: u64) {
-        self.ctx.batch_done(read, written);
+    fn batch_done(&mut self, io: &IoCounts) {
+        self.ctx.batch_done(io);
     }
 }
