@@ -76,8 +76,8 @@ if "$CHECK" locate "${MD5_ARGS[@]}" --hash fnv1a_64 --prefix m: --count "$KEYS" 
 fi
 
 echo "-- killing memcached 1 (SIGKILL, pid ${MC_PIDS[1]}): the proxy must eject it"
-kill -KILL "${MC_PIDS[1]}"
-{ wait "${MC_PIDS[1]}"; } 2>/dev/null || true
+# Killed and reaped in one redirected group: no job notice from bash.
+{ kill -KILL "${MC_PIDS[1]}"; wait "${MC_PIDS[1]}"; } 2>/dev/null || true
 "$CHECK" await-ejection --proxy "$MD5_PROXY" "${MD5[@]}" --dead 1 --prefix m: --count "$KEYS"
 "$CHECK" await-ejection --proxy "$FNV_PROXY" "${FNV[@]}" --dead 1 --prefix f: --count "$KEYS"
 "$CHECK" read --proxy "$MD5_PROXY" "${MD5[@]}" --dead 1 --prefix m: --count "$KEYS"
@@ -178,8 +178,8 @@ KV=("${KV_ARGS[@]}" --hash md5)
 "$CHECK" cluster-read "${KV[@]}" --prefix k: --count "$KEYS"
 
 echo "-- killing kvstore-server 1 (SIGKILL, pid ${KV_PIDS[1]})"
-kill -KILL "${KV_PIDS[1]}"
-{ wait "${KV_PIDS[1]}"; } 2>/dev/null || true
+# Killed and reaped in one redirected group: no job notice from bash.
+{ kill -KILL "${KV_PIDS[1]}"; wait "${KV_PIDS[1]}"; } 2>/dev/null || true
 "$CHECK" await-ejection --proxy "$PROXY" "${KV[@]}" --dead 1 --prefix k: --count "$KEYS"
 "$CHECK" read --proxy "$PROXY" "${KV[@]}" --dead 1 --prefix k: --count "$KEYS"
 "$CHECK" cluster-read "${KV[@]}" --dead 1 --prefix k: --count "$KEYS"
