@@ -76,6 +76,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -262,14 +263,26 @@ impl ServerSpec {
         Ok(spec)
     }
 
-    /// `host:port`, the address to connect to.
+    /// `host:port` (`[host]:port` for an IPv6 address), the address to
+    /// connect to.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The server as the continuum sees it.
     pub fn node(&self) -> Node {
         Node::new(self.name.clone(), self.weight)
+    }
+}
+
+impl From<SocketAddr> for ServerSpec {
+    /// The server at `addr` with weight 1 and the default ketama name.
+    fn from(addr: SocketAddr) -> ServerSpec {
+        ServerSpec::new(addr.ip().to_string(), addr.port(), 1)
     }
 }
 
@@ -1087,6 +1100,10 @@ mod tests {
             (40000, 3, "kv-a")
         );
         assert_eq!(named.to_string().parse::<ServerSpec>().unwrap(), named);
+        let from_addr = ServerSpec::from(SocketAddr::from(([127, 0, 0, 1], 40001)));
+        assert_eq!(from_addr, ServerSpec::parse("127.0.0.1:40001:1").unwrap());
+        let v6 = ServerSpec::from("[::1]:40002".parse::<SocketAddr>().unwrap());
+        assert_eq!(v6.addr(), "[::1]:40002");
         for bad in [
             "",
             "127.0.0.1",

@@ -42,10 +42,7 @@ impl Three {
             .iter()
             .map(|server| server.memcached_addr().unwrap())
             .collect();
-        let specs = addrs
-            .iter()
-            .map(|addr| ServerSpec::new(addr.ip().to_string(), addr.port(), 1))
-            .collect();
+        let specs = addrs.iter().copied().map(ServerSpec::from).collect();
         Three {
             dirs,
             servers: servers.into_iter().map(Some).collect(),
