@@ -451,6 +451,7 @@ fn points_for(weight: u32, total_weight: u32, live: usize) -> u32 {
 pub struct ClusterOptions {
     hash: KeyHash,
     timeout: Duration,
+    auto_eject: bool,
     failure_limit: u32,
     retry_interval: Duration,
 }
@@ -460,6 +461,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             hash: KeyHash::Md5,
             timeout: Duration::from_secs(2),
+            auto_eject: true,
             failure_limit: 2,
             retry_interval: Duration::from_secs(30),
         }
@@ -479,6 +481,16 @@ impl ClusterOptions {
     /// timeout counts as a failure of that server.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Whether failing servers are ejected (default true, as twemproxy's
+    /// `auto_eject_hosts: true` in `deploy/nutcracker.yml`). With false, a
+    /// dead server's keys fail until it is back and never move to another
+    /// server: no stale reads after it returns, at the cost of those keys'
+    /// availability meanwhile.
+    pub fn auto_eject(mut self, eject: bool) -> Self {
+        self.auto_eject = eject;
         self
     }
 
@@ -816,8 +828,8 @@ impl Cluster {
     fn fail(&mut self, server: usize) -> bool {
         let slot = &mut self.slots[server];
         slot.conn = None;
-        slot.failures += 1;
-        if slot.failures < self.options.failure_limit {
+        slot.failures = slot.failures.saturating_add(1);
+        if !self.options.auto_eject || slot.failures < self.options.failure_limit {
             return false;
         }
         slot.failures = 0;
@@ -1378,6 +1390,23 @@ mod tests {
             }
         }
         assert_eq!(cluster.ejected(), [0]);
+    }
+
+    #[test]
+    fn without_auto_eject_a_dead_servers_keys_fail_and_never_move() {
+        let options = ClusterOptions::default().auto_eject(false).failure_limit(1);
+        let (mut cluster, farm) = fake_cluster(3, options);
+        let key = key_on(3, 0, 0);
+        cluster.set(&key, "kept").unwrap();
+        set_up(&farm, 0, false);
+        for _ in 0..5 {
+            assert!(cluster.set(&key, "elsewhere").is_err());
+            assert!(cluster.get(&key).is_err());
+        }
+        assert!(cluster.ejected().is_empty());
+        assert_eq!(holders(&farm, key.as_bytes()), [0]);
+        set_up(&farm, 0, true);
+        assert_eq!(cluster.get(&key).unwrap(), Some(b"kept".to_vec()));
     }
 
     #[test]
