@@ -23,7 +23,7 @@ use kvstore_core::Store;
 use crate::connection::{self, End, Handler};
 use crate::error::{Error, Result};
 use crate::handler::{Context, McHandler, SeedHandler, Stats};
-use crate::protocol::{memcached, seed};
+use crate::protocol::{memcached, seed, KeyPolicy};
 
 /// Stack size of a connection thread: parsing works on heap buffers, so a
 /// small stack lets 10,000 connections fit comfortably.
@@ -108,6 +108,7 @@ impl Dialect {
 struct Shared {
     store: Arc<Store>,
     config: ServerConfig,
+    keys: KeyPolicy,
     stats: Arc<Stats>,
     stopping: AtomicBool,
     /// Set once shutdown is triggered; `wait` blocks on it.
@@ -183,6 +184,20 @@ impl Server {
     /// [`Error::Bind`] naming the address (and so the port) that could not
     /// be bound.
     pub fn start(store: Arc<Store>, config: ServerConfig) -> Result<ServerHandle> {
+        Server::start_with_key_policy(store, config, KeyPolicy::Strict)
+    }
+
+    /// As [`Server::start`], with keys checked under `keys` instead of
+    /// PROTOCOL.md's strict rule ([`KeyPolicy::MemcachedCompatible`] is for
+    /// load generators such as memcaslap, whose keys hold control bytes).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_with_key_policy(
+        store: Arc<Store>,
+        config: ServerConfig,
+        keys: KeyPolicy,
+    ) -> Result<ServerHandle> {
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);
             TcpListener::bind(addr).map_err(|source| Error::Bind {
@@ -205,6 +220,7 @@ impl Server {
             store,
             stats: Arc::new(Stats::new(config.max_connections)),
             config,
+            keys,
             stopping: AtomicBool::new(false),
             triggered: Mutex::new(false),
             triggered_cv: Condvar::new(),
@@ -322,6 +338,7 @@ fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: 
         store: Arc::clone(&shared.store),
         stats: Arc::clone(&shared.stats),
         max_value_bytes: shared.config.max_value_bytes,
+        keys: shared.keys,
     };
     let mut seed_handler;
     let mut mc_handler;

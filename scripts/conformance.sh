@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Conformance of kvstore-server's memcached dialect:
+#   1. memccapable -a (libmemcached's memcapable; Debian's libmemcached-tools
+#      names it memccapable): all 27 ASCII tests must pass;
+#   2. a cross-check with a real client library from another language
+#      (Python's pymemcache): set/get/gets/cas/incr/delete/flags.
+# Installs what is missing, builds the release server, starts it on free
+# ports in a temporary directory, and stops it by PID. Exits non-zero on any
+# failure. Run from anywhere: scripts/conformance.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v memccapable >/dev/null 2>&1 && ! command -v memcapable >/dev/null 2>&1; then
+    echo "conformance: installing libmemcached-tools" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmemcached-tools >/dev/null
+fi
+MEMCAPABLE=$(command -v memccapable || command -v memcapable)
+
+if ! python3 -c 'import pymemcache' >/dev/null 2>&1; then
+    echo "conformance: installing pymemcache" >&2
+    python3 -m pip install --quiet pymemcache 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages pymemcache
+fi
+
+cargo build --release --quiet -p kvstore-net --bin kvstore-server
+BIN=target/release/kvstore-server
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$BIN" --dir "$WORK/data" --port 0 --memcached-port 0 >"$WORK/out" 2>"$WORK/err" &
+SERVER_PID=$!
+PORT=""
+for _ in $(seq 1 200); do
+    PORT=$(sed -n 's/^listening on .*:\([0-9][0-9]*\) (memcached)$/\1/p' "$WORK/out")
+    [ -n "$PORT" ] && break
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "conformance: server exited early:" >&2
+        cat "$WORK/err" >&2
+        exit 1
+    fi
+    sleep 0.05
+done
+if [ -z "$PORT" ]; then
+    echo "conformance: server did not announce its memcached port" >&2
+    exit 1
+fi
+echo "conformance: kvstore-server pid $SERVER_PID, memcached dialect on 127.0.0.1:$PORT"
+
+echo "== $MEMCAPABLE -a"
+set +e
+timeout 120 "$MEMCAPABLE" -a -t 10 -h 127.0.0.1 -p "$PORT" | tee "$WORK/memcapable.log"
+STATUS=${PIPESTATUS[0]}
+set -e
+PASSED=$(grep -c '\[pass\]' "$WORK/memcapable.log" || true)
+if [ "$STATUS" -ne 0 ] || [ "$PASSED" -ne 27 ] || ! grep -q 'All tests passed' "$WORK/memcapable.log"; then
+    echo "conformance: memcapable: $PASSED of 27 ASCII tests passed (exit $STATUS)" >&2
+    exit 1
+fi
+echo "conformance: memcapable: 27 of 27 ASCII tests passed"
+
+echo "== pymemcache cross-check"
+python3 - "$PORT" <<'PY'
+import sys
+from pymemcache.client.base import Client
+
+port = int(sys.argv[1])
+c = Client(("127.0.0.1", port), connect_timeout=5, timeout=5, default_noreply=False)
+
+def check(cond, what):
+    if not cond:
+        raise SystemExit("pymemcache: FAILED: " + what)
+
+check(c.set("py:k", b"v1", flags=7), "set")
+value = c.get("py:k")
+check(value == b"v1", "get returns the value")
+got = c.get_many(["py:k", "py:missing"])
+check(got == {"py:k": b"v1"}, "get_many omits misses")
+value, cas = c.gets("py:k")
+check(value == b"v1" and cas is not None and int(cas) > 0, "gets returns a cas")
+check(c.cas("py:k", b"v2", cas) is True, "cas with the current cas stores")
+check(c.cas("py:k", b"v3", cas) is False, "cas with a stale cas is EXISTS")
+check(c.get("py:k") == b"v2", "value after cas")
+check(c.cas("py:nope", b"x", 1) is None, "cas on a missing key is NOT_FOUND")
+# flags travel with the value: read the raw VALUE line
+c.set("py:flags", b"x", flags=123456)
+raw = c.raw_command(b"get py:flags", b"END")
+check(raw.startswith(b"VALUE py:flags 123456 1\r\n"), "flags returned as given: %r" % raw)
+check(c.set("py:n", b"41"), "set counter")
+check(c.incr("py:n", 1) == 42, "incr")
+check(c.decr("py:n", 100) == 0, "decr stops at 0")
+check(c.incr("py:none", 1) is None, "incr on a missing key")
+check(c.add("py:k", b"x") is False, "add on an existing key")
+check(c.replace("py:none", b"x") is False, "replace on a missing key")
+check(c.append("py:k", b"!") is True and c.get("py:k") == b"v2!", "append")
+check(c.prepend("py:k", b"<") is True and c.get("py:k") == b"<v2!", "prepend")
+check(c.touch("py:k", 100) is True, "touch")
+check(c.delete("py:k") is True, "delete")
+check(c.delete("py:k") is False, "delete of a missing key")
+check(c.get("py:k") is None, "get after delete")
+version = c.version()
+check(all(ch.isdigit() or ch == "." for ch in version.decode()), "version is digits and dots: %r" % version)
+stats = c.stats()
+for name in [b"pid", b"uptime", b"time", b"version", b"curr_connections", b"total_connections",
+             b"cmd_get", b"cmd_set", b"get_hits", b"get_misses", b"curr_items"]:
+    check(name in stats, "stats has %s" % name.decode())
+check(c.flush_all() is True and c.get("py:n") is None, "flush_all")
+c.close()
+print("conformance: pymemcache: all checks passed")
+PY
+
+kill -TERM "$SERVER_PID"
+if ! wait "$SERVER_PID"; then
+    echo "conformance: server did not exit 0 on SIGTERM" >&2
+    SERVER_PID=""
+    exit 1
+fi
+SERVER_PID=""
+echo "conformance: OK"
