@@ -10,7 +10,8 @@
 # straight at a single backend, without the proxy, for comparison. Prints
 # one line per run and a Markdown table at the end.
 # Settings: DURATION (10s), THREADS (2), CONNS (64), VALUE_BYTES (100),
-# BACKEND (kvstore|memcached). Loopback only; everything started here is
+# BACKEND (kvstore|memcached), POOL_SERVER_CONNECTIONS (nutcracker's
+# server_connections, 1 as in deploy/nutcracker.yml). Loopback only; everything started here is
 # stopped by its PID.
 set -euo pipefail
 
@@ -28,7 +29,21 @@ need_package nutcracker nutcracker
 need_package memcaslap libmemcached-tools
 [ "$BACKEND" = memcached ] && need_package memcached memcached
 build_binaries
-KVSTORE_ARGS=(--durability periodic)
+# memcaslap's keys start with eight 0x10 bytes, which PROTOCOL.md's key rule
+# (the server's default) refuses; --lenient-keys accepts them as memcached
+# does. Without it every request is a CLIENT_ERROR and nothing is measured.
+KVSTORE_ARGS=(--durability periodic --lenient-keys)
+# 64-byte keys, VALUE_BYTES values, 10% set / 90% get; with a window of 1k
+# keys per connection the kvstore servers create a modest number of files.
+cat >"$WORK/memcaslap.cfg" <<CFG
+key
+64 64 1
+value
+$VALUE_BYTES $VALUE_BYTES 1
+cmd
+0 0.1
+1 0.9
+CFG
 
 # start_backends N: sets BACKENDS (addresses) and BACKEND_PIDS.
 start_backends() {
@@ -73,15 +88,22 @@ cpu_ticks() {
 # its ops/s and the CPU the proxy (if any) and the backends used, in cores.
 RESULTS=()
 measure() {
-    local label=$1 addr=$2 proxy_pid=$3 out tps misses start_proxy start_backends
+    local label=$1 addr=$2 proxy_pid=$3 out tps misses gets start_proxy start_backends
     local ticks proxy_cores backend_cores secs
     secs=${DURATION%s}
     ticks=$(getconf CLK_TCK)
     start_proxy=0
     [ -n "$proxy_pid" ] && start_proxy=$(cpu_ticks "$proxy_pid")
     start_backends=$(cpu_ticks "${BACKEND_PIDS[@]}")
-    out=$(memcaslap -s "$addr" -T "$THREADS" -c "$CONNS" -t "$DURATION" -X "$VALUE_BYTES" 2>&1) ||
-        { echo "$out" >&2; return 1; }
+    out=$(memcaslap -s "$addr" -F "$WORK/memcaslap.cfg" -w 1k -T "$THREADS" -c "$CONNS" \
+        -t "$DURATION" -X "$VALUE_BYTES" 2>&1) || { echo "$out" >&2; return 1; }
+    # A run whose requests were refused measured nothing.
+    if grep -q 'ERROR' <<<"$out" || ! grep -q '^cmd_get: [1-9]' <<<"$out"; then
+        echo "$label: memcaslap saw errors or no gets:" >&2
+        grep -m 5 'ERROR' <<<"$out" >&2 || true
+        grep '^cmd_' <<<"$out" >&2 || true
+        return 1
+    fi
     proxy_cores=-
     [ -n "$proxy_pid" ] &&
         proxy_cores=$(awk -v a="$start_proxy" -v b="$(cpu_ticks "$proxy_pid")" -v t="$ticks" -v s="$secs" \
@@ -91,12 +113,13 @@ measure() {
     tps=$(sed -n 's/.*TPS: \([0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
     [ -n "$tps" ] || { echo "no TPS in memcaslap output: $out" >&2; return 1; }
     misses=$(sed -n 's/^get_misses: //p' <<<"$out" | tail -n 1)
-    echo "$label: $tps ops/s (get_misses $misses; CPU in cores: proxy $proxy_cores, backends $backend_cores)"
+    gets=$(sed -n 's/^cmd_get: //p' <<<"$out" | tail -n 1)
+    echo "$label: $tps ops/s (cmd_get $gets, get_misses $misses; CPU in cores: proxy $proxy_cores, backends $backend_cores)"
     RESULTS+=("| $label | $tps | $proxy_cores | $backend_cores |")
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "== $BACKEND backends; memcaslap -T $THREADS -c $CONNS -t $DURATION -X $VALUE_BYTES (90% get, 10% set); $(nproc) cores"
+echo "== $BACKEND backends, server_connections: ${POOL_SERVER_CONNECTIONS:-1}; memcaslap -T $THREADS -c $CONNS -t $DURATION -w 1k, 64-byte keys, $VALUE_BYTES-byte values (90% get, 10% set); $(nproc) cores"
 start_backends 1
 measure "1 $BACKEND, direct (no proxy)" "${BACKENDS[0]}" ""
 stop_backends

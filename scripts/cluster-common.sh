@@ -97,7 +97,8 @@ start_kvstore() {
 KVSTORE_ARGS=()
 
 # pool NAME LISTEN HASH RETRY_MS SERVER_LINE...: one nutcracker pool as YAML,
-# ejecting a server at its first failure.
+# ejecting a server at its first failure, with POOL_SERVER_CONNECTIONS
+# (default 1) connections to each server.
 pool() {
     local name=$1 listen=$2 hash=$3 retry=$4
     shift 4
@@ -108,6 +109,7 @@ $name:
   distribution: ketama
   timeout: 2000
   preconnect: true
+  server_connections: ${POOL_SERVER_CONNECTIONS:-1}
   auto_eject_hosts: true
   server_failure_limit: 1
   server_retry_timeout: $retry
