@@ -196,6 +196,12 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether an item with this expiry is expired now (reads the clock only
+/// for items that can expire).
+fn expired(expiry: Expiry) -> bool {
+    expiry != Expiry::Never && expiry.is_expired_at(unix_now())
+}
+
 fn validate_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
@@ -374,7 +380,13 @@ struct Inner {
     read_only_reason: Mutex<String>,
     group: GroupSync,
     exchange_supported: AtomicBool,
+    noreplace_supported: AtomicBool,
     stop: Stop,
+    /// Set when the background sweep after open has finished.
+    sweep_done: AtomicBool,
+    /// Bumped by every change on disk, so the periodic flusher can skip
+    /// idle intervals.
+    changes: AtomicU64,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
     doomed_cv: Condvar,
@@ -491,7 +503,10 @@ impl Store {
             read_only_reason: Mutex::new(String::new()),
             group: GroupSync::default(),
             exchange_supported: AtomicBool::new(true),
+            noreplace_supported: AtomicBool::new(true),
             stop: Stop::default(),
+            sweep_done: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
             _lock: dir_lock,
@@ -504,7 +519,10 @@ impl Store {
         }
         {
             let inner = inner.clone();
-            threads.push(spawn("kvstore-sweeper", move || inner.sweep())?);
+            threads.push(spawn("kvstore-sweeper", move || {
+                inner.sweep();
+                inner.sweep_done.store(true, Ordering::SeqCst);
+            })?);
         }
         if let Durability::Periodic(every) = options.durability {
             let inner = inner.clone();
@@ -893,6 +911,13 @@ impl Store {
         self.inner.group_sync()
     }
 
+    /// Testing hook: whether the background pass after open (recycling
+    /// leftover files, removing expired items) has finished.
+    #[doc(hidden)]
+    pub fn background_sweep_done(&self) -> bool {
+        self.inner.sweep_done.load(Ordering::SeqCst)
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -929,6 +954,20 @@ impl Store {
     /// As [`Store::repair`].
     pub fn repair_with(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
         crate::store::offline::repair(dir.as_ref(), &options)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.durability)
+            .field(
+                "keys",
+                &self.inner.current_gen().count.load(Ordering::Relaxed),
+            )
+            .field("read_only", &self.inner.read_only.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -1074,9 +1113,12 @@ impl Inner {
             layout::current_contents(n).as_bytes(),
             sync_meta,
         ) {
-            lock(&self.doomed).push(gen_dir);
+            // Whether CURRENT was switched is unknown now (the rename or
+            // its flush failed): refuse writes until a reopen decides.
+            self.set_read_only(format!("switching generation failed: {e}"));
             return Err(e);
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let old = std::mem::replace(&mut *gen, Arc::new(new_gen));
         self.cache.clear();
         for s in self.stripes.iter() {
@@ -1099,7 +1141,7 @@ impl Inner {
         validate_key(key)?;
         let hash = (self.hasher)(key);
         if let Some(it) = self.cache.get(hash, key) {
-            if !it.expiry.is_expired_at(unix_now()) {
+            if !expired(it.expiry) {
                 return Ok(Some(it));
             }
             self.remove_if_expired(key)?;
@@ -1112,7 +1154,7 @@ impl Inner {
             return Ok(None);
         };
         if let FileRead::Found(item) = self.read_file(&gen, hash, idx, key)? {
-            if item.expiry.is_expired_at(unix_now()) {
+            if expired(item.expiry) {
                 drop(gen);
                 self.remove_if_expired(key)?;
                 return Ok(None);
@@ -1176,9 +1218,8 @@ impl Inner {
                 item: None,
             });
         };
-        let now = unix_now();
         if let Some(it) = self.cache.get(hash, key) {
-            let item = (!it.expiry.is_expired_at(now)).then_some(it);
+            let item = (!expired(it.expiry)).then_some(it);
             return Ok(Current {
                 idx: Some(idx),
                 item,
@@ -1186,7 +1227,7 @@ impl Inner {
         }
         match self.read_file(gen, hash, idx, key)? {
             FileRead::Found(item) => {
-                let item = (!item.expiry.is_expired_at(now)).then(|| Arc::new(item));
+                let item = (!expired(item.expiry)).then(|| Arc::new(item));
                 Ok(Current {
                     idx: Some(idx),
                     item,
@@ -1354,8 +1395,10 @@ impl Inner {
         Ok(())
     }
 
-    /// `Always`: waits for a group flush. Other modes: nothing.
+    /// Called after each step of a write: `Always` waits for a group
+    /// flush; other modes only note that there is something to flush.
     fn barrier(&self) -> Result<()> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         if self.durability == Durability::Always {
             self.group_sync()
         } else {
@@ -1502,14 +1545,7 @@ impl Inner {
                 self.barrier()
             }
             None => {
-                let idx = match self.free_index(gen, hash) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        lock(&gen.spares[sub]).push(id);
-                        return Err(e);
-                    }
-                };
-                self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
+                let idx = self.place_new(gen, sub, id, hash)?;
                 self.barrier()?;
                 self.log_put(gen, hash, key, idx)?;
                 self.barrier()
@@ -1517,40 +1553,72 @@ impl Inner {
         }
     }
 
-    /// The first collision index of `hash` whose file is absent, or holds a
-    /// leftover no map entry points to. Stripe lock of `hash` held.
-    fn free_index(&self, gen: &Generation, hash: u64) -> Result<u16> {
+    /// Puts the filled spare `id` under the first collision index of `hash`
+    /// whose name is free (or holds a leftover no map entry points to, which
+    /// becomes a spare); returns that index. Stripe lock of `hash` held.
+    fn place_new(&self, gen: &Generation, sub: usize, id: u64, hash: u64) -> Result<u16> {
+        let spare = gen.spare_path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
-            let path = gen.value_path(hash, idx);
-            match self.fs.file_len(&path) {
-                Ok(None) => return Ok(idx),
-                Ok(Some(_)) => {}
-                Err(e) => return Err(io_err(&path, e)),
-            }
-            let buf = match self
-                .fs
-                .read_at(&path, 0, record::HEADER_LEN + MAX_KEY_BYTES)
-            {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(idx),
-                Err(e) => return Err(io_err(&path, e)),
-            };
-            let owner = record::decode_header(&buf).ok().and_then(|h| {
-                let end = record::HEADER_LEN + h.key_len;
-                buf.get(record::HEADER_LEN..end)
-            });
-            match owner {
-                Some(other)
-                    if (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx) =>
-                {
-                    continue
+            let target = gen.value_path(hash, idx);
+            let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
+                match self.fs.rename_noreplace(&spare, &target) {
+                    Ok(()) => return Ok(idx),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        self.noreplace_supported.store(false, Ordering::Relaxed);
+                        self.name_taken(&target)
+                            .inspect_err(|_| lock(&gen.spares[sub]).push(id))?
+                    }
+                    Err(e) => {
+                        lock(&gen.spares[sub]).push(id);
+                        return Err(io_err(&target, e));
+                    }
                 }
-                _ => return Ok(idx),
+            } else {
+                self.name_taken(&target)
+                    .inspect_err(|_| lock(&gen.spares[sub]).push(id))?
+            };
+            if taken && self.owned_by_mapped_key(gen, &target, hash, idx)? {
+                continue;
             }
+            // Free, or a leftover: swap in (the leftover becomes a spare).
+            self.swap_in(gen, sub, id, &target)?;
+            return Ok(idx);
         }
+        lock(&gen.spares[sub]).push(id);
         Err(Error::InvalidKey {
             reason: "too many keys share one hash",
         })
+    }
+
+    fn name_taken(&self, path: &Path) -> Result<bool> {
+        self.fs
+            .file_len(path)
+            .map(|len| len.is_some())
+            .map_err(|e| io_err(path, e))
+    }
+
+    /// Whether the value file `path` (hash, idx) belongs to a key the map
+    /// points to it.
+    fn owned_by_mapped_key(
+        &self,
+        gen: &Generation,
+        path: &Path,
+        hash: u64,
+        idx: u16,
+    ) -> Result<bool> {
+        let buf = match self.fs.read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let owner = record::decode_header(&buf).ok().and_then(|h| {
+            let end = record::HEADER_LEN + h.key_len;
+            buf.get(record::HEADER_LEN..end)
+        });
+        Ok(owner.is_some_and(|other| {
+            (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx)
+        }))
     }
 
     fn append_log(
@@ -1626,10 +1694,13 @@ impl Inner {
     }
 
     fn flusher_loop(&self, every: Duration) {
+        let mut flushed = 0;
         while !self.stop.wait(every) {
-            if self.read_only.load(Ordering::SeqCst) {
+            let changes = self.changes.load(Ordering::SeqCst);
+            if self.read_only.load(Ordering::SeqCst) || changes == flushed {
                 continue;
             }
+            flushed = changes;
             if let Err(e) = self.group_sync() {
                 log::error!("periodic flush failed, store is now read-only: {e}");
             }
@@ -1667,6 +1738,15 @@ impl Inner {
     fn sweep(&self) {
         let gen = self.current_gen();
         let expiring = gen.expiring_marked.load(Ordering::Relaxed);
+        // (hash, index) of every mapped key, to spot value files no entry
+        // points to (left by a write interrupted between its rename and its
+        // map record) without reading every file.
+        let mut mapped: Vec<(u64, u16)> = gen
+            .map_snapshot()
+            .into_iter()
+            .map(|(k, idx)| ((self.hasher)(&k), idx))
+            .collect();
+        mapped.sort_unstable();
         for sub in 0..SUBDIRS {
             if self.stop.stopped() || !Arc::ptr_eq(&gen, &self.current_gen()) {
                 return;
@@ -1693,12 +1773,33 @@ impl Inner {
                         drop(pool);
                         let _ = self.fs.remove_file(&dir.join(name));
                     }
-                } else if expiring {
-                    if let Some((hash, _)) = layout::parse_value_name(name) {
+                } else if let Some((hash, idx)) = layout::parse_value_name(name) {
+                    if mapped.binary_search(&(hash, idx)).is_err() {
+                        self.sweep_stray(&gen, &dir.join(name), hash, idx);
+                    } else if expiring {
                         self.sweep_expired(&dir.join(name), hash);
                     }
                 }
             }
+        }
+    }
+
+    /// Recycles a value file that no map entry points to, after checking
+    /// again under the stripe lock (a write may have mapped it since).
+    fn sweep_stray(&self, gen: &Generation, path: &Path, hash: u64, idx: u16) {
+        let current = self.gen_read();
+        if !std::ptr::eq(&**current, gen) {
+            return;
+        }
+        let _g = lock(&self.stripe(hash).lock);
+        if self
+            .owned_by_mapped_key(gen, path, hash, idx)
+            .unwrap_or(true)
+        {
+            return;
+        }
+        if let Err(e) = self.retire_file(gen, hash, path) {
+            log::warn!("cannot recycle stray value file {}: {e}", path.display());
         }
     }
 
@@ -1709,7 +1810,7 @@ impl Inner {
         let Ok(h) = record::decode_header(&buf) else {
             return;
         };
-        if !h.expiry.is_expired_at(unix_now()) {
+        if !expired(h.expiry) {
             return;
         }
         let Some(key) = buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len) else {

@@ -29,6 +29,11 @@ use crate::protocol::{memcached, seed, KeyPolicy};
 /// small stack lets 10,000 connections fit comfortably.
 pub const CONNECTION_STACK_BYTES: usize = 128 * 1024;
 
+/// The largest `max_value_bytes` honoured (as memcached's `-I` limit):
+/// a value is buffered whole before it is stored, so the bound must stay
+/// far below memory.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 1 << 30;
+
 /// How long shutdown waits for connections to finish their requests
 /// before it closes them outright.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -44,7 +49,8 @@ pub struct ServerConfig {
     pub memcached_port: Option<u16>,
     /// Most concurrent connections (default 4096).
     pub max_connections: usize,
-    /// Largest value accepted (default 1 MiB).
+    /// Largest value accepted (default 1 MiB; at most
+    /// [`MAX_VALUE_BYTES_LIMIT`], larger settings are lowered to it).
     pub max_value_bytes: usize,
     /// Close connections idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -120,7 +126,9 @@ struct Shared {
     conns: Mutex<HashMap<u64, RawFd>>,
     conns_cv: Condvar,
     next_id: AtomicU64,
-    listen_addrs: Mutex<Vec<SocketAddr>>,
+    /// The listeners, kept open here so that `trigger` can wake their
+    /// accepts without racing a close.
+    listeners: Mutex<Vec<Arc<TcpListener>>>,
 }
 
 impl Shared {
@@ -138,13 +146,22 @@ impl Shared {
         *t = true;
         self.triggered_cv.notify_all();
         drop(t);
-        // Wake each blocking accept with a connection of our own.
-        let addrs = self
-            .listen_addrs
+        // Wake each blocking accept: shutting a listening socket down makes
+        // accept fail at once on Linux; elsewhere, connect to it.
+        let listeners = self
+            .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for addr in addrs {
+        for listener in listeners {
+            // SAFETY: the Arc keeps the listener (and so its descriptor)
+            // open for the duration of the call.
+            if unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) } == 0 {
+                continue;
+            }
+            let Ok(addr) = listener.local_addr() else {
+                continue;
+            };
             let target = match addr.ip() {
                 IpAddr::V4(ip) if ip.is_unspecified() => {
                     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -198,6 +215,14 @@ impl Server {
         config: ServerConfig,
         keys: KeyPolicy,
     ) -> Result<ServerHandle> {
+        let mut config = config;
+        if config.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            log::warn!(
+                "max_value_bytes {} lowered to {MAX_VALUE_BYTES_LIMIT}",
+                config.max_value_bytes
+            );
+            config.max_value_bytes = MAX_VALUE_BYTES_LIMIT;
+        }
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);
             TcpListener::bind(addr).map_err(|source| Error::Bind {
@@ -205,9 +230,9 @@ impl Server {
                 source,
             })
         };
-        let seed_listener = config.seed_port.map(bind).transpose()?;
-        let mc_listener = config.memcached_port.map(bind).transpose()?;
-        let local = |l: &TcpListener| {
+        let seed_listener = config.seed_port.map(bind).transpose()?.map(Arc::new);
+        let mc_listener = config.memcached_port.map(bind).transpose()?.map(Arc::new);
+        let local = |l: &Arc<TcpListener>| {
             l.local_addr().map_err(|source| Error::Bind {
                 addr: config.bind.to_string(),
                 source,
@@ -227,7 +252,13 @@ impl Server {
             conns: Mutex::new(HashMap::new()),
             conns_cv: Condvar::new(),
             next_id: AtomicU64::new(0),
-            listen_addrs: Mutex::new(seed_addr.into_iter().chain(memcached_addr).collect()),
+            listeners: Mutex::new(
+                seed_listener
+                    .iter()
+                    .chain(mc_listener.iter())
+                    .cloned()
+                    .collect(),
+            ),
         });
 
         let mut acceptors = Vec::new();
@@ -266,7 +297,7 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, dialect: Dialect, shared: Arc<Shared>) {
+fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(SeqCst) {
