@@ -37,8 +37,9 @@ fi
 cargo build --release --quiet -p kvstore-net --bin kvstore-server
 BIN=$PWD/target/release/kvstore-server
 
-WORK=$(mktemp -d)
-DATA=$(mktemp -d ${DATA_PARENT:+-p "$DATA_PARENT"})
+mkdir -p target
+WORK=$(mktemp -d -p "$PWD/target" bench-vs-memcached.XXXXXX)
+DATA=$(mktemp -d -p "${DATA_PARENT:-$PWD/target}" bench-data.XXXXXX)
 MC_PID=""
 KV_PID=""
 stop() {
