@@ -9,7 +9,17 @@
 //! The clients connect first (at most [`MAX_CONNECTING`] at a time, each
 //! waiting for one reply before the next may connect, so the server's
 //! accept queue never overflows; with retries), wait until all are
-//! connected, and then start together.
+//! connected or turned away, and then start together.
+//!
+//! A server has a connection limit (`kvstore-server --max-connections`,
+//! 4096 by default), which 10,000 clients exceed. A client the server turns
+//! away (its over-limit reply, or a close or reset, arrives before the
+//! first reply: nothing was acknowledged yet) closes, backs off (jittered,
+//! [`RETRY_BACKOFF_MIN`] doubling up to [`RETRY_BACKOFF_MAX`]) and connects
+//! again, and runs its rounds from the start once it is served. Only a
+//! client still turned away when the timeout after the start has run out
+//! counts as failed, with that reason. The summary counts the connects
+//! turned away.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -33,6 +43,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTING: usize = 64;
 /// Connect attempts per client before it counts as failed.
 pub const CONNECT_ATTEMPTS: u32 = 8;
+/// First back-off of a client the server turned away (over its connection
+/// limit); it doubles on every further turn-away.
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest back-off of a client the server turned away.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Stack size of a client thread: they hold little, and there may be
 /// tens of thousands of them.
 pub const CLIENT_STACK_BYTES: usize = 128 * 1024;
@@ -155,8 +170,12 @@ pub struct StressSummary {
     pub rounds_ok: u64,
     /// The seed used.
     pub seed: u64,
-    /// Time until every client was connected.
+    /// Time until every client was connected (or turned away by the
+    /// server's connection limit, to retry after the start).
     pub connect_time: Duration,
+    /// Connects the server turned away (over its connection limit, or
+    /// closed before the first reply); each was retried after a back-off.
+    pub turned_away: u64,
     /// Time from the start signal until the last client finished.
     pub run_time: Duration,
     /// Successful set and get requests.
@@ -258,6 +277,11 @@ impl fmt::Display for StressSummary {
         )?;
         writeln!(
             f,
+            "connects turned away by the server's connection limit: {} (retried after a back-off)",
+            self.turned_away
+        )?;
+        writeln!(
+            f,
             "rounds: {} ok, {} failed; {} requests, {:.0} ops/s",
             self.rounds_ok,
             (self.clients * self.rounds) as u64
@@ -303,7 +327,8 @@ fn fmt_duration(d: Duration) -> String {
 ///   not there at all.
 ///
 /// Failures of single clients are not errors: they are counted in the
-/// summary.
+/// summary. Clients turned away by the server's connection limit retry
+/// until `config.endpoint.timeout` after the start (see the module doc).
 pub fn run(config: &StressConfig) -> Result<StressSummary> {
     let width = prefix_width(config.clients);
     if config.clients > 0 && config.max_key < width.max(1) {
@@ -339,6 +364,7 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         start: Gate::default(),
         progress: progress.clone(),
         ops: AtomicU64::new(0),
+        turned_away: AtomicU64::new(0),
     });
 
     let begin = Instant::now();
@@ -415,6 +441,7 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         rounds_ok,
         seed,
         connect_time,
+        turned_away: shared.turned_away.load(Ordering::Relaxed),
         run_time,
         ops: shared.ops.load(Ordering::Relaxed),
         set: Latency::from_nanos(set_samples),
@@ -525,6 +552,7 @@ struct Shared {
     start: Gate,
     progress: Option<ProgressBar>,
     ops: AtomicU64,
+    turned_away: AtomicU64,
 }
 
 /// A counting semaphore bounding connects in flight.
@@ -570,7 +598,8 @@ struct Gate {
 #[derive(Default)]
 struct GateState {
     ready: usize,
-    open: bool,
+    /// When the gate opened.
+    open: Option<Instant>,
 }
 
 impl Gate {
@@ -585,12 +614,16 @@ impl Gate {
         }
     }
     fn open(&self) {
-        lock(&self.state).open = true;
+        lock(&self.state).open = Some(Instant::now());
         self.go_cv.notify_all();
     }
-    fn wait_open(&self) {
+    /// Waits until the gate is open; returns when it opened.
+    fn wait_open(&self) -> Instant {
         let mut state = lock(&self.state);
-        while !state.open {
+        loop {
+            if let Some(opened) = state.open {
+                return opened;
+            }
             state = self.go_cv.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -645,6 +678,44 @@ struct ClientOutcome {
     failure: Option<Failure>,
 }
 
+/// How one connect went.
+enum Attempt {
+    /// The server answered the first request: the connection is in.
+    Served(Client),
+    /// The server turned the connection away before answering anything
+    /// (over its connection limit); worth retrying. The reason, for the
+    /// failure should the retries run out.
+    TurnedAway(Error),
+    /// A real failure (connect refused or timed out, a timeout or protocol
+    /// error on the first request): not retried.
+    Failed(Error),
+}
+
+/// Jittered exponential back-off between connects the server turned away.
+struct Backoff {
+    next: Duration,
+    rng: StdRng,
+}
+
+impl Backoff {
+    fn new(seed: u64) -> Backoff {
+        Backoff {
+            next: RETRY_BACKOFF_MIN,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next delay: uniform in [b/2, b] for the current bound b, which
+    /// then doubles up to [`RETRY_BACKOFF_MAX`]. The jitter spreads the
+    /// retries of clients turned away together.
+    fn delay(&mut self) -> Duration {
+        let bound = self.next;
+        self.next = (bound * 2).min(RETRY_BACKOFF_MAX);
+        let nanos = bound.as_nanos() as u64;
+        Duration::from_nanos(self.rng.gen_range(nanos / 2..=nanos))
+    }
+}
+
 impl ClientJob {
     fn run(self) -> ClientOutcome {
         let shared = Arc::clone(&self.shared);
@@ -652,36 +723,69 @@ impl ClientJob {
             shared: &shared,
             done: false,
         };
-        let connected = {
-            let _slot = shared.connecting.acquire();
-            self.endpoint
-                .connect_with_retries(CONNECT_ATTEMPTS)
-                .and_then(|client| self.check_served(client))
-        };
+        let mut attempt = self.attempt();
         ready.signal();
-        shared.start.wait_open();
+        let deadline = shared.start.wait_open() + self.endpoint.timeout;
+        let mut backoff = Backoff::new(self.seed ^ !(self.id as u64));
         let mut outcome = ClientOutcome::default();
-        match connected {
-            Ok(mut client) => {
-                if let Err(failure) = self.rounds(&mut client, &mut outcome) {
-                    outcome.failure = Some(failure);
+        loop {
+            let err = match attempt {
+                Attempt::Served(mut client) => {
+                    if let Err(failure) = self.rounds(&mut client, &mut outcome) {
+                        outcome.failure = Some(failure);
+                    }
+                    return outcome;
                 }
-            }
-            Err(err) => {
-                outcome.failure = Some(Failure {
-                    context: format!("client {}", self.id),
-                    reason: err.to_string(),
-                });
-                if let Some(bar) = &shared.progress {
-                    bar.inc(self.rounds as u64);
+                Attempt::TurnedAway(err) => {
+                    let now = Instant::now();
+                    if now < deadline {
+                        // Nothing was acknowledged on that connection (it
+                        // is closed now): wait, connect again, and run the
+                        // rounds from the start.
+                        thread::sleep(backoff.delay().min(deadline - now));
+                        attempt = self.attempt();
+                        continue;
+                    }
+                    match err {
+                        Error::Server { addr, what } => Error::Server {
+                            addr,
+                            what: format!(
+                                "{what}; still turned away when the {} timeout ran out",
+                                crate::error::fmt_secs(self.endpoint.timeout)
+                            ),
+                        },
+                        other => other,
+                    }
                 }
+                Attempt::Failed(err) => err,
+            };
+            outcome.failure = Some(Failure {
+                context: format!("client {}", self.id),
+                reason: err.to_string(),
+            });
+            if let Some(bar) = &shared.progress {
+                bar.inc(self.rounds as u64);
             }
+            return outcome;
         }
-        outcome
+    }
+
+    /// Connects (holding a connect slot) and waits for the first reply.
+    fn attempt(&self) -> Attempt {
+        let _slot = self.shared.connecting.acquire();
+        let attempt = match self.endpoint.connect_with_retries(CONNECT_ATTEMPTS) {
+            Ok(client) => self.check_served(client),
+            Err(err) => Attempt::Failed(err),
+        };
+        if matches!(attempt, Attempt::TurnedAway(_)) {
+            self.shared.turned_away.fetch_add(1, Ordering::Relaxed);
+        }
+        attempt
     }
 
     /// Waits for one reply (a `get` of this client's bare prefix, a key
-    /// that only this client may use) before giving up the connect slot.
+    /// that only this client may use) before giving up the connect slot,
+    /// and tells a served connection from one the server turned away.
     ///
     /// `connect` returns when the kernel has completed the handshake, not
     /// when the server has accepted the connection: without this wait,
@@ -689,19 +793,42 @@ impl ClientJob {
     /// (Linux then drops SYNs and the client waits a 1 s retransmit).
     /// Holding the slot until the server answers bounds the queue by
     /// [`MAX_CONNECTING`].
-    fn check_served(&self, mut client: Client) -> Result<Client> {
+    fn check_served(&self, mut client: Client) -> Attempt {
+        use std::io::ErrorKind;
+        let addr = self.endpoint.addr();
         match client.get(key_prefix(self.id, self.width)) {
-            Ok(_) => Ok(client),
+            Ok(_) => Attempt::Served(client),
             // What a server over its connection limit answers in the seed
-            // dialect before it closes.
-            Err(kvstore_net::Error::Rejected(reply)) => Err(Error::Server {
-                addr: self.endpoint.addr(),
+            // dialect before it closes; this `get` is valid, so nothing
+            // else can bring this reply.
+            Err(kvstore_net::Error::Rejected(reply)) => Attempt::TurnedAway(Error::Server {
+                addr,
                 what: format!(
                     "refused the connection ({}; over its connection limit?)",
                     reply.trim_end()
                 ),
             }),
-            Err(e) => Err(self.endpoint.error(e)),
+            // Closed or reset before any reply: the over-limit line can be
+            // lost to a reset when the server closes with our request
+            // unread.
+            Err(kvstore_net::Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    ErrorKind::UnexpectedEof
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::BrokenPipe
+                ) =>
+            {
+                Attempt::TurnedAway(Error::Server {
+                    addr,
+                    what: format!(
+                        "closed the connection before its first reply ({})",
+                        crate::error::describe_io(&source)
+                    ),
+                })
+            }
+            Err(e) => Attempt::Failed(self.endpoint.error(e)),
         }
     }
 
@@ -837,6 +964,7 @@ mod tests {
             rounds_ok: 2,
             seed: 1,
             connect_time: Duration::from_millis(3),
+            turned_away: 7,
             run_time: Duration::from_millis(10),
             ops: 5,
             set: Latency::default(),
@@ -851,11 +979,36 @@ mod tests {
         assert_eq!(text.lines().last(), Some("clients=3 ok=2 failed=1"));
         assert!(text.contains("500 ops/s"), "{text}");
         assert!(
+            text.contains("connects turned away by the server's connection limit: 7 ("),
+            "{text}"
+        );
+        assert!(
             text.contains(
                 "failure: wrong read: got 1 bytes, set 2 bytes (client 2 round 0 key x)\n"
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_bounded() {
+        let mut a = Backoff::new(1);
+        let mut b = Backoff::new(2);
+        let mut bound = RETRY_BACKOFF_MIN;
+        let mut differ = false;
+        for _ in 0..20 {
+            let (da, db) = (a.delay(), b.delay());
+            for d in [da, db] {
+                assert!(
+                    d >= bound / 2 && d <= bound,
+                    "{d:?} outside [{bound:?}/2, {bound:?}]"
+                );
+            }
+            differ |= da != db;
+            bound = (bound * 2).min(RETRY_BACKOFF_MAX);
+        }
+        assert_eq!(a.next, RETRY_BACKOFF_MAX);
+        assert!(differ, "two clients back off by different delays");
     }
 
     #[test]

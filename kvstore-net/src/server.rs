@@ -38,6 +38,32 @@ pub const MAX_VALUE_BYTES_LIMIT: usize = 1 << 30;
 /// before it closes them outright.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Listen backlog (accept queue length) of the listeners. std binds with
+/// 128, which a burst of connects (thousands of clients starting at once)
+/// overflows: Linux then drops the SYNs and each of those clients stalls
+/// for a 1 s retransmit. The kernel caps it at `net.core.somaxconn`
+/// (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `addr` and raises its backlog to [`LISTEN_BACKLOG`].
+///
+/// std offers no backlog parameter; calling `listen` again on a socket
+/// that already listens only updates its backlog (Linux and the BSDs),
+/// which avoids building the socket by hand or a new dependency.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: listen on a valid socket fd that `listener` owns for the
+    // duration of the call; it touches no memory of ours.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        // Not fatal: the socket still listens, with std's backlog.
+        log::warn!(
+            "cannot raise the listen backlog of {addr} to {LISTEN_BACKLOG}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(listener)
+}
+
 /// What the server listens on and the limits it enforces.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -225,7 +251,7 @@ impl Server {
         }
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);
-            TcpListener::bind(addr).map_err(|source| Error::Bind {
+            bind_listener(addr).map_err(|source| Error::Bind {
                 addr: addr.to_string(),
                 source,
             })
