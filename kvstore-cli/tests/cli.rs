@@ -370,7 +370,7 @@ fn stress_with_1000_clients_verifies_every_read() {
 /// 10,000 clients, each its own connection, against a server with the
 /// default limit of 4096 connections (so 5,904 or more connects are turned
 /// away and retried): too heavy for every `cargo test` on a 2-core machine
-/// (about 5 s, 14,000 sockets and threads). Run it with
+/// (10-15 s, 14,000 sockets and threads). Run it with
 /// `cargo test -p kvstore-cli --release --test cli -- --ignored`.
 #[test]
 #[ignore]
