@@ -347,9 +347,18 @@ fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>
         let current = stats.curr_connections.fetch_add(1, SeqCst);
         if current >= shared.config.max_connections {
             stats.curr_connections.fetch_sub(1, SeqCst);
-            stats.rejected_connections.fetch_add(1, Relaxed);
-            log::warn!(
-                "refusing connection from {peer}: {} connections already open",
+            let rejected = stats.rejected_connections.fetch_add(1, Relaxed) + 1;
+            // A burst over the limit would otherwise write one line per
+            // connection: warn on the first and every 1,000th.
+            let level = if rejected == 1 || rejected % 1000 == 0 {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
+                "refusing connection from {peer}: {} connections already open \
+                 ({rejected} refused so far)",
                 shared.config.max_connections
             );
             refuse(stream, dialect);
