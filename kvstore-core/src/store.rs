@@ -1983,6 +1983,12 @@ fn load_generation(
             }
         }
     }
+    // Leftovers of an interrupted compaction.
+    for name in list_names(fs, dir)? {
+        if name.ends_with(layout::TMP_SUFFIX) {
+            let _ = fs.remove_file(&dir.join(&name));
+        }
+    }
     let expiring_marked = fs
         .file_len(&dir.join(layout::EXPIRING_MARK))
         .map_err(|e| io_err(dir, e))?

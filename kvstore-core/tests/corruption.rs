@@ -252,3 +252,20 @@ fn files_and_directories_are_owner_only() {
     assert_eq!(mode(&tmp.path().join("LOCK")), 0o600);
     assert_eq!(mode(&tmp.path().join("CURRENT")), 0o600);
 }
+
+#[test]
+fn temporary_leftovers_are_removed_on_open() {
+    let tmp = populated();
+    let leftovers = [
+        tmp.path().join("CURRENT.~tmp"),
+        gen_dir(tmp.path()).join("map.log.~tmp"),
+    ];
+    for l in &leftovers {
+        fs::write(l, b"half-written").unwrap();
+    }
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    for l in &leftovers {
+        assert!(!l.exists(), "{} survived open", l.display());
+    }
+    assert_keys(&store, |_| true);
+}
