@@ -1292,8 +1292,14 @@ impl Inner {
         if expiry != Expiry::Never {
             self.mark_expiring(&gen)?;
         }
-        self.write_record(&gen, hash, key, cur.idx, &rec)?;
+        let written = self.write_record(&gen, hash, key, cur.idx, &rec);
         stripe.seq.fetch_add(1, Ordering::Release);
+        if let Err(e) = written {
+            // The file may or may not have changed: the cache must not
+            // claim either.
+            self.cache.remove(hash, key);
+            return Err(e);
+        }
         if self.cache_enabled {
             let item = CachedItem {
                 value: value.into_owned(),
@@ -1349,12 +1355,13 @@ impl Inner {
         let Some(idx) = idx else { return Ok(()) };
         let path = gen.value_path(hash, idx);
         self.retire_file(gen, hash, &path)?;
-        self.barrier()?;
-        self.log_remove(gen, hash, key)?;
-        self.barrier()?;
+        // The file is gone: no reader may find the item in the cache from
+        // here on, whatever happens to the map record.
         self.stripe(hash).seq.fetch_add(1, Ordering::Release);
         self.cache.remove(hash, key);
-        Ok(())
+        self.barrier()?;
+        self.log_remove(gen, hash, key)?;
+        self.barrier()
     }
 
     /// Turns a value file into a spare (or removes it when the pool is
