@@ -2123,6 +2123,8 @@ fn remove_tree(fs: &dyn FileSystem, dir: &Path, stop: &Stop) -> io::Result<()> {
 /// What a scan of a generation's value files found.
 struct Scan {
     keys: Vec<(Box<[u8]>, u16)>,
+    /// Highest cas number of any good record.
+    max_cas: u64,
     files: u64,
     dropped: u64,
     spares: u64,
@@ -2140,6 +2142,7 @@ fn scan_generation(
 ) -> Result<Scan> {
     let mut scan = Scan {
         keys: Vec::new(),
+        max_cas: 0,
         files: 0,
         dropped: 0,
         spares: 0,
@@ -2182,6 +2185,7 @@ fn scan_generation(
                     ))
                 }
                 Ok(rec) => {
+                    scan.max_cas = scan.max_cas.max(rec.cas);
                     let key: Box<[u8]> = rec.key.into();
                     match best.get(&key) {
                         Some((_, cas, other)) if *cas >= rec.cas => Some(format!(
@@ -2357,6 +2361,7 @@ pub(crate) mod offline {
         let gen_dir = dir.join(layout::gen_name(n));
         create_generation_dir(fs, &gen_dir, true)?;
         let scan = scan_generation(fs, &gen_dir, hasher, true)?;
+        let max_cas_epoch = scan.max_cas >> 40;
         report.files_scanned = scan.files;
         report.keys_recovered = scan.keys.len() as u64;
         report.files_dropped = scan.dropped;
@@ -2382,6 +2387,23 @@ pub(crate) mod offline {
                 .insert(key, idx);
         }
         write_log_snapshot(fs, &gen, true)?;
+        // Cas numbers must stay unique: the boot epoch must be past every
+        // cas found (its high bits), whatever EPOCH says or if it is damaged.
+        let epoch_path = dir.join(layout::EPOCH_FILE);
+        let min_epoch = max_cas_epoch;
+        let epoch_ok = matches!(read_u64_file(fs, &epoch_path), Ok(Some(e)) if e >= min_epoch);
+        if !epoch_ok {
+            report
+                .problems
+                .push(format!("{} reset to {min_epoch}", epoch_path.display()));
+            write_small_file(
+                fs,
+                dir,
+                layout::EPOCH_FILE,
+                format!("{min_epoch}\n").as_bytes(),
+                true,
+            )?;
+        }
         write_small_file(
             fs,
             dir,

@@ -269,3 +269,25 @@ fn temporary_leftovers_are_removed_on_open() {
     }
     assert_keys(&store, |_| true);
 }
+
+#[test]
+fn damaged_epoch_fails_open_and_repair_fixes_it_keeping_cas_unique() {
+    let tmp = populated();
+    let old_cas = {
+        let store = Store::open_with(tmp.path(), never()).unwrap();
+        store.get_item("k1").unwrap().unwrap().cas
+    };
+    fs::write(tmp.path().join("EPOCH"), b"not a number").unwrap();
+    assert!(matches!(
+        Store::open_with(tmp.path(), never()),
+        Err(kvstore_core::Error::Corrupt { .. })
+    ));
+    let report = Store::repair(tmp.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("EPOCH")),
+        "{report}"
+    );
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    let cas = store.set_with("k1", "new", Default::default()).unwrap();
+    assert!(cas > old_cas, "cas {cas} not past {old_cas}");
+}
