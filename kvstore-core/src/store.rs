@@ -1990,10 +1990,20 @@ fn load_generation(
             }
         }
     }
-    // Leftovers of an interrupted compaction.
     for name in list_names(fs, dir)? {
+        let path = dir.join(&name);
         if name.ends_with(layout::TMP_SUFFIX) {
-            let _ = fs.remove_file(&dir.join(&name));
+            // Leftover of an interrupted compaction.
+            let _ = fs.remove_file(&path);
+        } else if name.len() == 2
+            && u8::from_str_radix(&name, 16).is_ok()
+            && !fs.is_real_dir(&path).map_err(|e| io_err(&path, e))?
+        {
+            // A value subdirectory must be a directory of its own: a
+            // symlink planted here would lead writes and reads out of the
+            // store. Remove the link (not what it points to).
+            log::warn!("removing {}: not a directory", path.display());
+            fs.remove_file(&path).map_err(|e| io_err(&path, e))?;
         }
     }
     let expiring_marked = fs
