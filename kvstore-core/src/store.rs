@@ -1420,9 +1420,12 @@ impl Inner {
                 Ok(()) => return Ok(id),
                 // A spare that vanished (removed by hand): try the next.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Unusable (a planted symlink, a failing write): forget it
+                // and make a fresh one, whose error, if any, is returned.
                 Err(e) => {
-                    lock(&gen.spares[sub]).push(id);
-                    return Err(io_err(&path, e));
+                    log::warn!("dropping unusable spare file {}: {e}", path.display());
+                    let _ = self.fs.remove_file(&path);
+                    break;
                 }
             }
         }

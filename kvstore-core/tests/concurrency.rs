@@ -1,0 +1,300 @@
+//! Threads sharing one Store: per-key atomicity of incr and cas, readers
+//! never seeing torn or foreign values, group commit, and a failed flush
+//! turning the store read-only (through the I/O seam).
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
+use kvstore_core::{CasOutcome, CounterOutcome, Durability, Error, ItemMeta, Options, Store};
+
+const THREADS: usize = 8;
+
+fn opts(cache: bool) -> Options {
+    Options::new()
+        .durability(Durability::Never)
+        .cache_bytes(if cache { 1 << 20 } else { 0 })
+}
+
+#[test]
+fn concurrent_incr_on_one_key_counts_exactly() {
+    for cache in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_with(tmp.path(), opts(cache)).unwrap();
+        store.set("n", "0").unwrap();
+        let barrier = Barrier::new(THREADS);
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..100 {
+                        assert!(matches!(
+                            store.incr("n", 1).unwrap(),
+                            CounterOutcome::Value(_)
+                        ));
+                    }
+                });
+            }
+        });
+        let want = (THREADS * 100).to_string().into_bytes();
+        assert_eq!(store.get("n").unwrap(), Some(want.clone()), "cache {cache}");
+        drop(store);
+        let store = Store::open_with(tmp.path(), opts(cache)).unwrap();
+        assert_eq!(store.get("n").unwrap(), Some(want));
+    }
+}
+
+#[test]
+fn cas_race_has_exactly_one_winner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open_with(tmp.path(), opts(true)).unwrap();
+    for round in 0..20 {
+        store.set("k", format!("round {round}")).unwrap();
+        let cas = store.get_item("k").unwrap().unwrap().cas;
+        let barrier = Barrier::new(THREADS);
+        let winners = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (barrier, winners, store) = (&barrier, &winners, &store);
+                s.spawn(move || {
+                    barrier.wait();
+                    match store
+                        .compare_and_swap("k", format!("winner {t}"), ItemMeta::default(), cas)
+                        .unwrap()
+                    {
+                        CasOutcome::Stored { .. } => {
+                            winners.fetch_add(1, Ordering::SeqCst);
+                        }
+                        CasOutcome::Exists => {}
+                        CasOutcome::NotFound => panic!("key vanished"),
+                    }
+                });
+            }
+        });
+        assert_eq!(winners.load(Ordering::SeqCst), 1, "round {round}");
+        assert!(store.get("k").unwrap().unwrap().starts_with(b"winner "));
+    }
+}
+
+#[test]
+fn concurrent_add_has_exactly_one_winner_per_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open_with(tmp.path(), opts(false)).unwrap();
+    let barrier = Barrier::new(THREADS);
+    let wins = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (barrier, wins, store) = (&barrier, &wins, &store);
+            s.spawn(move || {
+                barrier.wait();
+                for k in 0..50 {
+                    if let kvstore_core::StoreOutcome::Stored { .. } = store
+                        .add(format!("k{k}"), format!("{t}"), ItemMeta::default())
+                        .unwrap()
+                    {
+                        wins.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(wins.load(Ordering::SeqCst), 50);
+    assert_eq!(store.len(), 50);
+}
+
+#[test]
+fn readers_never_see_torn_or_foreign_values_during_overwrites() {
+    for cache in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_with(tmp.path(), opts(cache)).unwrap();
+        let keys: Vec<String> = (0..8).map(|k| format!("key{k}")).collect();
+        let value = |k: &str, i: usize| {
+            let mut v = format!("{k}:{i}:").into_bytes();
+            v.resize(v.len() + (i * 97) % 5000, b'#');
+            v
+        };
+        for k in &keys {
+            store.set(k, value(k, 0)).unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for w in 0..2 {
+                let (store, keys, stop) = (&store, &keys, &stop);
+                s.spawn(move || {
+                    for i in 1..400 {
+                        let k = &keys[(i + w) % keys.len()];
+                        store.set(k, value(k, i)).unwrap();
+                    }
+                    stop.store(true, Ordering::SeqCst);
+                });
+            }
+            for _ in 0..3 {
+                let (store, keys, stop) = (&store, &keys, &stop);
+                s.spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) || n < 100 {
+                        let k = &keys[n % keys.len()];
+                        let v = store
+                            .get(k)
+                            .unwrap()
+                            .expect("key vanished during overwrite");
+                        let text = String::from_utf8_lossy(&v);
+                        let mut parts = text.splitn(3, ':');
+                        assert_eq!(parts.next(), Some(k.as_str()), "foreign value for {k}");
+                        let i: usize = parts.next().unwrap().parse().unwrap();
+                        assert_eq!(v, value(k, i), "torn value for {k}");
+                        n += 1;
+                    }
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn always_mode_with_concurrent_writers_persists_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store =
+            Store::open_with(tmp.path(), Options::new().durability(Durability::Always)).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..10 {
+                        store.set(format!("t{t}-{i}"), format!("{t}/{i}")).unwrap();
+                    }
+                    store.set(format!("t{t}-0"), "overwritten").unwrap();
+                    assert!(store.delete(format!("t{t}-9")).unwrap());
+                });
+            }
+        });
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.len(), THREADS * 9);
+    assert_eq!(store.get("t3-0").unwrap(), Some(b"overwritten".to_vec()));
+    assert_eq!(store.get("t3-5").unwrap(), Some(b"3/5".to_vec()));
+}
+
+/// A file system whose `syncfs` fails once `fail` is set, counting calls.
+#[derive(Default)]
+struct FlakySync {
+    fail: AtomicBool,
+    syncs: AtomicUsize,
+}
+
+impl FileSystem for FlakySync {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        StdFileSystem.list_dir(path)
+    }
+    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        StdFileSystem.create_new(path, data)
+    }
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        StdFileSystem.write_at(path, offset, data)
+    }
+    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
+        StdFileSystem.read_at(path, offset, max_len)
+    }
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
+        StdFileSystem.file_len(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFileSystem.rename(from, to)
+    }
+    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        StdFileSystem.rename_exchange(a, b)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.remove_file(path)
+    }
+    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
+        StdFileSystem.set_len(path, len)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.sync_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.sync_dir(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        StdFileSystem.syncfs(path)
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        StdFileSystem.open_append(path)
+    }
+    fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
+        StdFileSystem.open_lock_file(path)
+    }
+}
+
+#[test]
+fn group_commit_shares_flushes_between_writers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FlakySync::default());
+    let store = Store::open_with(
+        tmp.path(),
+        Options::new()
+            .durability(Durability::Always)
+            .file_system(fs.clone()),
+    )
+    .unwrap();
+    let writes = 16 * 8;
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..8 {
+                    store.set(format!("t{t}-{i}"), "v").unwrap();
+                }
+            });
+        }
+    });
+    // Three flush points per new key if nothing were shared.
+    let syncs = fs.syncs.load(Ordering::SeqCst);
+    assert!(
+        syncs > 0 && syncs < writes * 3,
+        "{syncs} flushes for {writes} writes"
+    );
+}
+
+#[test]
+fn failed_flush_makes_the_store_read_only_until_reopened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FlakySync::default());
+    let opts = || {
+        Options::new()
+            .durability(Durability::Always)
+            .file_system(fs.clone())
+    };
+    let store = Store::open_with(tmp.path(), opts()).unwrap();
+    store.set("a", "1").unwrap();
+    fs.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(store.set("b", "2"), Err(Error::Io { .. })));
+    let err = store.set("c", "3").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    assert!(matches!(store.flush(), Err(Error::ReadOnly { .. })));
+    assert_eq!(
+        store.get("a").unwrap(),
+        Some(b"1".to_vec()),
+        "reads still work"
+    );
+    drop(store);
+    fs.fail.store(false, Ordering::SeqCst);
+    let store = Store::open_with(tmp.path(), opts()).unwrap();
+    store.set("c", "3").unwrap();
+    assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
+}

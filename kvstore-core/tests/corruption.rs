@@ -1,0 +1,225 @@
+//! Damage on disk: torn or garbled map log, garbled value files, a deleted
+//! map, planted symlinks; verify and repair.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use kvstore_core::{Durability, Options, Store};
+
+fn never() -> Options {
+    Options::new().durability(Durability::Never)
+}
+
+fn fnv1a64(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in key {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn gen_dir(dir: &Path) -> PathBuf {
+    let current = fs::read_to_string(dir.join("CURRENT")).unwrap();
+    let n = current
+        .lines()
+        .nth(1)
+        .unwrap()
+        .strip_prefix("gen ")
+        .unwrap();
+    dir.join(format!("gen-{n}"))
+}
+
+fn value_file(dir: &Path, key: &str) -> PathBuf {
+    let h = fnv1a64(key.as_bytes());
+    gen_dir(dir)
+        .join(format!("{:02x}", h >> 56))
+        .join(format!("{h:016x}"))
+}
+
+fn map_log(dir: &Path) -> PathBuf {
+    gen_dir(dir).join("map.log")
+}
+
+/// A closed store with keys k0..k19 = v0..v19.
+fn populated() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    for i in 0..20 {
+        store.set(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    tmp
+}
+
+fn assert_keys(store: &Store, present: impl Fn(usize) -> bool) {
+    for i in 0..20 {
+        let want = present(i).then(|| format!("v{i}").into_bytes());
+        assert_eq!(store.get(format!("k{i}")).unwrap(), want, "k{i}");
+    }
+}
+
+#[test]
+fn torn_map_log_tail_drops_only_the_last_key() {
+    let tmp = populated();
+    let log = map_log(tmp.path());
+    let len = fs::metadata(&log).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(!report.is_ok(), "a torn tail is reported");
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_keys(&store, |i| i != 19);
+    assert_eq!(store.len(), 19);
+    // Writing after the repair of the tail works and persists.
+    store.set("after", "x").unwrap();
+    drop(store);
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_eq!(store.get("after").unwrap(), Some(b"x".to_vec()));
+    assert_keys(&store, |i| i != 19);
+    drop(store);
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.stray_files, 1, "k19's file is a harmless leftover");
+}
+
+#[test]
+fn garbled_map_log_tail_drops_only_the_last_key() {
+    let tmp = populated();
+    let log = map_log(tmp.path());
+    let mut bytes = fs::read(&log).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0xff;
+    fs::write(&log, &bytes).unwrap();
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_keys(&store, |i| i != 19);
+}
+
+#[test]
+fn garbled_map_log_middle_rebuilds_the_map_from_the_files() {
+    let tmp = populated();
+    let log = map_log(tmp.path());
+    let mut bytes = fs::read(&log).unwrap();
+    bytes[20] ^= 0xff;
+    fs::write(&log, &bytes).unwrap();
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_keys(&store, |_| true);
+    assert_eq!(store.len(), 20);
+    drop(store);
+    assert!(Store::verify(tmp.path()).unwrap().is_ok());
+}
+
+#[test]
+fn deleted_map_is_rebuilt_from_the_files() {
+    let tmp = populated();
+    {
+        let store = Store::open_with(tmp.path(), never()).unwrap();
+        assert!(store.delete("k3").unwrap());
+        store.set("k4", "v4").unwrap();
+    }
+    fs::remove_file(map_log(tmp.path())).unwrap();
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_keys(&store, |i| i != 3);
+    assert!(map_log(tmp.path()).exists());
+    drop(store);
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.keys_ok, 19);
+}
+
+#[test]
+fn garbled_value_file_drops_that_key_only() {
+    let tmp = populated();
+    let file = value_file(tmp.path(), "k5");
+    let mut bytes = fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x01;
+    fs::write(&file, &bytes).unwrap();
+
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&*file.to_string_lossy())),
+        "{report}"
+    );
+    assert!(report.to_string().contains("problems: "), "{report}");
+
+    let store = Store::open_with(
+        tmp.path(),
+        Options::new().durability(Durability::Never).cache_bytes(0),
+    )
+    .unwrap();
+    assert_keys(&store, |i| i != 5);
+    assert_eq!(store.len(), 19, "the damaged key is dropped from the map");
+    store.set("k5", "v5").unwrap();
+    assert_keys(&store, |_| true);
+}
+
+#[test]
+fn truncated_value_file_drops_that_key_only() {
+    let tmp = populated();
+    let file = value_file(tmp.path(), "k7");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_keys(&store, |i| i != 7);
+}
+
+#[test]
+fn repair_drops_damaged_files_and_rebuilds_the_map() {
+    let tmp = populated();
+    let file = value_file(tmp.path(), "k9");
+    fs::write(&file, b"garbage").unwrap();
+    fs::write(map_log(tmp.path()), b"also garbage").unwrap();
+    let report = Store::repair(tmp.path()).unwrap();
+    assert_eq!(report.files_scanned, 20);
+    assert_eq!(report.keys_recovered, 19);
+    assert_eq!(report.files_dropped, 1);
+    assert!(
+        report.to_string().contains("keys recovered: 19"),
+        "{report}"
+    );
+    let verify = Store::verify(tmp.path()).unwrap();
+    assert!(verify.is_ok(), "{verify}");
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_keys(&store, |i| i != 9);
+}
+
+#[test]
+fn symlinked_value_file_is_not_followed() {
+    let tmp = populated();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    fs::write(&secret, b"do not read or overwrite").unwrap();
+    let file = value_file(tmp.path(), "k2");
+    fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&secret, &file).unwrap();
+    let store = Store::open_with(tmp.path(), never().cache_bytes(0)).unwrap();
+    assert!(store.get("k2").is_err() || store.get("k2").unwrap().is_none());
+    let _ = store.set("k2", "new");
+    let _ = store.delete("k2");
+    assert_eq!(fs::read(&secret).unwrap(), b"do not read or overwrite");
+}
+
+#[test]
+fn files_and_directories_are_owner_only() {
+    let tmp = populated();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&gen_dir(tmp.path())), 0o700);
+    assert_eq!(mode(value_file(tmp.path(), "k1").parent().unwrap()), 0o700);
+    assert_eq!(mode(&value_file(tmp.path(), "k1")), 0o600);
+    assert_eq!(mode(&map_log(tmp.path())), 0o600);
+    assert_eq!(mode(&tmp.path().join("LOCK")), 0o600);
+    assert_eq!(mode(&tmp.path().join("CURRENT")), 0o600);
+}
