@@ -1446,21 +1446,16 @@ impl Inner {
     }
 
     /// Puts the filled spare `id` in place of `target`. With exchange, the
-    /// old file becomes a spare; otherwise it is replaced (and freed).
-    fn swap_in(&self, gen: &Generation, sub: usize, id: u64, target: &Path) -> Result<()> {
+    /// old file becomes a spare, returned as `Some(id)`: the caller recycles
+    /// it with [`Inner::recycle_spare`] only after the exchange is durable
+    /// (until then a power cut can bring the old name back to that inode,
+    /// so another writer must not overwrite it in place). Without exchange
+    /// the old file is replaced (and freed).
+    fn swap_in(&self, gen: &Generation, sub: usize, id: u64, target: &Path) -> Result<Option<u64>> {
         let spare = gen.spare_path(sub, id);
         if self.exchange_supported.load(Ordering::Relaxed) {
             match self.fs.rename_exchange(&spare, target) {
-                Ok(()) => {
-                    let mut pool = lock(&gen.spares[sub]);
-                    if pool.len() < SPARES_PER_SUBDIR {
-                        pool.push(id);
-                    } else {
-                        drop(pool);
-                        let _ = self.fs.remove_file(&spare);
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(Some(id)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     self.exchange_supported.store(false, Ordering::Relaxed);
@@ -1471,10 +1466,23 @@ impl Inner {
                 }
             }
         }
-        self.fs.rename(&spare, target).map_err(|e| {
+        self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
             lock(&gen.spares[sub]).push(id);
             io_err(target, e)
         })
+    }
+
+    /// Returns the old file of an exchange to the spare pool (or removes it
+    /// when the pool is full).
+    fn recycle_spare(&self, gen: &Generation, sub: usize, old: Option<u64>) {
+        let Some(id) = old else { return };
+        let mut pool = lock(&gen.spares[sub]);
+        if pool.len() < SPARES_PER_SUBDIR {
+            pool.push(id);
+        } else {
+            drop(pool);
+            let _ = self.fs.remove_file(&gen.spare_path(sub, id));
+        }
     }
 
     /// Writes a record for `key` (stripe lock held): into a spare, then
@@ -1498,8 +1506,10 @@ impl Inner {
         }
         match idx {
             Some(idx) => {
-                self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
-                self.barrier()
+                let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
+                self.barrier()?;
+                self.recycle_spare(gen, sub, old);
+                Ok(())
             }
             None => {
                 let idx = match self.free_index(gen, hash) {
@@ -1509,8 +1519,9 @@ impl Inner {
                         return Err(e);
                     }
                 };
-                self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
+                let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
                 self.barrier()?;
+                self.recycle_spare(gen, sub, old);
                 self.log_put(gen, hash, key, idx)?;
                 self.barrier()
             }
