@@ -1296,8 +1296,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Moves the key's file to the spare pool and logs the removal. The
+    /// Logs the removal, then moves the key's file to the spare pool. The
     /// caller holds the stripe lock.
+    ///
+    /// The log record comes first so that a failed append leaves the key
+    /// and its file untouched (the previous value stays readable); once it
+    /// is written the key is gone, and a file that cannot be moved away is
+    /// a harmless stray (verify counts it, the next write of that hash
+    /// reuses it).
     fn remove_locked(
         &self,
         gen: &Generation,
@@ -1306,14 +1312,15 @@ impl Inner {
         idx: Option<u16>,
     ) -> Result<()> {
         let Some(idx) = idx else { return Ok(()) };
-        let path = gen.value_path(hash, idx);
-        self.retire_file(gen, hash, &path)?;
-        self.barrier()?;
         self.log_remove(gen, hash, key)?;
-        self.barrier()?;
         self.stripe(hash).seq.fetch_add(1, Ordering::Release);
         self.cache.remove(hash, key);
-        Ok(())
+        self.barrier()?;
+        let path = gen.value_path(hash, idx);
+        if let Err(e) = self.retire_file(gen, hash, &path) {
+            log::warn!("removed key's file left in place: {e}");
+        }
+        self.barrier()
     }
 
     /// Turns a value file into a spare (or removes it when the pool is
@@ -1603,8 +1610,9 @@ impl Inner {
 
     fn log_remove(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<()> {
         let mut log = lock(&gen.log);
-        // The file is gone already: forget the key even if the log append
-        // fails (the log then still names it, and a read finds no file).
+        // Only a logged removal is forgotten: if the append fails, the key
+        // and its file stay as they were.
+        self.append_log(gen, &mut log, &MapRecord::Remove { key: Bytes(key) })?;
         let old = gen
             .shard(hash)
             .write()
@@ -1613,7 +1621,6 @@ impl Inner {
         if old.is_some() {
             gen.count.fetch_sub(1, Ordering::Relaxed);
         }
-        self.append_log(gen, &mut log, &MapRecord::Remove { key: Bytes(key) })?;
         self.maybe_compact(gen, &mut log);
         Ok(())
     }
