@@ -196,6 +196,12 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether an item with this expiry is expired now (reads the clock only
+/// for items that can expire).
+fn expired(expiry: Expiry) -> bool {
+    expiry != Expiry::Never && expiry.is_expired_at(unix_now())
+}
+
 fn validate_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
@@ -375,6 +381,11 @@ struct Inner {
     group: GroupSync,
     exchange_supported: AtomicBool,
     stop: Stop,
+    /// Set when the background sweep after open has finished.
+    sweep_done: AtomicBool,
+    /// Bumped by every change on disk, so the periodic flusher can skip
+    /// idle intervals.
+    changes: AtomicU64,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
     doomed_cv: Condvar,
@@ -492,6 +503,8 @@ impl Store {
             group: GroupSync::default(),
             exchange_supported: AtomicBool::new(true),
             stop: Stop::default(),
+            sweep_done: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
             _lock: dir_lock,
@@ -504,7 +517,10 @@ impl Store {
         }
         {
             let inner = inner.clone();
-            threads.push(spawn("kvstore-sweeper", move || inner.sweep())?);
+            threads.push(spawn("kvstore-sweeper", move || {
+                inner.sweep();
+                inner.sweep_done.store(true, Ordering::SeqCst);
+            })?);
         }
         if let Durability::Periodic(every) = options.durability {
             let inner = inner.clone();
@@ -893,6 +909,13 @@ impl Store {
         self.inner.group_sync()
     }
 
+    /// Testing hook: whether the background pass after open (recycling
+    /// leftover files, removing expired items) has finished.
+    #[doc(hidden)]
+    pub fn background_sweep_done(&self) -> bool {
+        self.inner.sweep_done.load(Ordering::SeqCst)
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -929,6 +952,20 @@ impl Store {
     /// As [`Store::repair`].
     pub fn repair_with(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
         crate::store::offline::repair(dir.as_ref(), &options)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.durability)
+            .field(
+                "keys",
+                &self.inner.current_gen().count.load(Ordering::Relaxed),
+            )
+            .field("read_only", &self.inner.read_only.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -1074,9 +1111,12 @@ impl Inner {
             layout::current_contents(n).as_bytes(),
             sync_meta,
         ) {
-            lock(&self.doomed).push(gen_dir);
+            // Whether CURRENT was switched is unknown now (the rename or
+            // its flush failed): refuse writes until a reopen decides.
+            self.set_read_only(format!("switching generation failed: {e}"));
             return Err(e);
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let old = std::mem::replace(&mut *gen, Arc::new(new_gen));
         self.cache.clear();
         for s in self.stripes.iter() {
@@ -1099,7 +1139,7 @@ impl Inner {
         validate_key(key)?;
         let hash = (self.hasher)(key);
         if let Some(it) = self.cache.get(hash, key) {
-            if !it.expiry.is_expired_at(unix_now()) {
+            if !expired(it.expiry) {
                 return Ok(Some(it));
             }
             self.remove_if_expired(key)?;
@@ -1112,7 +1152,7 @@ impl Inner {
             return Ok(None);
         };
         if let FileRead::Found(item) = self.read_file(&gen, hash, idx, key)? {
-            if item.expiry.is_expired_at(unix_now()) {
+            if expired(item.expiry) {
                 drop(gen);
                 self.remove_if_expired(key)?;
                 return Ok(None);
@@ -1176,9 +1216,8 @@ impl Inner {
                 item: None,
             });
         };
-        let now = unix_now();
         if let Some(it) = self.cache.get(hash, key) {
-            let item = (!it.expiry.is_expired_at(now)).then_some(it);
+            let item = (!expired(it.expiry)).then_some(it);
             return Ok(Current {
                 idx: Some(idx),
                 item,
@@ -1186,7 +1225,7 @@ impl Inner {
         }
         match self.read_file(gen, hash, idx, key)? {
             FileRead::Found(item) => {
-                let item = (!item.expiry.is_expired_at(now)).then(|| Arc::new(item));
+                let item = (!expired(item.expiry)).then(|| Arc::new(item));
                 Ok(Current {
                     idx: Some(idx),
                     item,
@@ -1361,8 +1400,10 @@ impl Inner {
         Ok(())
     }
 
-    /// `Always`: waits for a group flush. Other modes: nothing.
+    /// Called after each step of a write: `Always` waits for a group
+    /// flush; other modes only note that there is something to flush.
     fn barrier(&self) -> Result<()> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         if self.durability == Durability::Always {
             self.group_sync()
         } else {
@@ -1644,10 +1685,13 @@ impl Inner {
     }
 
     fn flusher_loop(&self, every: Duration) {
+        let mut flushed = 0;
         while !self.stop.wait(every) {
-            if self.read_only.load(Ordering::SeqCst) {
+            let changes = self.changes.load(Ordering::SeqCst);
+            if self.read_only.load(Ordering::SeqCst) || changes == flushed {
                 continue;
             }
+            flushed = changes;
             if let Err(e) = self.group_sync() {
                 log::error!("periodic flush failed, store is now read-only: {e}");
             }
@@ -1685,6 +1729,15 @@ impl Inner {
     fn sweep(&self) {
         let gen = self.current_gen();
         let expiring = gen.expiring_marked.load(Ordering::Relaxed);
+        // (hash, index) of every mapped key, to spot value files no entry
+        // points to (left by a write interrupted between its rename and its
+        // map record) without reading every file.
+        let mut mapped: Vec<(u64, u16)> = gen
+            .map_snapshot()
+            .into_iter()
+            .map(|(k, idx)| ((self.hasher)(&k), idx))
+            .collect();
+        mapped.sort_unstable();
         for sub in 0..SUBDIRS {
             if self.stop.stopped() || !Arc::ptr_eq(&gen, &self.current_gen()) {
                 return;
@@ -1711,12 +1764,39 @@ impl Inner {
                         drop(pool);
                         let _ = self.fs.remove_file(&dir.join(name));
                     }
-                } else if expiring {
-                    if let Some((hash, _)) = layout::parse_value_name(name) {
+                } else if let Some((hash, idx)) = layout::parse_value_name(name) {
+                    if mapped.binary_search(&(hash, idx)).is_err() {
+                        self.sweep_stray(&gen, &dir.join(name), hash, idx);
+                    } else if expiring {
                         self.sweep_expired(&dir.join(name), hash);
                     }
                 }
             }
+        }
+    }
+
+    /// Recycles a value file that no map entry points to, after checking
+    /// again under the stripe lock (a write may have mapped it since).
+    fn sweep_stray(&self, gen: &Generation, path: &Path, hash: u64, idx: u16) {
+        let current = self.gen_read();
+        if !std::ptr::eq(&**current, gen) {
+            return;
+        }
+        let _g = lock(&self.stripe(hash).lock);
+        let buf = match self.fs.read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let owner = record::decode_header(&buf)
+            .ok()
+            .and_then(|h| buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len));
+        if let Some(key) = owner {
+            if (self.hasher)(key) == hash && gen.lookup(hash, key) == Some(idx) {
+                return;
+            }
+        }
+        if let Err(e) = self.retire_file(gen, hash, path) {
+            log::warn!("cannot recycle stray value file {}: {e}", path.display());
         }
     }
 
@@ -1727,7 +1807,7 @@ impl Inner {
         let Ok(h) = record::decode_header(&buf) else {
             return;
         };
-        if !h.expiry.is_expired_at(unix_now()) {
+        if !expired(h.expiry) {
             return;
         }
         let Some(key) = buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len) else {

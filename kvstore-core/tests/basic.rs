@@ -419,3 +419,40 @@ fn get_item_with_borrows_the_item() {
         None
     );
 }
+
+#[test]
+fn expired_items_are_removed_in_the_background_after_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(tmp.path(), never()).unwrap();
+        let expired = ItemMeta {
+            flags: 0,
+            expiry: Expiry::At(1),
+        };
+        store.set_with("old", "v", expired).unwrap();
+        store
+            .set_with(
+                "fresh",
+                "v",
+                ItemMeta {
+                    flags: 0,
+                    expiry: Expiry::after(Duration::from_secs(3600)),
+                },
+            )
+            .unwrap();
+        store.set("plain", "v").unwrap();
+        assert_eq!(
+            store.len(),
+            3,
+            "expired items stay in the map until removed"
+        );
+    }
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !store.background_sweep_done() {
+        assert!(std::time::Instant::now() < deadline, "sweep never finished");
+        std::thread::yield_now();
+    }
+    assert_eq!(store.len(), 2);
+    assert_eq!(store.get("fresh").unwrap(), Some(b"v".to_vec()));
+}

@@ -15,7 +15,7 @@ use kvstore_core::{
 
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::protocol::memcached::{self as mc, StoreMode};
-use crate::protocol::{push_u64, seed, Parsed, Recovery, Reject};
+use crate::protocol::{push_u64, seed, KeyPolicy, Parsed, Recovery, Reject};
 
 /// Server-wide counters behind `stats` (memcached dialect).
 #[derive(Debug)]
@@ -145,6 +145,7 @@ pub(crate) struct Context {
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
     pub max_value_bytes: usize,
+    pub keys: KeyPolicy,
 }
 
 impl Context {
@@ -179,6 +180,7 @@ impl Handler for SeedHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
         let limits = seed::Limits {
             max_value_bytes: self.ctx.max_value_bytes,
+            keys: self.ctx.keys,
         };
         let (request, consumed) = match seed::parse(buf, &limits) {
             Parsed::Request { request, consumed } => (request, consumed),
@@ -345,6 +347,7 @@ impl Handler for McHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
         let limits = mc::Limits {
             max_value_bytes: self.ctx.max_value_bytes,
+            keys: self.ctx.keys,
         };
         let (request, consumed) = match mc::parse(buf, &limits) {
             Parsed::Request { request, consumed } => (request, consumed),

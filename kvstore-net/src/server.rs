@@ -23,7 +23,7 @@ use kvstore_core::Store;
 use crate::connection::{self, End, Handler};
 use crate::error::{Error, Result};
 use crate::handler::{Context, McHandler, SeedHandler, Stats};
-use crate::protocol::{memcached, seed};
+use crate::protocol::{memcached, seed, KeyPolicy};
 
 /// Stack size of a connection thread: parsing works on heap buffers, so a
 /// small stack lets 10,000 connections fit comfortably.
@@ -108,6 +108,7 @@ impl Dialect {
 struct Shared {
     store: Arc<Store>,
     config: ServerConfig,
+    keys: KeyPolicy,
     stats: Arc<Stats>,
     stopping: AtomicBool,
     /// Set once shutdown is triggered; `wait` blocks on it.
@@ -119,7 +120,9 @@ struct Shared {
     conns: Mutex<HashMap<u64, RawFd>>,
     conns_cv: Condvar,
     next_id: AtomicU64,
-    listen_addrs: Mutex<Vec<SocketAddr>>,
+    /// The listeners, kept open here so that `trigger` can wake their
+    /// accepts without racing a close.
+    listeners: Mutex<Vec<Arc<TcpListener>>>,
 }
 
 impl Shared {
@@ -137,13 +140,22 @@ impl Shared {
         *t = true;
         self.triggered_cv.notify_all();
         drop(t);
-        // Wake each blocking accept with a connection of our own.
-        let addrs = self
-            .listen_addrs
+        // Wake each blocking accept: shutting a listening socket down makes
+        // accept fail at once on Linux; elsewhere, connect to it.
+        let listeners = self
+            .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for addr in addrs {
+        for listener in listeners {
+            // SAFETY: the Arc keeps the listener (and so its descriptor)
+            // open for the duration of the call.
+            if unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) } == 0 {
+                continue;
+            }
+            let Ok(addr) = listener.local_addr() else {
+                continue;
+            };
             let target = match addr.ip() {
                 IpAddr::V4(ip) if ip.is_unspecified() => {
                     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -183,6 +195,20 @@ impl Server {
     /// [`Error::Bind`] naming the address (and so the port) that could not
     /// be bound.
     pub fn start(store: Arc<Store>, config: ServerConfig) -> Result<ServerHandle> {
+        Server::start_with_key_policy(store, config, KeyPolicy::Strict)
+    }
+
+    /// As [`Server::start`], with keys checked under `keys` instead of
+    /// PROTOCOL.md's strict rule ([`KeyPolicy::MemcachedCompatible`] is for
+    /// load generators such as memcaslap, whose keys hold control bytes).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_with_key_policy(
+        store: Arc<Store>,
+        config: ServerConfig,
+        keys: KeyPolicy,
+    ) -> Result<ServerHandle> {
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);
             TcpListener::bind(addr).map_err(|source| Error::Bind {
@@ -190,9 +216,9 @@ impl Server {
                 source,
             })
         };
-        let seed_listener = config.seed_port.map(bind).transpose()?;
-        let mc_listener = config.memcached_port.map(bind).transpose()?;
-        let local = |l: &TcpListener| {
+        let seed_listener = config.seed_port.map(bind).transpose()?.map(Arc::new);
+        let mc_listener = config.memcached_port.map(bind).transpose()?.map(Arc::new);
+        let local = |l: &Arc<TcpListener>| {
             l.local_addr().map_err(|source| Error::Bind {
                 addr: config.bind.to_string(),
                 source,
@@ -205,13 +231,20 @@ impl Server {
             store,
             stats: Arc::new(Stats::new(config.max_connections)),
             config,
+            keys,
             stopping: AtomicBool::new(false),
             triggered: Mutex::new(false),
             triggered_cv: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             conns_cv: Condvar::new(),
             next_id: AtomicU64::new(0),
-            listen_addrs: Mutex::new(seed_addr.into_iter().chain(memcached_addr).collect()),
+            listeners: Mutex::new(
+                seed_listener
+                    .iter()
+                    .chain(mc_listener.iter())
+                    .cloned()
+                    .collect(),
+            ),
         });
 
         let mut acceptors = Vec::new();
@@ -250,7 +283,7 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, dialect: Dialect, shared: Arc<Shared>) {
+fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(SeqCst) {
@@ -322,6 +355,7 @@ fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: 
         store: Arc::clone(&shared.store),
         stats: Arc::clone(&shared.stats),
         max_value_bytes: shared.config.max_value_bytes,
+        keys: shared.keys,
     };
     let mut seed_handler;
     let mut mc_handler;

@@ -331,3 +331,40 @@ fn expiry_rules() {
     drop(c);
     srv.handle.shutdown().unwrap();
 }
+
+#[test]
+fn key_policy_strict_by_default_lenient_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(tmp.path());
+    let mut s = raw(srv.mc);
+    // memcaslap's keys start with eight 0x10 bytes: PROTOCOL.md refuses them.
+    round_trip(
+        &mut s,
+        b"set \x10\x10key 0 0 1\r\nv\r\n",
+        b"CLIENT_ERROR bad command line format\r\n",
+    );
+    srv.handle.shutdown().unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(kvstore_core::Store::open(tmp.path()).unwrap());
+    let handle = kvstore_net::Server::start_with_key_policy(
+        store,
+        common::config(),
+        kvstore_net::protocol::KeyPolicy::MemcachedCompatible,
+    )
+    .unwrap();
+    let mut s = raw(handle.memcached_addr().unwrap());
+    round_trip(&mut s, b"set \x10\x10key 0 0 1\r\nv\r\n", b"STORED\r\n");
+    round_trip(
+        &mut s,
+        b"get \x10\x10key\r\n",
+        b"VALUE \x10\x10key 0 1\r\nv\r\nEND\r\n",
+    );
+    round_trip(
+        &mut s,
+        b"get a\rb\r\n",
+        b"CLIENT_ERROR bad command line format\r\n",
+    );
+    drop(s);
+    handle.shutdown().unwrap();
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kvstore_core::{Durability, Options, Store};
+use kvstore_net::protocol::KeyPolicy;
 use kvstore_net::{Server, ServerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,6 +74,13 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = kvstore_core::options::DEFAULT_CACHE_BYTES)]
     cache_bytes: usize,
 
+    /// Accept any key byte but space, CR and LF, as memcached itself does
+    /// (for load generators such as memcaslap, whose keys start with
+    /// control bytes); by default keys follow PROTOCOL.md and may not hold
+    /// control bytes.
+    #[arg(long)]
+    lenient_keys: bool,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG
     /// overrides it with filters such as `kvstore_net=debug`.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -121,7 +129,13 @@ fn run(args: Args) -> Result<(), String> {
         max_value_bytes: args.max_value_bytes,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
     };
-    let handle = Server::start(Arc::new(store), config).map_err(|e| e.to_string())?;
+    let keys = if args.lenient_keys {
+        KeyPolicy::MemcachedCompatible
+    } else {
+        KeyPolicy::Strict
+    };
+    let handle =
+        Server::start_with_key_policy(Arc::new(store), config, keys).map_err(|e| e.to_string())?;
 
     let trigger = handle.trigger();
     let mut signals = signal_hook::iterator::Signals::new([

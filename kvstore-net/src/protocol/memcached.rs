@@ -6,7 +6,7 @@ use kvstore_core::Expiry;
 
 use super::{
     after_first_token, data_block, looks_like_http, parse_i64, parse_u64, push_u64, split_line,
-    tokens, validate_key, Keys, Line, Parsed, Recovery, Reject,
+    tokens, validate_key_with, KeyPolicy, Keys, Line, Parsed, Recovery, Reject,
 };
 
 /// `STORED\r\n`
@@ -291,6 +291,8 @@ pub struct Limits {
     /// Largest data block accepted; a larger one is answered
     /// [`TOO_LARGE`] and skipped without being buffered.
     pub max_value_bytes: usize,
+    /// Which bytes keys may hold.
+    pub keys: KeyPolicy,
 }
 
 const fn reject(reply: &'static [u8], discard: usize) -> Parsed<Request<'static>> {
@@ -336,10 +338,10 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
     let Some((toks, count)) = tokens::<8>(line) else {
         // Only the retrieval commands take more than eight tokens.
         return match line.trim_ascii_start().split(|&b| b == b' ').next() {
-            Some(b"get") => parse_get(line, n, false, None),
-            Some(b"gets") => parse_get(line, n, true, None),
-            Some(b"gat") => parse_gat(line, n, false),
-            Some(b"gats") => parse_gat(line, n, true),
+            Some(b"get") => parse_get(line, n, false, None, limits.keys),
+            Some(b"gets") => parse_get(line, n, true, None, limits.keys),
+            Some(b"gat") => parse_gat(line, n, false, limits.keys),
+            Some(b"gats") => parse_gat(line, n, true, limits.keys),
             Some(
                 b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" | b"delete"
                 | b"incr" | b"decr" | b"touch" | b"flush_all" | b"verbosity",
@@ -352,10 +354,10 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
         return reject(ERROR, n);
     };
     match cmd {
-        b"get" => parse_get(line, n, false, None),
-        b"gets" => parse_get(line, n, true, None),
-        b"gat" => parse_gat(line, n, false),
-        b"gats" => parse_gat(line, n, true),
+        b"get" => parse_get(line, n, false, None, limits.keys),
+        b"gets" => parse_get(line, n, true, None, limits.keys),
+        b"gat" => parse_gat(line, n, false, limits.keys),
+        b"gats" => parse_gat(line, n, true, limits.keys),
         b"set" => parse_store(buf, n, StoreMode::Set, args, limits),
         b"add" => parse_store(buf, n, StoreMode::Add, args, limits),
         b"replace" => parse_store(buf, n, StoreMode::Replace, args, limits),
@@ -366,45 +368,51 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
             let (args, noreply) = strip_noreply(args);
             match args {
                 // `delete <key> 0` is an old form memcached still accepts.
-                [key] | [key, b"0"] if validate_key(key).is_ok() => Parsed::Request {
-                    request: Request::Delete { key, noreply },
-                    consumed: n,
-                },
+                [key] | [key, b"0"] if validate_key_with(key, limits.keys).is_ok() => {
+                    Parsed::Request {
+                        request: Request::Delete { key, noreply },
+                        consumed: n,
+                    }
+                }
                 _ => reject(BAD_FORMAT, n),
             }
         }
         b"incr" | b"decr" => {
             let (args, noreply) = strip_noreply(args);
             match args {
-                [key, delta] if validate_key(key).is_ok() => match parse_u64(delta) {
-                    Some(delta) => Parsed::Request {
-                        request: Request::Counter {
-                            incr: cmd == b"incr",
-                            key,
-                            delta,
-                            noreply,
+                [key, delta] if validate_key_with(key, limits.keys).is_ok() => {
+                    match parse_u64(delta) {
+                        Some(delta) => Parsed::Request {
+                            request: Request::Counter {
+                                incr: cmd == b"incr",
+                                key,
+                                delta,
+                                noreply,
+                            },
+                            consumed: n,
                         },
-                        consumed: n,
-                    },
-                    None => reject(BAD_DELTA, n),
-                },
+                        None => reject(BAD_DELTA, n),
+                    }
+                }
                 _ => reject(BAD_FORMAT, n),
             }
         }
         b"touch" => {
             let (args, noreply) = strip_noreply(args);
             match args {
-                [key, exptime] if validate_key(key).is_ok() => match parse_i64(exptime) {
-                    Some(exptime) => Parsed::Request {
-                        request: Request::Touch {
-                            key,
-                            exptime,
-                            noreply,
+                [key, exptime] if validate_key_with(key, limits.keys).is_ok() => {
+                    match parse_i64(exptime) {
+                        Some(exptime) => Parsed::Request {
+                            request: Request::Touch {
+                                key,
+                                exptime,
+                                noreply,
+                            },
+                            consumed: n,
                         },
-                        consumed: n,
-                    },
-                    None => reject(BAD_FORMAT, n),
-                },
+                        None => reject(BAD_FORMAT, n),
+                    }
+                }
                 _ => reject(BAD_FORMAT, n),
             }
         }
@@ -482,7 +490,7 @@ fn parse_store<'a>(
         return reject(BAD_FORMAT, line_len);
     };
     let block_end = (line_len as u64).saturating_add(size).saturating_add(2);
-    if validate_key(key).is_err() {
+    if validate_key_with(key, limits.keys).is_err() {
         return Parsed::Reject(Reject {
             reply: BAD_FORMAT,
             recovery: Recovery::Discard(block_end),
@@ -520,6 +528,7 @@ fn parse_get(
     line_len: usize,
     with_cas: bool,
     exptime: Option<i64>,
+    policy: KeyPolicy,
 ) -> Parsed<Request<'_>> {
     let mut raw = after_first_token(line);
     if exptime.is_some() {
@@ -528,7 +537,7 @@ fn parse_get(
     let keys = Keys::from_raw(raw);
     let mut count = 0;
     for key in keys {
-        if validate_key(key).is_err() {
+        if validate_key_with(key, policy).is_err() {
             return reject(BAD_FORMAT, line_len);
         }
         count += 1;
@@ -550,11 +559,16 @@ fn parse_get(
     }
 }
 
-fn parse_gat(line: &[u8], line_len: usize, with_cas: bool) -> Parsed<Request<'_>> {
+fn parse_gat(
+    line: &[u8],
+    line_len: usize,
+    with_cas: bool,
+    policy: KeyPolicy,
+) -> Parsed<Request<'_>> {
     let mut toks = Keys::from_raw(line);
     toks.next();
     match toks.next().map(parse_i64) {
-        Some(Some(exptime)) => parse_get(line, line_len, with_cas, Some(exptime)),
+        Some(Some(exptime)) => parse_get(line, line_len, with_cas, Some(exptime), policy),
         Some(None) => reject(BAD_FORMAT, line_len),
         None => reject(ERROR, line_len),
     }
@@ -683,6 +697,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_value_bytes: 1 << 20,
+        keys: KeyPolicy::Strict,
     };
 
     fn req(buf: &[u8]) -> (Request<'_>, usize) {

@@ -58,13 +58,38 @@ impl std::error::Error for KeyError {}
 /// # Errors
 /// [`KeyError`] naming the rule the key breaks.
 pub fn validate_key(key: &[u8]) -> Result<(), KeyError> {
+    validate_key_with(key, KeyPolicy::Strict)
+}
+
+/// Which bytes a key may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyPolicy {
+    /// PROTOCOL.md's rule: no whitespace or control bytes (`<= 0x20`,
+    /// `0x7f`). The default.
+    #[default]
+    Strict,
+    /// What memcached itself accepts: any byte but space, `\r` and `\n`.
+    /// Only for load generators that need it (memcaslap puts eight 0x10
+    /// bytes at the start of every key); not PROTOCOL.md conforming.
+    MemcachedCompatible,
+}
+
+/// [`validate_key`] under a [`KeyPolicy`].
+///
+/// # Errors
+/// [`KeyError`] naming the rule the key breaks.
+pub fn validate_key_with(key: &[u8], policy: KeyPolicy) -> Result<(), KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong(key.len()));
     }
-    match key.iter().find(|&&b| b <= 0x20 || b == 0x7f) {
+    let bad = match policy {
+        KeyPolicy::Strict => key.iter().find(|&&b| b <= 0x20 || b == 0x7f),
+        KeyPolicy::MemcachedCompatible => key.iter().find(|&&b| matches!(b, b' ' | b'\r' | b'\n')),
+    };
+    match bad {
         Some(&b) => Err(KeyError::BadByte(b)),
         None => Ok(()),
     }
@@ -318,6 +343,16 @@ mod tests {
         assert_eq!(validate_key(b"a\x7f"), Err(KeyError::BadByte(0x7f)));
         assert_eq!(validate_key(b"\x00"), Err(KeyError::BadByte(0)));
         assert_eq!(validate_key(b"\xff\xfe/../etc"), Ok(()));
+        let lenient = KeyPolicy::MemcachedCompatible;
+        assert_eq!(validate_key_with(b"\x10\x10abc\x00", lenient), Ok(()));
+        assert_eq!(
+            validate_key_with(b"a\rb", lenient),
+            Err(KeyError::BadByte(b'\r'))
+        );
+        assert_eq!(
+            validate_key_with(&[b'k'; 251], lenient),
+            Err(KeyError::TooLong(251))
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use super::{
     after_first_token, data_block, looks_like_http, parse_u64, push_u64, split_line, tokens,
-    validate_key, Keys, Line, Parsed, Recovery, Reject,
+    validate_key_with, KeyPolicy, Keys, Line, Parsed, Recovery, Reject,
 };
 
 /// `STORED\r\n`
@@ -92,6 +92,8 @@ pub struct Limits {
     /// Largest data block accepted; a larger one is answered `NOT-STORED`
     /// and skipped without being buffered.
     pub max_value_bytes: usize,
+    /// Which bytes keys may hold.
+    pub keys: KeyPolicy,
 }
 
 const fn reject_line(consumed: usize) -> Parsed<Request<'static>> {
@@ -128,7 +130,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
             return Parsed::Reject(CLOSE);
         }
         // Only `get` takes more than three tokens.
-        return parse_get(line, line_len);
+        return parse_get(line, line_len, limits.keys);
     };
     match (&toks[..n], n) {
         ([b"set", key, size], 3) => {
@@ -136,7 +138,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
                 return reject_line(line_len);
             };
             let block_end = (line_len as u64).saturating_add(size).saturating_add(2);
-            if validate_key(key).is_err() {
+            if validate_key_with(key, limits.keys).is_err() {
                 return Parsed::Reject(Reject {
                     reply: INVALID_REQUEST,
                     recovery: Recovery::Discard(block_end),
@@ -160,12 +162,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
                 Err(parsed) => parsed,
             }
         }
-        ([b"get", ..], _) => parse_get(line, line_len),
+        ([b"get", ..], _) => parse_get(line, line_len, limits.keys),
         ([b"delete"], 1) => Parsed::Request {
             request: Request::Clear,
             consumed: line_len,
         },
-        ([b"delete", key], 2) if validate_key(key).is_ok() => Parsed::Request {
+        ([b"delete", key], 2) if validate_key_with(key, limits.keys).is_ok() => Parsed::Request {
             request: Request::Delete { key },
             consumed: line_len,
         },
@@ -174,7 +176,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
     }
 }
 
-fn parse_get(line: &[u8], line_len: usize) -> Parsed<Request<'_>> {
+fn parse_get(line: &[u8], line_len: usize, policy: KeyPolicy) -> Parsed<Request<'_>> {
     if !line.trim_ascii_start().starts_with(b"get ") {
         return reject_line(line_len);
     }
@@ -182,7 +184,7 @@ fn parse_get(line: &[u8], line_len: usize) -> Parsed<Request<'_>> {
     let keys = Keys::from_raw(raw);
     let mut count = 0;
     for key in keys {
-        if validate_key(key).is_err() {
+        if validate_key_with(key, policy).is_err() {
             return reject_line(line_len);
         }
         count += 1;
@@ -254,6 +256,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_value_bytes: 1 << 20,
+        keys: KeyPolicy::Strict,
     };
 
     fn req(buf: &[u8]) -> (Request<'_>, usize) {
@@ -417,7 +420,10 @@ mod tests {
                 recovery: Recovery::Discard(buf.len() as u64 + 1_000_000_000_002)
             }
         );
-        let small = Limits { max_value_bytes: 4 };
+        let small = Limits {
+            max_value_bytes: 4,
+            keys: KeyPolicy::Strict,
+        };
         assert_eq!(
             parse(b"set k 5\r\n", &small),
             Parsed::Reject(Reject {
