@@ -157,12 +157,15 @@ fn writer(
     recs
 }
 
+/// Possible values of one key (`None`: absent).
+type Values = Vec<Option<Vec<u8>>>;
+
 /// Every value `key` may hold: (if the clear did not happen, if it did).
 fn candidates(
     initial: Option<&Vec<u8>>,
     ops: &[&OpRec],
     clear: Option<(u64, Option<u64>)>,
-) -> (Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>) {
+) -> (Values, Values) {
     let n = ops.len();
     let last_unacked = ops.last().is_some_and(|o| o.ack.is_none());
     let fold = |upto: usize, clear_at: Option<usize>| -> Option<Vec<u8>> {
@@ -192,7 +195,7 @@ fn candidates(
             // Clear placed before op j (j == len: after all).
             for j in 0..=len {
                 let after_prev = j == 0 || ops[j - 1].start < ce;
-                let before_next = j == len || ops[j].ack.is_none_or(|a| cs < a);
+                let before_next = j == len || ops[j].ack.map_or(true, |a| cs < a);
                 if after_prev && before_next {
                     with.push(fold(len, Some(j)));
                 }
