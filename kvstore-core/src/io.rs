@@ -74,6 +74,12 @@ pub trait FileSystem: Send + Sync {
     /// Opens (creating, `0600`) the lock file, read-write. The caller locks
     /// it with fs2.
     fn open_lock_file(&self, path: &Path) -> io::Result<File>;
+    /// Whether `path` is a directory itself, not a symlink to one (the
+    /// store refuses to write through a symlinked directory inside its data
+    /// directory). The default asks the real file system.
+    fn is_real_dir(&self, path: &Path) -> io::Result<bool> {
+        Ok(fs::symlink_metadata(path)?.is_dir())
+    }
 }
 
 /// The real file system (`std::fs` and `libc`).

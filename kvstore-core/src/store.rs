@@ -455,6 +455,7 @@ impl Store {
         if !gens.contains(&current) {
             create_generation_dir(&*fs, &gen_dir, sync_meta)?;
         }
+        require_real_dir(&*fs, &gen_dir)?;
         let mut fresh_current = true;
         if let Some(bytes) = read_optional(&*fs, &current_path, 256)? {
             fresh_current = layout::parse_current(&bytes).ok() != Some(current);
@@ -1451,7 +1452,9 @@ impl Inner {
         let path = gen.subdir_path(sub);
         match self.fs.create_dir(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                require_real_dir(&*self.fs, &path)?
+            }
             Err(e) => return Err(io_err(&path, e)),
         }
         gen.subdir_ready[sub].store(true, Ordering::Release);
@@ -1743,6 +1746,11 @@ impl Inner {
                 return;
             }
             let dir = gen.subdir_path(sub);
+            // Never list (and clean up) through a symlink planted in place
+            // of a subdirectory; writes refuse it in `ensure_subdir`.
+            if !self.fs.is_real_dir(&dir).unwrap_or(false) {
+                continue;
+            }
             let names = match self.fs.list_dir(&dir) {
                 Ok(n) => n,
                 Err(_) => continue,
@@ -1894,10 +1902,26 @@ fn write_small_file(
 }
 
 /// Creates an empty generation directory with an empty map log.
+/// An existing directory inside the store must be a directory itself, not
+/// a symlink (planted or not) that would lead writes out of the store.
+fn require_real_dir(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.is_real_dir(path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(io_err(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a directory (a symbolic link?): refusing to write through it",
+            ),
+        )),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
 fn create_generation_dir(fs: &dyn FileSystem, dir: &Path, sync: bool) -> Result<()> {
     match fs.create_dir(dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => require_real_dir(fs, dir)?,
         Err(e) => return Err(io_err(dir, e)),
     }
     let log = dir.join(layout::MAP_LOG);
