@@ -4,7 +4,9 @@
 //! Run: `cargo bench -p kvstore-core --bench store` (about 3 minutes).
 //! `KVSTORE_BENCH_SECS` sets criterion's measurement time per benchmark
 //! (default 1 s); `KVSTORE_BENCH_DIR` the directory for the data (default
-//! `target/tmp`, on the same file system as the project). At the end a
+//! `target/tmp`, on the same file system as the project);
+//! `KVSTORE_BENCH_KEEP=1` keeps the data instead of deleting it at the end
+//! (a mass delete makes creates slow for minutes: delete it later). At the end a
 //! table of median rates and ratios is printed and written to
 //! `target/kvstore-bench-summary.md`.
 //!
@@ -36,8 +38,13 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 const SIZES: [usize; 2] = [100, 1000];
 const THREADS: [usize; 2] = [1, 16];
-/// Keys per store for get and overwrite benchmarks.
-const KEYS: usize = 4000;
+/// Keys per store for get and overwrite benchmarks (`KVSTORE_BENCH_KEYS`).
+fn keys_per_store() -> usize {
+    std::env::var("KVSTORE_BENCH_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4000)
+}
 
 fn bench_root() -> PathBuf {
     std::env::var_os("KVSTORE_BENCH_DIR")
@@ -184,22 +191,31 @@ fn set_new(c: &mut Criterion) {
     for size in SIZES {
         let v = value(size);
         for threads in THREADS {
+            // The raw reference runs before and after the store variants
+            // and its samples are pooled: a stall of the shared disk during
+            // one of them then moves the ratio less.
             let raw = Raw::new();
             settle(&raw.dir);
-            let name = format!("raw_create/{size}B/{threads}t");
-            g.bench_function(BenchmarkId::from_parameter(&name), |b| {
-                b.iter_custom(|iters| {
-                    timed(&name, iters, threads, &|_, _| {
-                        raw.write(fresh_key().as_bytes(), &v, false)
-                    })
-                })
-            });
+            let name = format!("set_new/raw_create/{size}B/{threads}t");
+            let raw_bench = |g: &mut BenchmarkGroup<'_, WallTime>, label: &str| {
+                g.bench_function(
+                    BenchmarkId::from_parameter(format!("{label}/{size}B/{threads}t")),
+                    |b| {
+                        b.iter_custom(|iters| {
+                            timed(&name, iters, threads, &|_, _| {
+                                raw.write(fresh_key().as_bytes(), &v, false)
+                            })
+                        })
+                    },
+                );
+            };
+            raw_bench(&mut g, "raw_create");
             for mode in MODES {
                 let dir = new_dir();
                 let store = Store::open_with(&dir, Options::new().durability(mode)).unwrap();
                 settle(&dir);
-                let name = format!("store_{}/{size}B/{threads}t", mode_name(mode));
-                g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+                let name = format!("set_new/store_{}/{size}B/{threads}t", mode_name(mode));
+                g.bench_function(id(&name), |b| {
                     b.iter_custom(|iters| {
                         timed(&name, iters, threads, &|_, _| {
                             store.set(fresh_key(), &v).unwrap()
@@ -207,6 +223,7 @@ fn set_new(c: &mut Criterion) {
                     })
                 });
             }
+            raw_bench(&mut g, "raw_create_again");
         }
     }
     // Reference for `Always` with 16 writers: one fsync per write.
@@ -214,8 +231,8 @@ fn set_new(c: &mut Criterion) {
         let raw = Raw::new();
         let v = value(100);
         settle(&raw.dir);
-        let name = format!("raw_create_fsync/100B/{threads}t");
-        g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+        let name = format!("set_new/raw_create_fsync/100B/{threads}t");
+        g.bench_function(id(&name), |b| {
             b.iter_custom(|iters| {
                 timed(&name, iters, threads, &|_, _| {
                     raw.write(fresh_key().as_bytes(), &v, true)
@@ -235,7 +252,7 @@ fn populated_store(mode: Durability, cache: usize, size: usize) -> (Store, Vec<S
             .cache_bytes(cache),
     )
     .unwrap();
-    let keys: Vec<String> = (0..KEYS).map(|_| fresh_key()).collect();
+    let keys: Vec<String> = (0..keys_per_store()).map(|_| fresh_key()).collect();
     let v = value(size);
     for k in &keys {
         store.set(k, &v).unwrap();
@@ -249,28 +266,29 @@ fn populated_store(mode: Durability, cache: usize, size: usize) -> (Store, Vec<S
 }
 
 fn get(c: &mut Criterion) {
+    let nkeys = keys_per_store();
     let mut g = configure(c, "get");
     for size in SIZES {
         let v = value(size);
         let raw = Raw::new();
-        let keys: Vec<String> = (0..KEYS).map(|_| fresh_key()).collect();
+        let keys: Vec<String> = (0..keys_per_store()).map(|_| fresh_key()).collect();
         for k in &keys {
             raw.write(k.as_bytes(), &v, false);
         }
-        let name = format!("raw_open_read/{size}B/1t");
-        g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+        let name = format!("get/raw_open_read/{size}B/1t");
+        g.bench_function(id(&name), |b| {
             b.iter_custom(|iters| {
                 timed(&name, iters, 1, &|_, i| {
-                    std::hint::black_box(raw.read(keys[i as usize % KEYS].as_bytes()));
+                    std::hint::black_box(raw.read(keys[i as usize % nkeys].as_bytes()));
                 })
             })
         });
         let (store, skeys) = populated_store(Durability::Never, 0, size);
-        let name = format!("store_uncached/{size}B/1t");
-        g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+        let name = format!("get/store_uncached/{size}B/1t");
+        g.bench_function(id(&name), |b| {
             b.iter_custom(|iters| {
                 timed(&name, iters, 1, &|_, i| {
-                    std::hint::black_box(store.get(&skeys[i as usize % KEYS]).unwrap());
+                    std::hint::black_box(store.get(&skeys[i as usize % nkeys]).unwrap());
                 })
             })
         });
@@ -279,11 +297,11 @@ fn get(c: &mut Criterion) {
             store.get(k).unwrap();
         }
         for threads in THREADS {
-            let name = format!("store_cached/{size}B/{threads}t");
-            g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+            let name = format!("get/store_cached/{size}B/{threads}t");
+            g.bench_function(id(&name), |b| {
                 b.iter_custom(|iters| {
                     timed(&name, iters, threads, &|t, i| {
-                        let k = &skeys[(i as usize * 7 + t * 131) % KEYS];
+                        let k = &skeys[(i as usize * 7 + t * 131) % nkeys];
                         std::hint::black_box(store.get(k).unwrap());
                     })
                 })
@@ -294,17 +312,18 @@ fn get(c: &mut Criterion) {
 }
 
 fn overwrite(c: &mut Criterion) {
+    let nkeys = keys_per_store();
     let mut g = configure(c, "overwrite");
     for size in SIZES {
         let v = value(size);
         for mode in MODES {
             let (store, keys) = populated_store(mode, 64 << 20, size);
             for threads in THREADS {
-                let name = format!("store_{}/{size}B/{threads}t", mode_name(mode));
-                g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+                let name = format!("overwrite/store_{}/{size}B/{threads}t", mode_name(mode));
+                g.bench_function(id(&name), |b| {
                     b.iter_custom(|iters| {
                         timed(&name, iters, threads, &|t, i| {
-                            let k = &keys[(i as usize * 16 + t) % KEYS];
+                            let k = &keys[(i as usize * 16 + t) % nkeys];
                             store.set(k, &v).unwrap();
                         })
                     })
@@ -317,20 +336,25 @@ fn overwrite(c: &mut Criterion) {
     for size in SIZES {
         let v = value(size);
         let raw = Raw::new();
-        let keys: Vec<String> = (0..KEYS).map(|_| fresh_key()).collect();
+        let keys: Vec<String> = (0..keys_per_store()).map(|_| fresh_key()).collect();
         for k in &keys {
             raw.write(k.as_bytes(), &v, false);
         }
-        let name = format!("raw_rename_over/{size}B/1t");
-        g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+        let name = format!("overwrite/raw_rename_over/{size}B/1t");
+        g.bench_function(id(&name), |b| {
             b.iter_custom(|iters| {
                 timed(&name, iters, 1, &|_, i| {
-                    raw.write(keys[i as usize % KEYS].as_bytes(), &v, false)
+                    raw.write(keys[i as usize % nkeys].as_bytes(), &v, false)
                 })
             })
         });
     }
     g.finish();
+}
+
+/// The criterion id of a summary name (`group/rest` -> `rest`).
+fn id(name: &str) -> BenchmarkId {
+    BenchmarkId::from_parameter(name.split_once('/').map_or(name, |(_, rest)| rest))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -350,14 +374,15 @@ fn summary() {
         String::from("| benchmark | median ops/s | reference | ratio |\n|---|---:|---|---:|\n");
     for (name, samples) in rates.iter() {
         let parts: Vec<&str> = name.split('/').collect();
-        let group_ref = match parts[0] {
-            p if p.starts_with("store_cached") => None,
-            p if p.starts_with("store_uncached") => Some(format!("raw_open_read/{}/1t", parts[1])),
-            p if p.starts_with("store_always") && parts[2] == "16t" => {
-                Some("raw_create_fsync/100B/16t".to_string())
+        // name = group/bench/size/threads
+        let (group, bench, size, threads) = (parts[0], parts[1], parts[2], parts[3]);
+        let group_ref = match (group, bench) {
+            ("get", "store_uncached") => Some(format!("get/raw_open_read/{size}/1t")),
+            (_, "store_always") => Some(format!("set_new/raw_create_fsync/100B/{threads}")),
+            ("set_new" | "overwrite", b) if b.starts_with("store_") => {
+                Some(format!("set_new/raw_create/{size}/{threads}"))
             }
-            p if p.starts_with("store_") => Some(format!("raw_create/{}/{}", parts[1], parts[2])),
-            p if p.starts_with("raw_rename_over") => Some(format!("raw_create/{}/1t", parts[1])),
+            ("overwrite", "raw_rename_over") => Some(format!("set_new/raw_create/{size}/1t")),
             _ => None,
         };
         let m = median(samples);
@@ -383,6 +408,12 @@ fn main() {
     overwrite(&mut c);
     c.final_summary();
     summary();
-    eprintln!("removing benchmark data (may take a while)...");
-    DIRS.lock().unwrap().clear();
+    if std::env::var_os("KVSTORE_BENCH_KEEP").is_some() {
+        for d in DIRS.lock().unwrap().drain(..) {
+            eprintln!("kept {}", d.keep().display());
+        }
+    } else {
+        eprintln!("removing benchmark data (may take a while)...");
+        DIRS.lock().unwrap().clear();
+    }
 }

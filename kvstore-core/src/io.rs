@@ -58,6 +58,17 @@ pub trait FileSystem: Send + Sync {
     /// Atomically exchanges two existing names (`renameat2` with
     /// `RENAME_EXCHANGE`); `Unsupported` where that is not available.
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` only if `to` does not exist (`renameat2`
+    /// with `RENAME_NOREPLACE`): `AlreadyExists` if it does. The default
+    /// returns `Unsupported`, and the store then checks with
+    /// [`FileSystem::file_len`] before a plain rename.
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "rename_noreplace not implemented",
+        ))
+    }
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Shortens (or extends) a file to `len` bytes.
@@ -163,7 +174,11 @@ impl FileSystem for StdFileSystem {
     }
 
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        rename_exchange(a, b)
+        renameat2(a, b, RENAME_EXCHANGE)
+    }
+
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        renameat2(from, to, RENAME_NOREPLACE)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -209,7 +224,16 @@ impl FileSystem for StdFileSystem {
 }
 
 #[cfg(target_os = "linux")]
-fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+const RENAME_EXCHANGE: libc::c_uint = libc::RENAME_EXCHANGE;
+#[cfg(target_os = "linux")]
+const RENAME_NOREPLACE: libc::c_uint = libc::RENAME_NOREPLACE;
+#[cfg(not(target_os = "linux"))]
+const RENAME_EXCHANGE: u32 = 2;
+#[cfg(not(target_os = "linux"))]
+const RENAME_NOREPLACE: u32 = 1;
+
+#[cfg(target_os = "linux")]
+fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let a = CString::new(a.as_os_str().as_bytes())
@@ -224,7 +248,7 @@ fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
             a.as_ptr(),
             libc::AT_FDCWD,
             b.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            flags,
         )
     };
     if rc == 0 {
@@ -234,17 +258,17 @@ fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
     match err.raw_os_error() {
         Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("rename_exchange not supported here: {err}"),
+            format!("renameat2 flags {flags} not supported here: {err}"),
         )),
         _ => Err(err),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn rename_exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+fn renameat2(_a: &Path, _b: &Path, _flags: u32) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
-        "rename_exchange is only available on linux",
+        "renameat2 is only available on linux",
     ))
 }
 
@@ -281,6 +305,8 @@ mod tests {
         fs.create_new(&a, b"first").unwrap();
         fs.create_new(&b, b"second").unwrap();
         fs.rename_exchange(&a, &b).unwrap();
+        let err = fs.rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs.read_at(&a, 0, 100).unwrap(), b"second");
         assert_eq!(fs.read_at(&b, 0, 100).unwrap(), b"first");
         let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;

@@ -380,6 +380,7 @@ struct Inner {
     read_only_reason: Mutex<String>,
     group: GroupSync,
     exchange_supported: AtomicBool,
+    noreplace_supported: AtomicBool,
     stop: Stop,
     /// Set when the background sweep after open has finished.
     sweep_done: AtomicBool,
@@ -503,6 +504,7 @@ impl Store {
             read_only_reason: Mutex::new(String::new()),
             group: GroupSync::default(),
             exchange_supported: AtomicBool::new(true),
+            noreplace_supported: AtomicBool::new(true),
             stop: Stop::default(),
             sweep_done: AtomicBool::new(false),
             changes: AtomicU64::new(0),
@@ -1563,14 +1565,7 @@ impl Inner {
                 Ok(())
             }
             None => {
-                let idx = match self.free_index(gen, hash) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        lock(&gen.spares[sub]).push(id);
-                        return Err(e);
-                    }
-                };
-                let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
+                let (idx, old) = self.place_new(gen, sub, id, hash)?;
                 self.barrier()?;
                 self.recycle_spare(gen, sub, old);
                 self.log_put(gen, hash, key, idx)?;
@@ -1579,40 +1574,80 @@ impl Inner {
         }
     }
 
-    /// The first collision index of `hash` whose file is absent, or holds a
-    /// leftover no map entry points to. Stripe lock of `hash` held.
-    fn free_index(&self, gen: &Generation, hash: u64) -> Result<u16> {
+    /// Puts the filled spare `id` under the first collision index of `hash`
+    /// whose name is free (or holds a leftover no map entry points to, which
+    /// becomes a spare); returns that index and the leftover's spare id, to
+    /// recycle once durable (see [`Inner::swap_in`]). Stripe lock of `hash`
+    /// held.
+    fn place_new(
+        &self,
+        gen: &Generation,
+        sub: usize,
+        id: u64,
+        hash: u64,
+    ) -> Result<(u16, Option<u64>)> {
+        let spare = gen.spare_path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
-            let path = gen.value_path(hash, idx);
-            match self.fs.file_len(&path) {
-                Ok(None) => return Ok(idx),
-                Ok(Some(_)) => {}
-                Err(e) => return Err(io_err(&path, e)),
-            }
-            let buf = match self
-                .fs
-                .read_at(&path, 0, record::HEADER_LEN + MAX_KEY_BYTES)
-            {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(idx),
-                Err(e) => return Err(io_err(&path, e)),
-            };
-            let owner = record::decode_header(&buf).ok().and_then(|h| {
-                let end = record::HEADER_LEN + h.key_len;
-                buf.get(record::HEADER_LEN..end)
-            });
-            match owner {
-                Some(other)
-                    if (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx) =>
-                {
-                    continue
+            let target = gen.value_path(hash, idx);
+            let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
+                match self.fs.rename_noreplace(&spare, &target) {
+                    Ok(()) => return Ok((idx, None)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        self.noreplace_supported.store(false, Ordering::Relaxed);
+                        self.name_taken(&target)
+                            .inspect_err(|_| lock(&gen.spares[sub]).push(id))?
+                    }
+                    Err(e) => {
+                        lock(&gen.spares[sub]).push(id);
+                        return Err(io_err(&target, e));
+                    }
                 }
-                _ => return Ok(idx),
+            } else {
+                self.name_taken(&target)
+                    .inspect_err(|_| lock(&gen.spares[sub]).push(id))?
+            };
+            if taken && self.owned_by_mapped_key(gen, &target, hash, idx)? {
+                continue;
             }
+            // Free, or a leftover: swap in (the leftover becomes a spare).
+            let old = self.swap_in(gen, sub, id, &target)?;
+            return Ok((idx, old));
         }
+        lock(&gen.spares[sub]).push(id);
         Err(Error::InvalidKey {
             reason: "too many keys share one hash",
         })
+    }
+
+    fn name_taken(&self, path: &Path) -> Result<bool> {
+        self.fs
+            .file_len(path)
+            .map(|len| len.is_some())
+            .map_err(|e| io_err(path, e))
+    }
+
+    /// Whether the value file `path` (hash, idx) belongs to a key the map
+    /// points to it.
+    fn owned_by_mapped_key(
+        &self,
+        gen: &Generation,
+        path: &Path,
+        hash: u64,
+        idx: u16,
+    ) -> Result<bool> {
+        let buf = match self.fs.read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let owner = record::decode_header(&buf).ok().and_then(|h| {
+            let end = record::HEADER_LEN + h.key_len;
+            buf.get(record::HEADER_LEN..end)
+        });
+        Ok(owner.is_some_and(|other| {
+            (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx)
+        }))
     }
 
     fn append_log(
@@ -1735,11 +1770,11 @@ impl Inner {
         // (hash, index) of every mapped key, to spot value files no entry
         // points to (left by a write interrupted between its rename and its
         // map record) without reading every file.
-        let mut mapped: Vec<(u64, u16)> = gen
-            .map_snapshot()
-            .into_iter()
-            .map(|(k, idx)| ((self.hasher)(&k), idx))
-            .collect();
+        let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.count.load(Ordering::Relaxed));
+        for shard in gen.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            mapped.extend(shard.iter().map(|(k, &idx)| ((self.hasher)(k), idx)));
+        }
         mapped.sort_unstable();
         for sub in 0..SUBDIRS {
             if self.stop.stopped() || !Arc::ptr_eq(&gen, &self.current_gen()) {
@@ -1791,17 +1826,11 @@ impl Inner {
             return;
         }
         let _g = lock(&self.stripe(hash).lock);
-        let buf = match self.fs.read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        let owner = record::decode_header(&buf)
-            .ok()
-            .and_then(|h| buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len));
-        if let Some(key) = owner {
-            if (self.hasher)(key) == hash && gen.lookup(hash, key) == Some(idx) {
-                return;
-            }
+        if self
+            .owned_by_mapped_key(gen, path, hash, idx)
+            .unwrap_or(true)
+        {
+            return;
         }
         if let Err(e) = self.retire_file(gen, hash, path) {
             log::warn!("cannot recycle stray value file {}: {e}", path.display());

@@ -178,11 +178,13 @@ fn always_mode_with_concurrent_writers_persists_everything() {
     assert_eq!(store.get("t3-5").unwrap(), Some(b"3/5".to_vec()));
 }
 
-/// A file system whose `syncfs` fails once `fail` is set, counting calls.
+/// A file system whose `syncfs` fails once `fail` is set, counting calls;
+/// with `no_exchange`, it cannot exchange names atomically.
 #[derive(Default)]
 struct FlakySync {
     fail: AtomicBool,
     syncs: AtomicUsize,
+    no_exchange: bool,
 }
 
 impl FileSystem for FlakySync {
@@ -211,6 +213,12 @@ impl FileSystem for FlakySync {
         StdFileSystem.rename(from, to)
     }
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        if self.no_exchange {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no exchange here",
+            ));
+        }
         StdFileSystem.rename_exchange(a, b)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -297,4 +305,37 @@ fn failed_flush_makes_the_store_read_only_until_reopened() {
     let store = Store::open_with(tmp.path(), opts()).unwrap();
     store.set("c", "3").unwrap();
     assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
+}
+
+#[test]
+fn works_without_rename_exchange_or_noreplace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FlakySync {
+        no_exchange: true,
+        ..FlakySync::default()
+    });
+    let opts = || {
+        Options::new()
+            .durability(Durability::Never)
+            .cache_bytes(0)
+            .file_system(fs.clone())
+    };
+    {
+        let store = Store::open_with(tmp.path(), opts()).unwrap();
+        for round in 0..3 {
+            for k in 0..20 {
+                store.set(format!("k{k}"), format!("{round}-{k}")).unwrap();
+            }
+        }
+        for k in 0..5 {
+            assert!(store.delete(format!("k{k}")).unwrap());
+        }
+        for k in 0..20 {
+            let want = (k >= 5).then(|| format!("2-{k}").into_bytes());
+            assert_eq!(store.get(format!("k{k}")).unwrap(), want);
+        }
+    }
+    let store = Store::open_with(tmp.path(), opts()).unwrap();
+    assert_eq!(store.len(), 15);
+    assert_eq!(store.get("k7").unwrap(), Some(b"2-7".to_vec()));
 }

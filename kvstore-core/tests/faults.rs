@@ -1,6 +1,6 @@
 //! Fault injection through the I/O seam: `ENOSPC`, `EIO` and `EACCES` at
 //! the Nth call of each kind of file-system step (write, create, rename,
-//! exchange, remove, truncate, fsync, syncfs, directory create/remove, log
+//! exchange, rename-without-replace, remove, truncate, fsync, syncfs, directory create/remove, log
 //! append and its sync) during set (new key and existing key), append,
 //! delete, clear and map-log compaction, in `Never` and `Always` modes.
 //!
@@ -38,6 +38,7 @@ enum Kind {
     CreateNew,
     WriteAt,
     Rename,
+    RenameNoReplace,
     Exchange,
     RemoveFile,
     SetLen,
@@ -161,6 +162,10 @@ impl FileSystem for FaultyFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.check(Kind::Rename)?;
         StdFileSystem.rename(from, to)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(Kind::RenameNoReplace)?;
+        StdFileSystem.rename_noreplace(from, to)
     }
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
         self.check(Kind::Exchange)?;

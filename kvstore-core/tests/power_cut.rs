@@ -223,6 +223,16 @@ impl FileSystem for RecordingFs {
         Ok(())
     }
 
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut log = self.log.lock().unwrap();
+        StdFileSystem.rename_noreplace(from, to)?;
+        let (f, t) = (self.rel(from), self.rel(to));
+        let ino = log.names.remove(&f).expect("renamed an unknown file");
+        log.names.insert(t.clone(), ino);
+        log.push(Op::Rename { from: f, to: t });
+        Ok(())
+    }
+
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         StdFileSystem.rename_exchange(a, b)?;

@@ -82,6 +82,10 @@ impl FileSystem for SwitchFs {
         gate(&self.errno)?;
         StdFileSystem.rename(from, to)
     }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        gate(&self.errno)?;
+        StdFileSystem.rename_noreplace(from, to)
+    }
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
         gate(&self.errno)?;
         StdFileSystem.rename_exchange(a, b)
