@@ -7,6 +7,8 @@
 #
 #   scripts/bench-vs-memcached.sh            # RUNS=3 DURATION=10s
 #   RUNS=5 DURATION=20s CONNS="64" scripts/bench-vs-memcached.sh
+#   DATA_PARENT=/dev/shm scripts/bench-vs-memcached.sh   # store on tmpfs:
+#       isolates the network path from the file system's create cost
 #
 # kvstore-server runs with --durability periodic (the default, 1 s). Both
 # servers and the load generator share this machine's cores: compare the
@@ -22,6 +24,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-"64 1 1000"}
 VALUE_BYTES=${VALUE_BYTES:-100}
+DATA_PARENT=${DATA_PARENT:-}
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -35,6 +38,7 @@ cargo build --release --quiet -p kvstore-net --bin kvstore-server
 BIN=$PWD/target/release/kvstore-server
 
 WORK=$(mktemp -d)
+DATA=$(mktemp -d ${DATA_PARENT:+-p "$DATA_PARENT"})
 MC_PID=""
 KV_PID=""
 stop() {
@@ -47,7 +51,7 @@ stop() {
 cleanup() {
     stop "$MC_PID"
     stop "$KV_PID"
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$DATA"
 }
 trap cleanup EXIT
 
@@ -71,7 +75,7 @@ if [ "$(id -u)" -eq 0 ]; then USER_ARGS=(-u root); fi
 memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -t 4 -m 1024 -c 4096 "${USER_ARGS[@]}" &
 MC_PID=$!
 
-"$BIN" --dir "$WORK/data" --port 0 --memcached-port 0 --durability periodic --lenient-keys \
+"$BIN" --dir "$DATA/data" --port 0 --memcached-port 0 --durability periodic --lenient-keys \
     --max-connections 8192 >"$WORK/kv.out" 2>"$WORK/kv.err" &
 KV_PID=$!
 KV_PORT=""

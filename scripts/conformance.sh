@@ -3,7 +3,8 @@
 #   1. memccapable -a (libmemcached's memcapable; Debian's libmemcached-tools
 #      names it memccapable): all 27 ASCII tests must pass;
 #   2. a cross-check with a real client library from another language
-#      (Python's pymemcache): set/get/gets/cas/incr/delete/flags.
+#      (Python's pymemcache): set/get/gets/cas/incr/delete/flags;
+#   3. when nutcracker (twemproxy) is installed, the same client through it.
 # Installs what is missing, builds the release server, starts it on free
 # ports in a temporary directory, and stops it by PID. Exits non-zero on any
 # failure. Run from anywhere: scripts/conformance.sh
@@ -121,6 +122,59 @@ check(c.flush_all() is True and c.get("py:n") is None, "flush_all")
 c.close()
 print("conformance: pymemcache: all checks passed")
 PY
+
+# A proxy in front of the server (twemproxy/nutcracker), when installed:
+# proxies must work unchanged.
+if command -v nutcracker >/dev/null 2>&1; then
+    echo "== nutcracker (twemproxy) in front of kvstore-server"
+    NUT_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    cat >"$WORK/nutcracker.yml" <<YML
+kv:
+  listen: 127.0.0.1:$NUT_PORT
+  hash: fnv1a_64
+  distribution: ketama
+  timeout: 2000
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:$PORT:1
+YML
+    nutcracker -c "$WORK/nutcracker.yml" -o "$WORK/nutcracker.log" &
+    NUT_PID=$!
+    set +e
+    python3 - "$NUT_PORT" <<'PY'
+import sys, time
+from pymemcache.client.base import Client
+port = int(sys.argv[1])
+deadline = time.time() + 10
+while True:
+    try:
+        c = Client(("127.0.0.1", port), connect_timeout=2, timeout=5, default_noreply=False)
+        c.get("probe")
+        break
+    except Exception:
+        if time.time() > deadline:
+            raise SystemExit("nutcracker: FAILED: proxy not reachable")
+        time.sleep(0.1)
+def check(cond, what):
+    if not cond:
+        raise SystemExit("nutcracker: FAILED: " + what)
+check(c.set("proxy:k", b"v", flags=3), "set through the proxy")
+check(c.get("proxy:k") == b"v", "get through the proxy")
+check(c.get_many(["proxy:k", "proxy:none"]) == {"proxy:k": b"v"}, "multi-get through the proxy")
+value, cas = c.gets("proxy:k")
+check(value == b"v" and c.cas("proxy:k", b"w", cas) is True, "gets/cas through the proxy")
+check(c.set("proxy:n", b"1") and c.incr("proxy:n", 2) == 3, "incr through the proxy")
+check(c.delete("proxy:k") is True and c.get("proxy:k") is None, "delete through the proxy")
+print("conformance: nutcracker: all checks passed")
+PY
+    NUT_STATUS=$?
+    set -e
+    kill -TERM "$NUT_PID" 2>/dev/null || true
+    wait "$NUT_PID" 2>/dev/null || true
+    [ "$NUT_STATUS" -eq 0 ] || exit 1
+else
+    echo "conformance: nutcracker not installed; proxy check skipped"
+fi
 
 kill -TERM "$SERVER_PID"
 if ! wait "$SERVER_PID"; then

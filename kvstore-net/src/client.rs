@@ -114,6 +114,11 @@ impl Conn {
 
     /// Reads a data block of `len` bytes and its `\r\n`.
     pub(crate) fn block(&mut self, len: usize) -> Result<Vec<u8>> {
+        if len > crate::server::MAX_VALUE_BYTES_LIMIT {
+            return Err(Error::Protocol(format!(
+                "server announced a value of {len} bytes"
+            )));
+        }
         let mut data = vec![0u8; len + 2];
         self.reader.read_exact(&mut data).map_err(|e| self.io(e))?;
         if !data.ends_with(b"\r\n") {

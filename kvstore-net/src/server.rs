@@ -29,6 +29,11 @@ use crate::protocol::{memcached, seed, KeyPolicy};
 /// small stack lets 10,000 connections fit comfortably.
 pub const CONNECTION_STACK_BYTES: usize = 128 * 1024;
 
+/// The largest `max_value_bytes` honoured (as memcached's `-I` limit):
+/// a value is buffered whole before it is stored, so the bound must stay
+/// far below memory.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 1 << 30;
+
 /// How long shutdown waits for connections to finish their requests
 /// before it closes them outright.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -44,7 +49,8 @@ pub struct ServerConfig {
     pub memcached_port: Option<u16>,
     /// Most concurrent connections (default 4096).
     pub max_connections: usize,
-    /// Largest value accepted (default 1 MiB).
+    /// Largest value accepted (default 1 MiB; at most
+    /// [`MAX_VALUE_BYTES_LIMIT`], larger settings are lowered to it).
     pub max_value_bytes: usize,
     /// Close connections idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -209,6 +215,14 @@ impl Server {
         config: ServerConfig,
         keys: KeyPolicy,
     ) -> Result<ServerHandle> {
+        let mut config = config;
+        if config.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            log::warn!(
+                "max_value_bytes {} lowered to {MAX_VALUE_BYTES_LIMIT}",
+                config.max_value_bytes
+            );
+            config.max_value_bytes = MAX_VALUE_BYTES_LIMIT;
+        }
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);
             TcpListener::bind(addr).map_err(|source| Error::Bind {

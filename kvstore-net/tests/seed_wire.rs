@@ -240,3 +240,32 @@ fn server_closes_quit_like_http() {
     assert_eq!(read_to_eof(&mut s), b"");
     srv.handle.shutdown().unwrap();
 }
+
+#[test]
+fn in_process_restart_finds_every_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(tmp.path());
+    let mut c = Client::connect(srv.seed).unwrap();
+    let mut m = kvstore_net::McClient::connect(srv.mc).unwrap();
+    for i in 0..50 {
+        c.set(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    m.set("flagged", "x", 99, 0).unwrap();
+    let cas = m.gets("flagged").unwrap().unwrap().cas;
+    drop((c, m));
+    srv.handle.shutdown().unwrap();
+    drop(srv.store);
+
+    let srv = start(tmp.path());
+    let mut c = Client::connect(srv.seed).unwrap();
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    let values = c.get_many(&keys).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(v, format!("v{i}").as_bytes());
+    }
+    let mut m = kvstore_net::McClient::connect(srv.mc).unwrap();
+    let item = m.gets("flagged").unwrap().unwrap();
+    assert_eq!((item.flags, item.cas), (99, cas));
+    drop((c, m));
+    srv.handle.shutdown().unwrap();
+}

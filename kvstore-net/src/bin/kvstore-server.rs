@@ -62,8 +62,9 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_connections: usize,
 
-    /// Largest value accepted, in bytes.
-    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    /// Largest value accepted, in bytes (at most 1073741824).
+    #[arg(long, value_name = "N", default_value_t = 1 << 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1 << 30))]
     max_value_bytes: usize,
 
     /// Close connections idle this many seconds (0: never).
