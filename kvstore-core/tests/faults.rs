@@ -1,7 +1,7 @@
 //! Fault injection through the I/O seam: `ENOSPC`, `EIO` and `EACCES` at
 //! the Nth call of each kind of file-system step (write, create, rename,
-//! exchange, rename-without-replace, remove, truncate, fsync, syncfs, directory create/remove, log
-//! append and its sync) during set (new key and existing key), append,
+//! exchange, rename-without-replace, remove, truncate, fsync, syncfs,
+//! directory create/remove, log append and its sync) during set (new key and existing key), append,
 //! delete, clear and map-log compaction, in `Never` and `Always` modes.
 //!
 //! Each injection runs on a fresh copy of a prepared store directory. A
