@@ -4,7 +4,8 @@
 #
 #   1. crash consistency over the wire: 50 SIGKILL/restart cycles of the real
 #      server, all three durability modes, both dialects;
-#   2. power-cut simulation for Durability::Always: 2,000 cut points;
+#   2. power-cut simulation: Durability::Always at 2,000 cut points, and
+#      Periodic at 1,000;
 #   3. fault injection (ENOSPC/EIO/EACCES at every fs step) in the store and
 #      on the wire, plus a real full disk: a 4 MiB tmpfs, then an 8 MiB
 #      loop-mounted ext4 image (needs root; said clearly when refused);
@@ -74,8 +75,8 @@ KVSTORE_CRASH_CYCLES=$CRASH_CYCLES run_test 'crash_wire:' \
 # The core's own kill tests (a child process killed mid-write and mid-clear).
 run_test '' cargo test --quiet -p kvstore-core --test crash
 
-section "2. power-cut simulation, Durability::Always ($POWER_CUTS cuts)"
-KVSTORE_POWER_CUTS=$POWER_CUTS run_test 'power cuts:' \
+section "2. power-cut simulation: Always ($POWER_CUTS cuts), Periodic (half as many)"
+KVSTORE_POWER_CUTS=$POWER_CUTS run_test 'power cuts \(' \
     cargo test --quiet -p kvstore-core --test power_cut
 
 section "3. fault injection"
