@@ -80,7 +80,7 @@ KVSTORE_POWER_CUTS=$POWER_CUTS run_test 'power cuts \(' \
     cargo test --quiet -p kvstore-core --test power_cut
 
 section "3. fault injection"
-run_test 'fault injection' cargo test --quiet -p kvstore-core --test faults
+run_test 'fault injection' cargo test --quiet -p kvstore-core --test fault_injection
 run_test '' cargo test --quiet -p kvstore-net --test faults_wire
 
 full_disk() {

@@ -5,7 +5,9 @@
 //! `KVSTORE_BENCH_SECS` sets criterion's measurement time per benchmark
 //! (default 1 s); `KVSTORE_BENCH_DIR` the directory for the data (default
 //! `target/tmp`, on the same file system as the project);
-//! `KVSTORE_BENCH_KEEP=1` keeps the data instead of deleting it at the end
+//! `KVSTORE_BENCH_KEYS` the keys per store for gets and overwrites (4000);
+//! `KVSTORE_BENCH_SET_CACHE` the cache of the `set_new` stores in bytes
+//! (default 64 MiB); `KVSTORE_BENCH_KEEP=1` keeps the data instead of deleting it at the end
 //! (a mass delete makes creates slow for minutes: delete it later). At the end a
 //! table of median rates and ratios is printed and written to
 //! `target/kvstore-bench-summary.md`.
@@ -212,7 +214,13 @@ fn set_new(c: &mut Criterion) {
             raw_bench(&mut g, "raw_create");
             for mode in MODES {
                 let dir = new_dir();
-                let store = Store::open_with(&dir, Options::new().durability(mode)).unwrap();
+                let cache = std::env::var("KVSTORE_BENCH_SET_CACHE")
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(kvstore_core::options::DEFAULT_CACHE_BYTES);
+                let store =
+                    Store::open_with(&dir, Options::new().durability(mode).cache_bytes(cache))
+                        .unwrap();
                 settle(&dir);
                 let name = format!("set_new/store_{}/{size}B/{threads}t", mode_name(mode));
                 g.bench_function(id(&name), |b| {

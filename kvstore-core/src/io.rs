@@ -53,6 +53,16 @@ pub trait FileSystem: Send + Sync {
     /// The length of a file, or `None` if nothing has that name. Does not
     /// follow symlinks.
     fn file_len(&self, path: &Path) -> io::Result<Option<u64>>;
+    /// Whether `path` is a directory itself, not a symlink to one (nor
+    /// anything else); `false` if it does not exist. The default asks
+    /// `std::fs::symlink_metadata`.
+    fn is_real_dir(&self, path: &Path) -> io::Result<bool> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) => Ok(meta.file_type().is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// Renames `from` to `to`, replacing `to` if it exists.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Atomically exchanges two existing names (`renameat2` with
@@ -85,12 +95,6 @@ pub trait FileSystem: Send + Sync {
     /// Opens (creating, `0600`) the lock file, read-write. The caller locks
     /// it with fs2.
     fn open_lock_file(&self, path: &Path) -> io::Result<File>;
-    /// Whether `path` is a directory itself, not a symlink to one (the
-    /// store refuses to write through a symlinked directory inside its data
-    /// directory). The default asks the real file system.
-    fn is_real_dir(&self, path: &Path) -> io::Result<bool> {
-        Ok(fs::symlink_metadata(path)?.is_dir())
-    }
 }
 
 /// The real file system (`std::fs` and `libc`).

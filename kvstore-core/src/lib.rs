@@ -26,7 +26,9 @@
 //!
 //! ## Overview
 //! - [`Store`] (`store.rs`): the only code that decides which file holds
-//!   what. `Send + Sync`; share it by `&` or `Arc`.
+//!   what. `Send + Sync`; share it by `&` or `Arc`. Besides `get`/`get_item`,
+//!   [`Store::get_item_with`] hands a borrowed [`ItemRef`] to a closure, so
+//!   a cached value reaches a socket buffer without an extra copy.
 //! - [`Options`] / [`Durability`]: how the store is opened and what a write
 //!   promises (`Never`, `Periodic(interval)`, `Always` with group commit).
 //! - [`Item`], [`ItemMeta`], [`Expiry`] and the outcome enums

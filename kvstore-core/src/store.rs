@@ -1293,8 +1293,14 @@ impl Inner {
         if expiry != Expiry::Never {
             self.mark_expiring(&gen)?;
         }
-        self.write_record(&gen, hash, key, cur.idx, &rec)?;
+        let written = self.write_record(&gen, hash, key, cur.idx, &rec);
         stripe.seq.fetch_add(1, Ordering::Release);
+        if let Err(e) = written {
+            // The file may or may not have changed: the cache must not
+            // claim either.
+            self.cache.remove(hash, key);
+            return Err(e);
+        }
         if self.cache_enabled {
             let item = CachedItem {
                 value: value.into_owned(),
@@ -2033,6 +2039,22 @@ fn load_generation(
             }
         }
     }
+    for name in list_names(fs, dir)? {
+        let path = dir.join(&name);
+        if name.ends_with(layout::TMP_SUFFIX) {
+            // Leftover of an interrupted compaction.
+            let _ = fs.remove_file(&path);
+        } else if name.len() == 2
+            && u8::from_str_radix(&name, 16).is_ok()
+            && !fs.is_real_dir(&path).map_err(|e| io_err(&path, e))?
+        {
+            // A value subdirectory must be a directory of its own: a
+            // symlink planted here would lead writes and reads out of the
+            // store. Remove the link (not what it points to).
+            log::warn!("removing {}: not a directory", path.display());
+            fs.remove_file(&path).map_err(|e| io_err(&path, e))?;
+        }
+    }
     let expiring_marked = fs
         .file_len(&dir.join(layout::EXPIRING_MARK))
         .map_err(|e| io_err(dir, e))?
@@ -2160,6 +2182,8 @@ fn remove_tree(fs: &dyn FileSystem, dir: &Path, stop: &Stop) -> io::Result<()> {
 /// What a scan of a generation's value files found.
 struct Scan {
     keys: Vec<(Box<[u8]>, u16)>,
+    /// Highest cas number of any good record.
+    max_cas: u64,
     files: u64,
     dropped: u64,
     spares: u64,
@@ -2177,6 +2201,7 @@ fn scan_generation(
 ) -> Result<Scan> {
     let mut scan = Scan {
         keys: Vec::new(),
+        max_cas: 0,
         files: 0,
         dropped: 0,
         spares: 0,
@@ -2219,6 +2244,7 @@ fn scan_generation(
                     ))
                 }
                 Ok(rec) => {
+                    scan.max_cas = scan.max_cas.max(rec.cas);
                     let key: Box<[u8]> = rec.key.into();
                     match best.get(&key) {
                         Some((_, cas, other)) if *cas >= rec.cas => Some(format!(
@@ -2394,6 +2420,7 @@ pub(crate) mod offline {
         let gen_dir = dir.join(layout::gen_name(n));
         create_generation_dir(fs, &gen_dir, true)?;
         let scan = scan_generation(fs, &gen_dir, hasher, true)?;
+        let max_cas_epoch = scan.max_cas >> 40;
         report.files_scanned = scan.files;
         report.keys_recovered = scan.keys.len() as u64;
         report.files_dropped = scan.dropped;
@@ -2419,6 +2446,23 @@ pub(crate) mod offline {
                 .insert(key, idx);
         }
         write_log_snapshot(fs, &gen, true)?;
+        // Cas numbers must stay unique: the boot epoch must be past every
+        // cas found (its high bits), whatever EPOCH says or if it is damaged.
+        let epoch_path = dir.join(layout::EPOCH_FILE);
+        let min_epoch = max_cas_epoch;
+        let epoch_ok = matches!(read_u64_file(fs, &epoch_path), Ok(Some(e)) if e >= min_epoch);
+        if !epoch_ok {
+            report
+                .problems
+                .push(format!("{} reset to {min_epoch}", epoch_path.display()));
+            write_small_file(
+                fs,
+                dir,
+                layout::EPOCH_FILE,
+                format!("{min_epoch}\n").as_bytes(),
+                true,
+            )?;
+        }
         write_small_file(
             fs,
             dir,

@@ -252,3 +252,74 @@ fn files_and_directories_are_owner_only() {
     assert_eq!(mode(&tmp.path().join("LOCK")), 0o600);
     assert_eq!(mode(&tmp.path().join("CURRENT")), 0o600);
 }
+
+#[test]
+fn temporary_leftovers_are_removed_on_open() {
+    let tmp = populated();
+    let leftovers = [
+        tmp.path().join("CURRENT.~tmp"),
+        gen_dir(tmp.path()).join("map.log.~tmp"),
+    ];
+    for l in &leftovers {
+        fs::write(l, b"half-written").unwrap();
+    }
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    for l in &leftovers {
+        assert!(!l.exists(), "{} survived open", l.display());
+    }
+    assert_keys(&store, |_| true);
+}
+
+#[test]
+fn damaged_epoch_fails_open_and_repair_fixes_it_keeping_cas_unique() {
+    let tmp = populated();
+    let old_cas = {
+        let store = Store::open_with(tmp.path(), never()).unwrap();
+        store.get_item("k1").unwrap().unwrap().cas
+    };
+    fs::write(tmp.path().join("EPOCH"), b"not a number").unwrap();
+    assert!(matches!(
+        Store::open_with(tmp.path(), never()),
+        Err(kvstore_core::Error::Corrupt { .. })
+    ));
+    let report = Store::repair(tmp.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("EPOCH")),
+        "{report}"
+    );
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    let cas = store.set_with("k1", "new", Default::default()).unwrap();
+    assert!(cas > old_cas, "cas {cas} not past {old_cas}");
+}
+
+#[test]
+fn symlinked_subdirectory_is_not_followed() {
+    let tmp = populated();
+    let outside = tempfile::tempdir().unwrap();
+    // Replace the subdirectory of k1 by a symlink to a directory outside.
+    let sub = value_file(tmp.path(), "k1").parent().unwrap().to_path_buf();
+    fs::rename(&sub, outside.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &sub).unwrap();
+    let store = Store::open_with(tmp.path(), never()).unwrap();
+    assert_eq!(
+        store.get("k1").unwrap(),
+        None,
+        "the value moved out is gone"
+    );
+    store.set("k1", "again").unwrap();
+    assert_eq!(store.get("k1").unwrap(), Some(b"again".to_vec()));
+    drop(store);
+    assert!(
+        fs::symlink_metadata(&sub).unwrap().is_dir(),
+        "the link was replaced by a directory"
+    );
+    let outside_names: Vec<_> = fs::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside_names,
+        vec![std::ffi::OsString::from("moved")],
+        "nothing was written outside"
+    );
+}

@@ -241,7 +241,31 @@ fn symlinks_planted_in_the_data_directory_are_not_followed_out_of_it() {
     outcomes.push(("map log", planted(&gen.join("map.log"), false, key)));
     // The live generation directory is a symlink to an outside directory.
     outcomes.push(("generation directory", planted(&gen, true, key)));
+    outcomes.push((
+        "hash subdirectory, planted while the store is open",
+        planted_while_open(&subdir, key),
+    ));
     for (what, outcome) in outcomes {
         println!("planted symlink as {what}: {outcome}");
     }
+}
+
+/// As [`planted`], but the symlink replaces the (not yet created) hash
+/// subdirectory while the store is open.
+fn planted_while_open(subdir: &Path, key: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let store = Store::open(&dir).unwrap();
+    let link = dir.join(subdir);
+    if link.is_dir() {
+        std::fs::remove_dir_all(&link).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let set = store.set(key, "new value");
+    drop(store);
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert!(names.is_empty(), "files written outside: {names:?}");
+    format!("set {:?}", set.map_err(|e| e.to_string()))
 }
