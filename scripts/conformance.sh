@@ -31,7 +31,8 @@ fi
 cargo build --release --quiet -p kvstore-net --bin kvstore-server
 BIN=target/release/kvstore-server
 
-WORK=$(mktemp -d)
+mkdir -p target
+WORK=$(mktemp -d -p "$PWD/target" conformance.XXXXXX)
 SERVER_PID=""
 cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then

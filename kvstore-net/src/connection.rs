@@ -166,9 +166,10 @@ pub(crate) fn serve(
             end -= start;
             start = 0;
         }
-        if end == buf.len() {
-            // A request larger than the buffer: grow (bounded by the
-            // parser's limits on lines and values).
+        if buf.len() - end < READ_BUF_BYTES / 2 {
+            // A request nearly as large as the buffer: grow rather than read
+            // in slivers (bounded by the parser's limits on lines and
+            // values, since only an incomplete request stays buffered).
             let new_len = buf.len() * 2;
             buf.resize(new_len, 0);
         }

@@ -269,3 +269,29 @@ fn in_process_restart_finds_every_value() {
     drop((c, m));
     srv.handle.shutdown().unwrap();
 }
+
+#[test]
+fn values_up_to_the_limit_round_trip_and_large_replies_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(tmp.path());
+    let mut c = Client::connect(srv.seed).unwrap();
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    c.set("big", &big).unwrap();
+    assert_eq!(c.get("big").unwrap(), big);
+    // A multi-get whose reply (3 MiB) is far larger than the output flush
+    // threshold.
+    let values = c.get_many(&["big", "big", "big"]).unwrap();
+    assert!(values.iter().all(|v| *v == big));
+    let mut m = kvstore_net::McClient::connect(srv.mc).unwrap();
+    m.set("big2", &big, 5, 0).unwrap();
+    let item = m.get("big2").unwrap().unwrap();
+    assert_eq!((item.value.len(), item.flags), (big.len(), 5));
+    assert!(matches!(
+        m.set("too-big", vec![0u8; (1 << 20) + 1], 0, 0),
+        Err(Error::NotStored)
+    ));
+    // The connection is still in step after the refused value.
+    assert_eq!(m.get("big2").unwrap().unwrap().value, big);
+    drop((c, m));
+    srv.handle.shutdown().unwrap();
+}
