@@ -456,6 +456,7 @@ impl Store {
         if !gens.contains(&current) {
             create_generation_dir(&*fs, &gen_dir, sync_meta)?;
         }
+        require_real_dir(&*fs, &gen_dir)?;
         let mut fresh_current = true;
         if let Some(bytes) = read_optional(&*fs, &current_path, 256)? {
             fresh_current = layout::parse_current(&bytes).ok() != Some(current);
@@ -1343,8 +1344,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Moves the key's file to the spare pool and logs the removal. The
+    /// Logs the removal, then moves the key's file to the spare pool. The
     /// caller holds the stripe lock.
+    ///
+    /// The log record comes first so that a failed append leaves the key
+    /// and its file untouched (the previous value stays readable); once it
+    /// is written the key is gone, and a file that cannot be moved away is
+    /// a harmless stray (verify counts it, the next write of that hash
+    /// reuses it).
     fn remove_locked(
         &self,
         gen: &Generation,
@@ -1353,14 +1360,14 @@ impl Inner {
         idx: Option<u16>,
     ) -> Result<()> {
         let Some(idx) = idx else { return Ok(()) };
-        let path = gen.value_path(hash, idx);
-        self.retire_file(gen, hash, &path)?;
-        // The file is gone: no reader may find the item in the cache from
-        // here on, whatever happens to the map record.
+        self.log_remove(gen, hash, key)?;
         self.stripe(hash).seq.fetch_add(1, Ordering::Release);
         self.cache.remove(hash, key);
         self.barrier()?;
-        self.log_remove(gen, hash, key)?;
+        let path = gen.value_path(hash, idx);
+        if let Err(e) = self.retire_file(gen, hash, &path) {
+            log::warn!("removed key's file left in place: {e}");
+        }
         self.barrier()
     }
 
@@ -1453,7 +1460,9 @@ impl Inner {
         let path = gen.subdir_path(sub);
         match self.fs.create_dir(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                require_real_dir(&*self.fs, &path)?
+            }
             Err(e) => return Err(io_err(&path, e)),
         }
         gen.subdir_ready[sub].store(true, Ordering::Release);
@@ -1496,21 +1505,16 @@ impl Inner {
     }
 
     /// Puts the filled spare `id` in place of `target`. With exchange, the
-    /// old file becomes a spare; otherwise it is replaced (and freed).
-    fn swap_in(&self, gen: &Generation, sub: usize, id: u64, target: &Path) -> Result<()> {
+    /// old file becomes a spare, returned as `Some(id)`: the caller recycles
+    /// it with [`Inner::recycle_spare`] only after the exchange is durable
+    /// (until then a power cut can bring the old name back to that inode,
+    /// so another writer must not overwrite it in place). Without exchange
+    /// the old file is replaced (and freed).
+    fn swap_in(&self, gen: &Generation, sub: usize, id: u64, target: &Path) -> Result<Option<u64>> {
         let spare = gen.spare_path(sub, id);
         if self.exchange_supported.load(Ordering::Relaxed) {
             match self.fs.rename_exchange(&spare, target) {
-                Ok(()) => {
-                    let mut pool = lock(&gen.spares[sub]);
-                    if pool.len() < SPARES_PER_SUBDIR {
-                        pool.push(id);
-                    } else {
-                        drop(pool);
-                        let _ = self.fs.remove_file(&spare);
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(Some(id)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     self.exchange_supported.store(false, Ordering::Relaxed);
@@ -1521,10 +1525,23 @@ impl Inner {
                 }
             }
         }
-        self.fs.rename(&spare, target).map_err(|e| {
+        self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
             lock(&gen.spares[sub]).push(id);
             io_err(target, e)
         })
+    }
+
+    /// Returns the old file of an exchange to the spare pool (or removes it
+    /// when the pool is full).
+    fn recycle_spare(&self, gen: &Generation, sub: usize, old: Option<u64>) {
+        let Some(id) = old else { return };
+        let mut pool = lock(&gen.spares[sub]);
+        if pool.len() < SPARES_PER_SUBDIR {
+            pool.push(id);
+        } else {
+            drop(pool);
+            let _ = self.fs.remove_file(&gen.spare_path(sub, id));
+        }
     }
 
     /// Writes a record for `key` (stripe lock held): into a spare, then
@@ -1548,12 +1565,15 @@ impl Inner {
         }
         match idx {
             Some(idx) => {
-                self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
-                self.barrier()
+                let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
+                self.barrier()?;
+                self.recycle_spare(gen, sub, old);
+                Ok(())
             }
             None => {
-                let idx = self.place_new(gen, sub, id, hash)?;
+                let (idx, old) = self.place_new(gen, sub, id, hash)?;
                 self.barrier()?;
+                self.recycle_spare(gen, sub, old);
                 self.log_put(gen, hash, key, idx)?;
                 self.barrier()
             }
@@ -1562,14 +1582,22 @@ impl Inner {
 
     /// Puts the filled spare `id` under the first collision index of `hash`
     /// whose name is free (or holds a leftover no map entry points to, which
-    /// becomes a spare); returns that index. Stripe lock of `hash` held.
-    fn place_new(&self, gen: &Generation, sub: usize, id: u64, hash: u64) -> Result<u16> {
+    /// becomes a spare); returns that index and the leftover's spare id, to
+    /// recycle once durable (see [`Inner::swap_in`]). Stripe lock of `hash`
+    /// held.
+    fn place_new(
+        &self,
+        gen: &Generation,
+        sub: usize,
+        id: u64,
+        hash: u64,
+    ) -> Result<(u16, Option<u64>)> {
         let spare = gen.spare_path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
             let target = gen.value_path(hash, idx);
             let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
                 match self.fs.rename_noreplace(&spare, &target) {
-                    Ok(()) => return Ok(idx),
+                    Ok(()) => return Ok((idx, None)),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         self.noreplace_supported.store(false, Ordering::Relaxed);
@@ -1589,8 +1617,8 @@ impl Inner {
                 continue;
             }
             // Free, or a leftover: swap in (the leftover becomes a spare).
-            self.swap_in(gen, sub, id, &target)?;
-            return Ok(idx);
+            let old = self.swap_in(gen, sub, id, &target)?;
+            return Ok((idx, old));
         }
         lock(&gen.spares[sub]).push(id);
         Err(Error::InvalidKey {
@@ -1667,8 +1695,9 @@ impl Inner {
 
     fn log_remove(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<()> {
         let mut log = lock(&gen.log);
-        // The file is gone already: forget the key even if the log append
-        // fails (the log then still names it, and a read finds no file).
+        // Only a logged removal is forgotten: if the append fails, the key
+        // and its file stay as they were.
+        self.append_log(gen, &mut log, &MapRecord::Remove { key: Bytes(key) })?;
         let old = gen
             .shard(hash)
             .write()
@@ -1677,7 +1706,6 @@ impl Inner {
         if old.is_some() {
             gen.count.fetch_sub(1, Ordering::Relaxed);
         }
-        self.append_log(gen, &mut log, &MapRecord::Remove { key: Bytes(key) })?;
         self.maybe_compact(gen, &mut log);
         Ok(())
     }
@@ -1759,6 +1787,11 @@ impl Inner {
                 return;
             }
             let dir = gen.subdir_path(sub);
+            // Never list (and clean up) through a symlink planted in place
+            // of a subdirectory; writes refuse it in `ensure_subdir`.
+            if !self.fs.is_real_dir(&dir).unwrap_or(false) {
+                continue;
+            }
             let names = match self.fs.list_dir(&dir) {
                 Ok(n) => n,
                 Err(_) => continue,
@@ -1904,10 +1937,26 @@ fn write_small_file(
 }
 
 /// Creates an empty generation directory with an empty map log.
+/// An existing directory inside the store must be a directory itself, not
+/// a symlink (planted or not) that would lead writes out of the store.
+fn require_real_dir(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.is_real_dir(path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(io_err(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a directory (a symbolic link?): refusing to write through it",
+            ),
+        )),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
 fn create_generation_dir(fs: &dyn FileSystem, dir: &Path, sync: bool) -> Result<()> {
     match fs.create_dir(dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => require_real_dir(fs, dir)?,
         Err(e) => return Err(io_err(dir, e)),
     }
     let log = dir.join(layout::MAP_LOG);

@@ -1,0 +1,497 @@
+//! Fault injection through the I/O seam: `ENOSPC`, `EIO` and `EACCES` at
+//! the Nth call of each kind of file-system step (write, create, rename,
+//! exchange, rename-without-replace, remove, truncate, fsync, syncfs,
+//! directory create/remove, log append and its sync) during set (new key and existing key), append,
+//! delete, clear and map-log compaction, in `Never` and `Always` modes.
+//!
+//! Each injection runs on a fresh copy of a prepared store directory. A
+//! first, fault-free run counts the calls of each kind the operation makes;
+//! then every (kind, N <= count, error) combination is injected. Checks:
+//! - the operation returns an error, or succeeds if the store could work
+//!   around the fault (e.g. compaction failing is not fatal);
+//! - after an error the previous value is still what a read returns (for
+//!   a failed *flush* the outcome is unknowable, as after a timeout: the old
+//!   or the new value, and the store turns read-only as DESIGN.md says;
+//!   a failed `clear` also turns it read-only); `clear` is all or nothing;
+//! - the other keys stay readable while the fault lasts;
+//! - once the fault clears, the same operation succeeds (after a reopen if
+//!   the store turned read-only), and a reopen shows exactly what was read.
+//!
+//! ENOSPC and EACCES are sticky (every later call of that kind fails too,
+//! like a full disk or a permission change); EIO hits one call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
+use kvstore_core::{Durability, Error, Options, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    CreateDir,
+    RemoveDir,
+    ListDir,
+    CreateNew,
+    WriteAt,
+    Rename,
+    RenameNoReplace,
+    Exchange,
+    RemoveFile,
+    SetLen,
+    SyncFile,
+    SyncDir,
+    Syncfs,
+    OpenAppend,
+    Append,
+    AppendSync,
+}
+
+impl Kind {
+    fn is_flush(self) -> bool {
+        matches!(
+            self,
+            Kind::SyncFile | Kind::SyncDir | Kind::Syncfs | Kind::AppendSync
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    kind: Kind,
+    nth: usize,
+    errno: i32,
+    sticky: bool,
+}
+
+#[derive(Default)]
+struct State {
+    counts: HashMap<Kind, usize>,
+    fault: Option<Fault>,
+    injected: usize,
+    /// Paths created (to see that compaction ran).
+    created: Vec<PathBuf>,
+}
+
+#[derive(Default)]
+struct FaultyFs {
+    state: Arc<Mutex<State>>,
+}
+
+fn step(state: &Mutex<State>, kind: Kind) -> io::Result<()> {
+    let mut st = state.lock().unwrap();
+    let n = st.counts.entry(kind).or_insert(0);
+    *n += 1;
+    let n = *n;
+    if let Some(f) = st.fault {
+        if f.kind == kind && (n == f.nth || (f.sticky && n > f.nth)) {
+            st.injected += 1;
+            return Err(io::Error::from_raw_os_error(f.errno));
+        }
+    }
+    Ok(())
+}
+
+impl FaultyFs {
+    fn check(&self, kind: Kind) -> io::Result<()> {
+        step(&self.state, kind)
+    }
+    fn arm(&self, fault: Option<Fault>) {
+        let mut st = self.state.lock().unwrap();
+        st.counts.clear();
+        st.fault = fault;
+        st.created.clear();
+    }
+    fn counts(&self) -> HashMap<Kind, usize> {
+        self.state.lock().unwrap().counts.clone()
+    }
+}
+
+struct FaultyAppend {
+    inner: Box<dyn AppendFile>,
+    state: Arc<Mutex<State>>,
+}
+
+impl AppendFile for FaultyAppend {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Err(e) = step(&self.state, Kind::Append) {
+            // A short write, as a full disk gives: part of the record
+            // lands before the error.
+            let _ = self.inner.append(&data[..data.len() / 2]);
+            return Err(e);
+        }
+        self.inner.append(data)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        step(&self.state, Kind::AppendSync)?;
+        self.inner.sync_data()
+    }
+}
+
+impl FileSystem for FaultyFs {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(Kind::CreateDir)?;
+        StdFileSystem.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(Kind::RemoveDir)?;
+        StdFileSystem.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        self.check(Kind::ListDir)?;
+        StdFileSystem.list_dir(path)
+    }
+    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.check(Kind::CreateNew)?;
+        self.state.lock().unwrap().created.push(path.to_path_buf());
+        StdFileSystem.create_new(path, data)
+    }
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check(Kind::WriteAt)?;
+        StdFileSystem.write_at(path, offset, data)
+    }
+    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
+        StdFileSystem.read_at(path, offset, max_len)
+    }
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
+        StdFileSystem.file_len(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(Kind::Rename)?;
+        StdFileSystem.rename(from, to)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(Kind::RenameNoReplace)?;
+        StdFileSystem.rename_noreplace(from, to)
+    }
+    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.check(Kind::Exchange)?;
+        StdFileSystem.rename_exchange(a, b)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check(Kind::RemoveFile)?;
+        StdFileSystem.remove_file(path)
+    }
+    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.check(Kind::SetLen)?;
+        StdFileSystem.set_len(path, len)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.check(Kind::SyncFile)?;
+        StdFileSystem.sync_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(Kind::SyncDir)?;
+        StdFileSystem.sync_dir(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        self.check(Kind::Syncfs)?;
+        StdFileSystem.syncfs(path)
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        self.check(Kind::OpenAppend)?;
+        let inner = StdFileSystem.open_append(path)?;
+        Ok(Box::new(FaultyAppend {
+            inner,
+            state: self.state.clone(),
+        }))
+    }
+    fn open_lock_file(&self, path: &Path) -> io::Result<File> {
+        StdFileSystem.open_lock_file(path)
+    }
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    SetExisting,
+    SetNew,
+    Append,
+    Delete,
+    Clear,
+    /// A delete that pushes the map log past its compaction threshold.
+    CompactingDelete,
+}
+
+const BASE: [(&str, &str); 3] = [("a", "alpha"), ("b", "bravo"), ("c", "charlie")];
+
+type Map = BTreeMap<String, Vec<u8>>;
+
+fn base_map() -> Map {
+    BASE.iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+impl Scenario {
+    /// Runs the operation; returns the state it would leave on success.
+    fn run(self, store: &Store, before: &Map) -> (Result<(), Error>, Map) {
+        let mut after = before.clone();
+        let r = match self {
+            Scenario::SetExisting => {
+                after.insert("a".into(), b"ALPHA-2".to_vec());
+                store.set("a", "ALPHA-2")
+            }
+            Scenario::SetNew => {
+                after.insert("n".into(), b"november".to_vec());
+                store.set("n", "november")
+            }
+            Scenario::Append => {
+                after.get_mut("a").unwrap().extend_from_slice(b"+tail");
+                store.append("a", "+tail").map(|_| ())
+            }
+            Scenario::Delete | Scenario::CompactingDelete => {
+                after.remove("b");
+                store.delete("b").map(|_| ())
+            }
+            Scenario::Clear => {
+                after.clear();
+                store.clear()
+            }
+        };
+        (r, after)
+    }
+}
+
+fn read_all(store: &Store) -> Result<Map, Error> {
+    let mut m = Map::new();
+    for k in ["a", "b", "c", "n"] {
+        if let Some(v) = store.get(k)? {
+            m.insert(k.to_string(), v);
+        }
+    }
+    Ok(m)
+}
+
+/// A prepared store directory for a scenario (closed).
+fn template(scenario: Scenario) -> tempfile::TempDir {
+    let dir = scratch();
+    let store = Store::open_with(dir.path(), Options::new().durability(Durability::Never)).unwrap();
+    for (k, v) in BASE {
+        store.set(k, v).unwrap();
+    }
+    if scenario == Scenario::CompactingDelete {
+        // 3 live records + 2 * 2047 dead ones; the scenario's delete makes
+        // dead records reach the compaction threshold (4096).
+        for _ in 0..2047 {
+            store.set("x", "temporary").unwrap();
+            store.delete("x").unwrap();
+        }
+    }
+    drop(store);
+    dir
+}
+
+struct Tally {
+    injections: usize,
+    not_reached: usize,
+    errors: usize,
+    worked_around: usize,
+    violations: Vec<String>,
+}
+
+fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
+    let tpl = template(scenario);
+    let opts = |fs: Arc<FaultyFs>| {
+        Options::new()
+            .durability(mode)
+            .cache_bytes(0)
+            .file_system(fs)
+    };
+    // Fault-free run: how many calls of each kind does the operation make?
+    let work = scratch();
+    copy_tree(tpl.path(), work.path());
+    let fs = Arc::new(FaultyFs::default());
+    let store = Store::open_with(work.path(), opts(fs.clone())).unwrap();
+    fs.arm(None);
+    let (r, expected_after) = scenario.run(&store, &base_map());
+    r.unwrap();
+    let counts = fs.counts();
+    if scenario == Scenario::CompactingDelete {
+        let created = fs.state.lock().unwrap().created.clone();
+        assert!(
+            created.iter().any(|p| p.ends_with("map.log.~tmp")),
+            "the compaction scenario did not compact: {created:?}"
+        );
+    }
+    assert_eq!(read_all(&store).unwrap(), expected_after);
+    drop(store);
+
+    let mut kinds: Vec<(Kind, usize)> = counts.into_iter().collect();
+    kinds.sort();
+    for (kind, count) in kinds {
+        for nth in 1..=count.min(4) {
+            for (errno, sticky) in [
+                (libc::ENOSPC, true),
+                (libc::EIO, false),
+                (libc::EACCES, true),
+            ] {
+                let fault = Fault {
+                    kind,
+                    nth,
+                    errno,
+                    sticky,
+                };
+                let what = format!("{scenario:?} {mode:?} {fault:?}");
+                if let Err(v) = inject(tpl.path(), scenario, fault, &opts, tally) {
+                    tally.violations.push(format!("{what}: {v}"));
+                }
+            }
+        }
+    }
+}
+
+fn inject(
+    tpl: &Path,
+    scenario: Scenario,
+    fault: Fault,
+    opts: &dyn Fn(Arc<FaultyFs>) -> Options,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let work = scratch();
+    copy_tree(tpl, work.path());
+    let fs = Arc::new(FaultyFs::default());
+    let store = Store::open_with(work.path(), opts(fs.clone())).map_err(|e| e.to_string())?;
+    let before = base_map();
+    fs.arm(Some(fault));
+    let (r, after) = scenario.run(&store, &before);
+    if fs.state.lock().unwrap().injected == 0 {
+        // Only a background thread (sweeper, deleter) made that call in
+        // the counting run.
+        tally.not_reached += 1;
+        return Ok(());
+    }
+    tally.injections += 1;
+    // While the fault lasts: what do reads show?
+    let seen = read_all(&store).map_err(|e| format!("read during fault: {e}"))?;
+    match &r {
+        Ok(()) => {
+            tally.worked_around += 1;
+            if seen != after {
+                return Err(format!("succeeded but reads show {seen:?}"));
+            }
+        }
+        Err(e) => {
+            tally.errors += 1;
+            let ok = seen == before || (fault.kind.is_flush() && seen == after);
+            if !ok {
+                return Err(format!(
+                    "failed ({e}) but reads show {seen:?} instead of the previous state"
+                ));
+            }
+        }
+    }
+    // The fault clears.
+    fs.arm(None);
+    let read_only = matches!(store.set("probe", "1"), Err(Error::ReadOnly { .. }));
+    let store = if read_only {
+        // DESIGN.md: a failed flush turns the store read-only until it is
+        // reopened; so does a failed generation switch (clear).
+        if !(r.is_err() && (fault.kind.is_flush() || scenario == Scenario::Clear)) {
+            return Err("store turned read-only without a failed flush or clear".into());
+        }
+        drop(store);
+        Store::open_with(work.path(), opts(fs.clone())).map_err(|e| format!("reopen: {e}"))?
+    } else {
+        store
+            .delete("probe")
+            .map_err(|e| format!("probe delete: {e}"))?;
+        store
+    };
+    let now = read_all(&store).map_err(|e| format!("read after fault: {e}"))?;
+    // After a failed flush the disk may hold the operation's outcome even
+    // though the running store kept showing the old state.
+    let flush_outcome = read_only && fault.kind.is_flush() && now == after;
+    if now != seen && !flush_outcome {
+        return Err(format!("state changed by itself: {seen:?} -> {now:?}"));
+    }
+    // The operation works again (a clear or set is idempotent; append is
+    // redone on the state now present).
+    let (r2, after2) = scenario.run(&store, &now);
+    r2.map_err(|e| format!("operation still fails after the fault cleared: {e}"))?;
+    let got = read_all(&store).map_err(|e| e.to_string())?;
+    if got != after2 {
+        return Err(format!("after retry {got:?}, expected {after2:?}"));
+    }
+    store.set("z", "after").map_err(|e| e.to_string())?;
+    drop(store);
+    let store =
+        Store::open_with(work.path(), Options::new()).map_err(|e| format!("reopen: {e}"))?;
+    let mut expect = after2;
+    let reopened = read_all(&store).map_err(|e| e.to_string())?;
+    if reopened != expect {
+        return Err(format!("after reopen {reopened:?}, expected {expect:?}"));
+    }
+    expect.insert("z".into(), b"after".to_vec());
+    if store.get("z").map_err(|e| e.to_string())?.as_deref() != Some(&b"after"[..]) {
+        return Err("write after the fault lost on reopen".into());
+    }
+    drop(store);
+    let report = Store::verify(work.path()).map_err(|e| format!("verify: {e}"))?;
+    if !report.is_ok() {
+        return Err(format!("verify after the fault: {report:?}"));
+    }
+    Ok(())
+}
+
+fn run_all(mode: Durability) {
+    let mut tally = Tally {
+        injections: 0,
+        not_reached: 0,
+        errors: 0,
+        worked_around: 0,
+        violations: Vec::new(),
+    };
+    for scenario in [
+        Scenario::SetExisting,
+        Scenario::SetNew,
+        Scenario::Append,
+        Scenario::Delete,
+        Scenario::Clear,
+        Scenario::CompactingDelete,
+    ] {
+        run_scenario(scenario, mode, &mut tally);
+    }
+    eprintln!(
+        "fault injection {mode:?}: {} faults injected, {} reported as errors, {} worked around, violations {}",
+        tally.injections,
+        tally.errors,
+        tally.worked_around,
+        tally.violations.len()
+    );
+    assert!(
+        tally.violations.is_empty(),
+        "{} violations:\n{}",
+        tally.violations.len(),
+        tally.violations.join("\n")
+    );
+}
+
+#[test]
+fn faults_during_writes_with_durability_never() {
+    run_all(Durability::Never);
+}
+
+#[test]
+fn faults_during_writes_with_durability_always() {
+    run_all(Durability::Always);
+}
