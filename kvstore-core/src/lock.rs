@@ -8,10 +8,20 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::layout::LOCK_FILE;
+
+/// How long a contended lock is retried before `Locked` is returned.
+///
+/// A `flock` lock lives as long as any descriptor of its open file
+/// description: a child process forked by another thread (between `fork`
+/// and `exec`, before close-on-exec applies) briefly holds the lock of a
+/// store that was just dropped. Retrying for a moment turns that race into
+/// a short wait instead of a spurious `Locked`.
+const CONTENTION_GRACE: Duration = Duration::from_millis(250);
 
 /// A held lock; released when dropped (the file is closed).
 #[derive(Debug)]
@@ -32,15 +42,21 @@ pub fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<DirLock> {
         source,
     };
     let mut file = fs.open_lock_file(&path).map_err(io_err)?;
-    match fs2::FileExt::try_lock_exclusive(&file) {
-        Ok(()) => {}
-        Err(e) if is_contention(&e) => {
-            return Err(Error::Locked {
-                dir: dir.to_path_buf(),
-                pid: read_pid(&mut file),
-            })
+    let deadline = Instant::now() + CONTENTION_GRACE;
+    loop {
+        match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => break,
+            Err(e) if is_contention(&e) && Instant::now() < deadline => {
+                std::thread::sleep(CONTENTION_GRACE / 10);
+            }
+            Err(e) if is_contention(&e) => {
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                    pid: read_pid(&mut file),
+                })
+            }
+            Err(e) => return Err(io_err(e)),
         }
-        Err(e) => return Err(io_err(e)),
     }
     // Best effort: the pid only improves the error message of others.
     let pid = format!("{}\n", std::process::id());
