@@ -155,8 +155,12 @@ fn run(ops: Vec<Op>, cache: bool) -> Result<(), TestCaseError> {
                 match model.get_mut(&key(k)) {
                     None => prop_assert_eq!(out, CounterOutcome::NotFound),
                     Some(old) => {
-                        let n = std::str::from_utf8(old)
+                        // memcached's rule: decimal digits, then optionally
+                        // trailing spaces (and a trailing CRLF).
+                        let text = old.strip_suffix(b"\r\n").unwrap_or(old);
+                        let n = std::str::from_utf8(text)
                             .ok()
+                            .map(|s| s.trim_end_matches(' '))
                             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                             .and_then(|s| s.parse::<u64>().ok());
                         match n {
