@@ -17,6 +17,46 @@
 //! and the stored key catch that, and the reader retries under the key's
 //! stripe lock.
 //!
+//! # The life of a spare, and power cuts in `Periodic` mode
+//! `Always` flushes the spare's data before the swap and the swap before
+//! the old file is reused, so a power cut finds every acknowledged record.
+//! `Never` promises nothing for a power cut: a freed file is reusable at
+//! once. `Periodic` flushes only every interval, and the disk may receive
+//! a swap before the data written into the spare. Its promise (a power cut
+//! loses at most the writes since the last completed flush) rests on four
+//! rules:
+//!
+//! 1. **Held.** The old file of a swap (and a removed key's file) may hold
+//!    the key's last flushed record. It stays untouched, *held*, until a
+//!    flush that started after the swap has completed (`flush_started` /
+//!    `flush_done` number every `syncfs`, whoever runs it).
+//! 2. **Neutral.** After that flush, the flusher overwrites its first bytes
+//!    ([`NEUTRAL`]) so that it can never parse as a record, and it becomes
+//!    reusable once the next flush (run right away) has completed. So a
+//!    reused spare's durable content is never a valid record: if a swap
+//!    reaches the disk before the new data, the key's name shows a
+//!    neutral, torn or empty file, never an older value.
+//! 3. **Recovery.** A key whose file holds no good record of it is
+//!    recovered from its subdirectory's spares: the record of that key
+//!    with the highest cas (the held old file, or a newer one that made it)
+//!    is swapped back in. Reads do it under the key's stripe lock (only on
+//!    that failure path: a good file costs nothing extra), and so does the
+//!    sweep after open for every spare of an earlier session that holds a
+//!    record, before it neutralizes the spare.
+//! 4. **Tombstones.** A removal writes a tombstone (the key and a new cas,
+//!    [`record::TOMBSTONE_MAGIC`]) over the key's file and over its held
+//!    old files before moving the file to the spares, so recovery never
+//!    brings back a removed value (a tombstone with a higher cas than every
+//!    record means absent), and a new key is not placed on a name that a
+//!    file left since the last completed flush (the next collision index
+//!    is used), so that the departed file, which may hold the flushed
+//!    record, cannot be lost under the new name.
+//!
+//! A new key's file whose data did not reach the disk reads as absent (it
+//! was written in the window). Where exchange is unsupported (the rename
+//! fallback), rule 1 cannot hold and `Periodic` may lose a key written in
+//! the window.
+//!
 //! # The map and its log
 //! In memory: key -> collision index (`u16`), in sharded `RwLock`ed hash
 //! maps. On disk: `map.log`, appended only when a key gets a file or loses
