@@ -100,6 +100,11 @@ const STRIPES: usize = 1024;
 const MAP_SHARDS: usize = 64;
 /// Spare files kept per subdirectory; beyond that, freed files are removed.
 const SPARES_PER_SUBDIR: usize = 64;
+/// In `Periodic` mode, where freed files wait for a flush before reuse, the
+/// pool keeps more of them (about one interval's worth of overwrites).
+const PERIODIC_SPARES_PER_SUBDIR: usize = 512;
+/// Shortest gap between flushes asked for by writers short of spares.
+const KICK_GAP: Duration = Duration::from_millis(20);
 /// What a spare is overwritten with (at offset 0) in `Periodic` mode before
 /// it may be reused, so that it can never parse as a record again.
 const NEUTRAL: [u8; 4] = [0; 4];
@@ -286,6 +291,9 @@ struct SyncState {
 #[derive(Default)]
 struct Stop {
     flag: AtomicBool,
+    /// Set by [`Stop::kick`]: the waiting thread (the flusher) should run
+    /// now rather than at the end of its interval.
+    kicked: AtomicBool,
     mutex: Mutex<()>,
     cv: Condvar,
 }
@@ -295,14 +303,25 @@ impl Stop {
         self.flag.load(Ordering::Relaxed)
     }
 
-    /// Sleeps up to `d`; `true` if stopped.
+    /// Sleeps up to `d` (less if kicked); `true` if stopped.
     fn wait(&self, d: Duration) -> bool {
         let guard = lock(&self.mutex);
         if self.stopped() {
             return true;
         }
-        let _ = self.cv.wait_timeout(guard, d);
+        if !self.kicked.swap(false, Ordering::SeqCst) {
+            let _ = self.cv.wait_timeout(guard, d);
+            self.kicked.store(false, Ordering::SeqCst);
+        }
         self.stopped()
+    }
+
+    /// Ends the current [`Stop::wait`] early (or the next one at once).
+    fn kick(&self) {
+        if !self.kicked.swap(true, Ordering::SeqCst) {
+            let _guard = lock(&self.mutex);
+            self.cv.notify_all();
+        }
     }
 
     fn stop(&self) {
@@ -387,6 +406,10 @@ struct SparePool {
     neutral: Vec<(u64, u64)>,
 }
 
+/// `Held::idx` of a spare of an earlier session: the name it left is
+/// unknown; a removal of any key of its hash tombstones it.
+const ANY_IDX: u16 = u16::MAX;
+
 /// A freed file that may hold the last flushed record of the key whose
 /// name it was swapped out of.
 struct Held {
@@ -411,7 +434,7 @@ impl SparePool {
         self.neutral.retain(|&(n, _)| n != id);
     }
 
-    /// Spares counted against [`SPARES_PER_SUBDIR`]; held ones are not
+    /// Spares counted against the pool's size; held ones are not
     /// (they are bounded by the writes of one or two flush intervals).
     fn len(&self) -> usize {
         self.ready.len() + self.neutral.len()
@@ -1593,7 +1616,7 @@ impl Inner {
             }
         }
         let mut pool = lock(&gen.spares[sub]);
-        let res = if pool.len() < SPARES_PER_SUBDIR {
+        let res = if pool.len() < self.spare_cap() {
             let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
             let spare = gen.spare_path(sub, id);
             let r = self.fs.rename(path, &spare);
@@ -1711,7 +1734,14 @@ impl Inner {
                         !mature
                     });
                 }
-                pool.ready.pop()
+                let id = pool.ready.pop();
+                if id.is_none() && self.periodic() && pool.held.len() + pool.neutral.len() > 0 {
+                    // Freed files are waiting for a flush to become
+                    // reusable: ask the flusher for it now rather than
+                    // create files until the interval ends.
+                    self.stop.kick();
+                }
+                id
             };
             let Some(id) = pooled else { break };
             let path = gen.spare_path(sub, id);
@@ -1804,6 +1834,15 @@ impl Inner {
         matches!(self.durability, Durability::Periodic(_))
     }
 
+    /// Spares kept per subdirectory.
+    fn spare_cap(&self) -> usize {
+        if self.periodic() {
+            PERIODIC_SPARES_PER_SUBDIR
+        } else {
+            SPARES_PER_SUBDIR
+        }
+    }
+
     /// The number of the first flush that starts after this call.
     fn next_flush(&self) -> u64 {
         self.flush_started.load(Ordering::SeqCst) + 1
@@ -1849,7 +1888,7 @@ impl Inner {
         let held: Vec<u64> = lock(&gen.spares[sub])
             .held
             .iter()
-            .filter(|h| h.hash == hash && h.idx == idx)
+            .filter(|h| h.hash == hash && (h.idx == idx || h.idx == ANY_IDX))
             .map(|h| h.id)
             .collect();
         for id in held {
@@ -1870,7 +1909,7 @@ impl Inner {
         let need = self.next_flush();
         let mut pool = lock(&gen.spares[sub]);
         for h in pool.held.iter_mut() {
-            if h.hash == hash && h.idx == idx {
+            if h.hash == hash && (h.idx == idx || h.idx == ANY_IDX) {
                 h.need = h.need.max(need);
             }
         }
@@ -1927,7 +1966,7 @@ impl Inner {
             // Beyond the pool's size, mature spares are removed.
             let extra: Vec<u64> = {
                 let mut pool = lock(&gen.spares[sub]);
-                let over = pool.len().saturating_sub(SPARES_PER_SUBDIR);
+                let over = pool.len().saturating_sub(self.spare_cap());
                 let mut extra = Vec::new();
                 while extra.len() < over {
                     if let Some(id) = pool.ready.pop() {
@@ -2139,7 +2178,18 @@ impl Inner {
 
     fn flusher_loop(&self, every: Duration) {
         let mut flushed = 0;
+        let mut last = std::time::Instant::now();
         while !self.stop.wait(every) {
+            // Kicked by a writer short of spares: not more often than
+            // every KICK_GAP.
+            let since = last.elapsed();
+            if since < KICK_GAP.min(every) {
+                std::thread::sleep(KICK_GAP.min(every) - since);
+                if self.stop.stopped() {
+                    return;
+                }
+            }
+            last = std::time::Instant::now();
             let changes = self.changes.load(Ordering::SeqCst);
             if self.read_only.load(Ordering::SeqCst) || changes == flushed {
                 continue;
@@ -2264,10 +2314,13 @@ impl Inner {
         else {
             return;
         };
-        let owner: Option<Box<[u8]>> = record::decode_header(&buf).ok().and_then(|h| {
-            buf.get(record::HEADER_LEN..record::HEADER_LEN + h.key_len)
-                .map(Box::from)
-        });
+        // The key of a record or of a tombstone.
+        let owner: Option<Box<[u8]>> = match record::decode_header(&buf) {
+            Ok(h) => buf
+                .get(record::HEADER_LEN..record::HEADER_LEN + h.key_len)
+                .map(Box::from),
+            Err(_) => record::decode_tombstone(&buf).map(|(k, _)| Box::from(k)),
+        };
         let owner = owner.filter(|k| layout::subdir_index((self.hasher)(k)) == sub);
         let _g = owner
             .as_ref()
@@ -2282,7 +2335,21 @@ impl Inner {
         if pool.contains(id) {
             return;
         }
-        if pool.len() >= SPARES_PER_SUBDIR {
+        if let Some(key) = &owner {
+            // Held until a flush has made what the check above changed
+            // (a recovery, a removal) durable; the flusher neutralizes it
+            // then, or removes it when the pool is full.
+            let need = self.next_flush();
+            pool.held.push(Held {
+                id,
+                hash: (self.hasher)(key),
+                idx: ANY_IDX,
+                need,
+            });
+            self.changes.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        if pool.len() >= self.spare_cap() {
             drop(pool);
             let _ = self.fs.remove_file(&path);
             return;
