@@ -35,7 +35,10 @@
 //!    reusable once the next flush (run right away) has completed. So a
 //!    reused spare's durable content is never a valid record: if a swap
 //!    reaches the disk before the new data, the key's name shows a
-//!    neutral, torn or empty file, never an older value.
+//!    neutral, torn or empty file, never an older value. Reuse thus waits
+//!    for flushes: a writer that finds no reusable spare creates a file
+//!    and kicks the flusher to run early (at most every `KICK_GAP`), and
+//!    the pool keeps more spares (`PERIODIC_SPARES_PER_SUBDIR`).
 //! 3. **Recovery.** A key whose file holds no good record of it is
 //!    recovered from its subdirectory's spares: the record of that key
 //!    with the highest cas (the held old file, or a newer one that made it)
