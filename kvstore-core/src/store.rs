@@ -17,6 +17,49 @@
 //! and the stored key catch that, and the reader retries under the key's
 //! stripe lock.
 //!
+//! # The life of a spare, and power cuts in `Periodic` mode
+//! `Always` flushes the spare's data before the swap and the swap before
+//! the old file is reused, so a power cut finds every acknowledged record.
+//! `Never` promises nothing for a power cut: a freed file is reusable at
+//! once. `Periodic` flushes only every interval, and the disk may receive
+//! a swap before the data written into the spare. Its promise (a power cut
+//! loses at most the writes since the last completed flush) rests on four
+//! rules:
+//!
+//! 1. **Held.** The old file of a swap (and a removed key's file) may hold
+//!    the key's last flushed record. It stays untouched, *held*, until a
+//!    flush that started after the swap has completed (`flush_started` /
+//!    `flush_done` number every `syncfs`, whoever runs it).
+//! 2. **Neutral.** After that flush, the flusher overwrites its first bytes
+//!    ([`NEUTRAL`]) so that it can never parse as a record, and it becomes
+//!    reusable once the next flush (run right away) has completed. So a
+//!    reused spare's durable content is never a valid record: if a swap
+//!    reaches the disk before the new data, the key's name shows a
+//!    neutral, torn or empty file, never an older value. Reuse thus waits
+//!    for flushes: a writer that finds no reusable spare creates a file
+//!    and kicks the flusher to run early (at most every `KICK_GAP`), and
+//!    the pool keeps more spares (`PERIODIC_SPARES_PER_SUBDIR`).
+//! 3. **Recovery.** A key whose file holds no good record of it is
+//!    recovered from its subdirectory's spares: the record of that key
+//!    with the highest cas (the held old file, or a newer one that made it)
+//!    is swapped back in. Reads do it under the key's stripe lock (only on
+//!    that failure path: a good file costs nothing extra), and so does the
+//!    sweep after open for every spare of an earlier session that holds a
+//!    record, before it neutralizes the spare.
+//! 4. **Tombstones.** A removal writes a tombstone (the key and a new cas,
+//!    [`record::TOMBSTONE_MAGIC`]) over the key's file and over its held
+//!    old files before moving the file to the spares, so recovery never
+//!    brings back a removed value (a tombstone with a higher cas than every
+//!    record means absent), and a new key is not placed on a name that a
+//!    file left since the last completed flush (the next collision index
+//!    is used), so that the departed file, which may hold the flushed
+//!    record, cannot be lost under the new name.
+//!
+//! A new key's file whose data did not reach the disk reads as absent (it
+//! was written in the window). Where exchange is unsupported (the rename
+//! fallback), rule 1 cannot hold and `Periodic` may lose a key written in
+//! the window.
+//!
 //! # The map and its log
 //! In memory: key -> collision index (`u16`), in sharded `RwLock`ed hash
 //! maps. On disk: `map.log`, appended only when a key gets a file or loses
@@ -60,6 +103,14 @@ const STRIPES: usize = 1024;
 const MAP_SHARDS: usize = 64;
 /// Spare files kept per subdirectory; beyond that, freed files are removed.
 const SPARES_PER_SUBDIR: usize = 64;
+/// In `Periodic` mode, where freed files wait for a flush before reuse, the
+/// pool keeps more of them (about one interval's worth of overwrites).
+const PERIODIC_SPARES_PER_SUBDIR: usize = 512;
+/// Shortest gap between flushes asked for by writers short of spares.
+const KICK_GAP: Duration = Duration::from_millis(20);
+/// What a spare is overwritten with (at offset 0) in `Periodic` mode before
+/// it may be reused, so that it can never parse as a record again.
+const NEUTRAL: [u8; 4] = [0; 4];
 /// First read of a value file; larger records take a second read.
 const FIRST_READ: usize = 4096;
 /// Compaction starts when the log has more than this many dead records...
@@ -243,6 +294,9 @@ struct SyncState {
 #[derive(Default)]
 struct Stop {
     flag: AtomicBool,
+    /// Set by [`Stop::kick`]: the waiting thread (the flusher) should run
+    /// now rather than at the end of its interval.
+    kicked: AtomicBool,
     mutex: Mutex<()>,
     cv: Condvar,
 }
@@ -252,14 +306,25 @@ impl Stop {
         self.flag.load(Ordering::Relaxed)
     }
 
-    /// Sleeps up to `d`; `true` if stopped.
+    /// Sleeps up to `d` (less if kicked); `true` if stopped.
     fn wait(&self, d: Duration) -> bool {
         let guard = lock(&self.mutex);
         if self.stopped() {
             return true;
         }
-        let _ = self.cv.wait_timeout(guard, d);
+        if !self.kicked.swap(false, Ordering::SeqCst) {
+            let _ = self.cv.wait_timeout(guard, d);
+            self.kicked.store(false, Ordering::SeqCst);
+        }
         self.stopped()
+    }
+
+    /// Ends the current [`Stop::wait`] early (or the next one at once).
+    fn kick(&self) {
+        if !self.kicked.swap(true, Ordering::SeqCst) {
+            let _guard = lock(&self.mutex);
+            self.cv.notify_all();
+        }
     }
 
     fn stop(&self) {
@@ -285,7 +350,7 @@ struct Generation {
     count: AtomicUsize,
     log: Mutex<LogState>,
     subdir_ready: Box<[AtomicBool]>,
-    spares: Box<[Mutex<Vec<u64>>]>,
+    spares: Box<[Mutex<SparePool>]>,
     spare_counter: AtomicU64,
     expiring_marked: AtomicBool,
 }
@@ -329,6 +394,56 @@ impl Generation {
     }
 }
 
+/// The spare files of one subdirectory, by id.
+///
+/// `ready` spares may be overwritten by the next write. In `Periodic` mode
+/// a freed file goes through two waiting states first (see the module
+/// docs): `held` (it may still hold the flushed value of a key whose
+/// exchange is not durable yet) and `neutral` (overwritten with
+/// [`NEUTRAL`], waiting until that is durable).
+#[derive(Default)]
+struct SparePool {
+    ready: Vec<u64>,
+    held: Vec<Held>,
+    /// (id, flush number that makes its neutralization durable).
+    neutral: Vec<(u64, u64)>,
+}
+
+/// `Held::idx` of a spare of an earlier session: the name it left is
+/// unknown; a removal of any key of its hash tombstones it.
+const ANY_IDX: u16 = u16::MAX;
+
+/// A freed file that may hold the last flushed record of the key whose
+/// name it was swapped out of.
+struct Held {
+    id: u64,
+    /// The value name it was swapped out of.
+    hash: u64,
+    idx: u16,
+    /// Flush number that makes the swap durable.
+    need: u64,
+}
+
+impl SparePool {
+    fn contains(&self, id: u64) -> bool {
+        self.ready.contains(&id)
+            || self.held.iter().any(|h| h.id == id)
+            || self.neutral.iter().any(|&(n, _)| n == id)
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.ready.retain(|&n| n != id);
+        self.held.retain(|h| h.id != id);
+        self.neutral.retain(|&(n, _)| n != id);
+    }
+
+    /// Spares counted against the pool's size; held ones are not
+    /// (they are bounded by the writes of one or two flush intervals).
+    fn len(&self) -> usize {
+        self.ready.len() + self.neutral.len()
+    }
+}
+
 /// What a read of a value file found.
 enum FileRead {
     /// A good record of the key asked for.
@@ -339,6 +454,9 @@ enum FileRead {
     OtherKey,
     /// A damaged file.
     Corrupt(String),
+    /// A tombstone of the key asked for (`Periodic`: a removal), with its
+    /// cas.
+    Tombstone(u64),
 }
 
 /// What a conditional update decides.
@@ -379,6 +497,11 @@ struct Inner {
     read_only: AtomicBool,
     read_only_reason: Mutex<String>,
     group: GroupSync,
+    /// Number of the last `syncfs` started / completed (group commit and
+    /// the periodic flusher alike): a spare freed when `flush_started` was
+    /// `n` is covered once `flush_done > n`.
+    flush_started: AtomicU64,
+    flush_done: AtomicU64,
     exchange_supported: AtomicBool,
     noreplace_supported: AtomicBool,
     stop: Stop,
@@ -503,6 +626,8 @@ impl Store {
             read_only: AtomicBool::new(false),
             read_only_reason: Mutex::new(String::new()),
             group: GroupSync::default(),
+            flush_started: AtomicU64::new(0),
+            flush_done: AtomicU64::new(0),
             exchange_supported: AtomicBool::new(true),
             noreplace_supported: AtomicBool::new(true),
             stop: Stop::default(),
@@ -1180,7 +1305,12 @@ impl Inner {
 
     /// Reads and checks the value file of (hash, idx).
     fn read_file(&self, gen: &Generation, hash: u64, idx: u16, key: &[u8]) -> Result<FileRead> {
-        let path = gen.value_path(hash, idx);
+        self.read_record(&gen.value_path(hash, idx), key)
+    }
+
+    /// Reads and checks the file at `path` as a record of `key`.
+    fn read_record(&self, path: &Path, key: &[u8]) -> Result<FileRead> {
+        let path = path.to_path_buf();
         let mut buf = match self.fs.read_at(&path, 0, FIRST_READ) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Missing),
@@ -1188,7 +1318,13 @@ impl Inner {
         };
         let header = match record::decode_header(&buf) {
             Ok(h) => h,
-            Err(what) => return Ok(FileRead::Corrupt(what)),
+            Err(what) => {
+                return Ok(match record::decode_tombstone(&buf) {
+                    Some((k, cas)) if k == key => FileRead::Tombstone(cas),
+                    Some(_) => FileRead::OtherKey,
+                    None => FileRead::Corrupt(what),
+                })
+            }
         };
         let len = header.record_len();
         if len > buf.len() && buf.len() == FIRST_READ {
@@ -1234,7 +1370,100 @@ impl Inner {
                     item,
                 })
             }
-            FileRead::Missing | FileRead::OtherKey => {
+            found @ (FileRead::OtherKey | FileRead::Corrupt(_)) if self.periodic() => {
+                match self.recover(gen, hash, idx, key)? {
+                    Some(item) => {
+                        let item = (!expired(item.expiry)).then(|| Arc::new(item));
+                        Ok(Current {
+                            idx: Some(idx),
+                            item,
+                        })
+                    }
+                    None => self.drop_bad_file(gen, hash, idx, key, found),
+                }
+            }
+            found => self.drop_bad_file(gen, hash, idx, key, found),
+        }
+    }
+
+    /// `Periodic` mode, stripe lock held: the key's file holds no good
+    /// record of it (a power cut let the swap reach the disk before the
+    /// data, or the file is damaged). The freed file that held its last
+    /// flushed record is still among the subdirectory's spares (held until
+    /// the swap is durable): the good record of the key with the highest
+    /// cas found there is swapped back in, and the bad file becomes a
+    /// neutralized spare. `None` when no spare holds one.
+    fn recover(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        idx: u16,
+        key: &[u8],
+    ) -> Result<Option<CachedItem>> {
+        let sub = layout::subdir_index(hash);
+        let dir = gen.subdir_path(sub);
+        let names = match self.fs.list_dir(&dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&dir, e)),
+        };
+        // (cas, spare id, record; `None` for a tombstone).
+        let mut best: Option<(u64, u64, Option<CachedItem>)> = None;
+        for name in names {
+            let Some(id) = name.to_str().and_then(layout::parse_spare_name) else {
+                continue;
+            };
+            let (cas, item) = match self.read_record(&gen.spare_path(sub, id), key)? {
+                FileRead::Found(item) => (item.cas, Some(item)),
+                FileRead::Tombstone(cas) => (cas, None),
+                _ => continue,
+            };
+            if best.as_ref().map_or(true, |b| cas > b.0) {
+                best = Some((cas, id, item));
+            }
+        }
+        // Nothing, or the key was removed after its last record.
+        let Some((_, id, Some(item))) = best else {
+            return Ok(None);
+        };
+        let spare = gen.spare_path(sub, id);
+        let target = gen.value_path(hash, idx);
+        lock(&gen.spares[sub]).forget(id);
+        if let Err(e) = self.fs.rename_exchange(&spare, &target) {
+            return Err(io_err(&target, e));
+        }
+        log::warn!(
+            "value file {} held no good record: recovered cas {} from a spare",
+            target.display(),
+            item.cas
+        );
+        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
+        self.cache.remove(hash, key);
+        self.give_back(gen, sub, id);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(item))
+    }
+
+    /// Drops the key whose file is missing, another key's or damaged.
+    fn drop_bad_file(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        idx: u16,
+        key: &[u8],
+        found: FileRead,
+    ) -> Result<Current> {
+        match found {
+            FileRead::Tombstone(_) => {
+                // A removal interrupted after its tombstone: finish it.
+                self.log_remove(gen, hash, key)?;
+                self.retire_file(gen, hash, &gen.value_path(hash, idx))?;
+                Ok(Current {
+                    idx: None,
+                    item: None,
+                })
+            }
+            FileRead::Found(_) | FileRead::Missing | FileRead::OtherKey => {
                 // The file went away (interrupted delete) or the name was
                 // reused for another key: the key is absent.
                 self.log_remove(gen, hash, key)?;
@@ -1365,6 +1594,9 @@ impl Inner {
         self.cache.remove(hash, key);
         self.barrier()?;
         let path = gen.value_path(hash, idx);
+        if self.periodic() {
+            return self.retire_removed(gen, hash, idx, key);
+        }
         if let Err(e) = self.retire_file(gen, hash, &path) {
             log::warn!("removed key's file left in place: {e}");
         }
@@ -1373,15 +1605,31 @@ impl Inner {
 
     /// Turns a value file into a spare (or removes it when the pool is
     /// full). A missing file is fine.
+    ///
+    /// In `Periodic` mode the file is neutralized first, so that a flush
+    /// that makes its removal durable also makes it unreadable as a record
+    /// (a spare must never bring back a removed value).
     fn retire_file(&self, gen: &Generation, hash: u64, path: &Path) -> Result<()> {
         let sub = layout::subdir_index(hash);
+        if self.periodic() {
+            match self.fs.write_at(path, 0, &NEUTRAL) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err(path, e)),
+            }
+        }
         let mut pool = lock(&gen.spares[sub]);
-        let res = if pool.len() < SPARES_PER_SUBDIR {
+        let res = if pool.len() < self.spare_cap() {
             let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
             let spare = gen.spare_path(sub, id);
             let r = self.fs.rename(path, &spare);
             if r.is_ok() {
-                pool.push(id);
+                if self.periodic() {
+                    let need = self.next_flush();
+                    pool.neutral.push((id, need));
+                } else {
+                    pool.ready.push(id);
+                }
             }
             r
         } else {
@@ -1435,11 +1683,15 @@ impl Inner {
                 st.running = true;
                 let target = st.requested;
                 drop(st);
+                let number = self.flush_started.fetch_add(1, Ordering::SeqCst) + 1;
                 let res = self.fs.syncfs(&self.dir);
                 st = lock(&self.group.state);
                 st.running = false;
                 match res {
-                    Ok(()) => st.done = st.done.max(target),
+                    Ok(()) => {
+                        st.done = st.done.max(target);
+                        self.flush_done.fetch_max(number, Ordering::SeqCst);
+                    }
                     Err(e) => {
                         self.set_read_only(format!("flush of {} failed: {e}", self.dir.display()));
                         self.group.cv.notify_all();
@@ -1472,7 +1724,28 @@ impl Inner {
     /// Writes `rec` into a spare file of the subdirectory; returns its id.
     fn fill_spare(&self, gen: &Generation, sub: usize, rec: &[u8]) -> Result<u64> {
         loop {
-            let pooled = lock(&gen.spares[sub]).pop();
+            let pooled = {
+                let mut pool = lock(&gen.spares[sub]);
+                if pool.ready.is_empty() && !pool.neutral.is_empty() {
+                    let done = self.flush_done.load(Ordering::SeqCst);
+                    let SparePool { ready, neutral, .. } = &mut *pool;
+                    neutral.retain(|&(id, need)| {
+                        let mature = need <= done;
+                        if mature {
+                            ready.push(id);
+                        }
+                        !mature
+                    });
+                }
+                let id = pool.ready.pop();
+                if id.is_none() && self.periodic() && pool.held.len() + pool.neutral.len() > 0 {
+                    // Freed files are waiting for a flush to become
+                    // reusable: ask the flusher for it now rather than
+                    // create files until the interval ends.
+                    self.stop.kick();
+                }
+                id
+            };
             let Some(id) = pooled else { break };
             let path = gen.spare_path(sub, id);
             match self.fs.write_at(&path, 0, rec) {
@@ -1520,28 +1793,203 @@ impl Inner {
                     self.exchange_supported.store(false, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    lock(&gen.spares[sub]).push(id);
+                    self.give_back(gen, sub, id);
                     return Err(io_err(target, e));
                 }
             }
         }
         self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
-            lock(&gen.spares[sub]).push(id);
+            self.give_back(gen, sub, id);
             io_err(target, e)
         })
     }
 
     /// Returns the old file of an exchange to the spare pool (or removes it
     /// when the pool is full).
-    fn recycle_spare(&self, gen: &Generation, sub: usize, old: Option<u64>) {
+    ///
+    /// In `Periodic` mode the old file may hold the key's last flushed
+    /// value and the exchange may not be durable yet: it is *held* (see
+    /// the module docs) under the value name (`hash`, `idx`) it left.
+    fn recycle_spare(&self, gen: &Generation, sub: usize, old: Option<u64>, hash: u64, idx: u16) {
         let Some(id) = old else { return };
+        if self.periodic() {
+            let need = self.next_flush();
+            lock(&gen.spares[sub]).held.push(Held {
+                id,
+                hash,
+                idx,
+                need,
+            });
+            return;
+        }
         let mut pool = lock(&gen.spares[sub]);
         if pool.len() < SPARES_PER_SUBDIR {
-            pool.push(id);
+            pool.ready.push(id);
         } else {
             drop(pool);
             let _ = self.fs.remove_file(&gen.spare_path(sub, id));
         }
+    }
+
+    /// Whether freed files go through the held and neutral states
+    /// (`Periodic` mode: writes are not flushed before their exchange).
+    fn periodic(&self) -> bool {
+        matches!(self.durability, Durability::Periodic(_))
+    }
+
+    /// Spares kept per subdirectory.
+    fn spare_cap(&self) -> usize {
+        if self.periodic() {
+            PERIODIC_SPARES_PER_SUBDIR
+        } else {
+            SPARES_PER_SUBDIR
+        }
+    }
+
+    /// The number of the first flush that starts after this call.
+    fn next_flush(&self) -> u64 {
+        self.flush_started.load(Ordering::SeqCst) + 1
+    }
+
+    /// Returns an unused spare (maybe written with a record) to the pool.
+    fn give_back(&self, gen: &Generation, sub: usize, id: u64) {
+        if self.periodic() {
+            let path = gen.spare_path(sub, id);
+            if self.fs.write_at(&path, 0, &NEUTRAL).is_err() {
+                let _ = self.fs.remove_file(&path);
+                return;
+            }
+            let need = self.next_flush();
+            lock(&gen.spares[sub]).neutral.push((id, need));
+        } else {
+            lock(&gen.spares[sub]).ready.push(id);
+        }
+    }
+
+    /// `Periodic` mode, stripe lock held, removal logged: writes a
+    /// tombstone over the key's file and over the held spares that left
+    /// its name (its older records), then moves the file to the spares,
+    /// held like the old file of an exchange. A flush that makes the
+    /// removal durable makes the tombstones durable too, so recovery after
+    /// a later power cut never brings back a removed value; a power cut
+    /// before it finds the tombstone (the key reads as absent, which the
+    /// removal allows) or the old record.
+    fn retire_removed(&self, gen: &Generation, hash: u64, idx: u16, key: &[u8]) -> Result<()> {
+        let sub = layout::subdir_index(hash);
+        let path = gen.value_path(hash, idx);
+        let tomb = record::encode_tombstone(key, self.next_cas()).ok_or(Error::InvalidKey {
+            reason: "key too long",
+        })?;
+        match self.fs.write_at(&path, 0, &tomb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                log::warn!("removed key's file left in place: {e}");
+                return Ok(());
+            }
+        }
+        let held: Vec<u64> = lock(&gen.spares[sub])
+            .held
+            .iter()
+            .filter(|h| h.hash == hash && (h.idx == idx || h.idx == ANY_IDX))
+            .map(|h| h.id)
+            .collect();
+        for id in held {
+            let spare = gen.spare_path(sub, id);
+            if self.fs.write_at(&spare, 0, &tomb).is_err() {
+                // Unusable: gone with its old record.
+                lock(&gen.spares[sub]).forget(id);
+                let _ = self.fs.remove_file(&spare);
+            }
+        }
+        let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.fs.rename(&path, &gen.spare_path(sub, id)) {
+            // The tombstone keeps reading as absent; the next write of the
+            // key replaces it.
+            log::warn!("removed key's file left in place: {e}");
+            return Ok(());
+        }
+        let need = self.next_flush();
+        let mut pool = lock(&gen.spares[sub]);
+        for h in pool.held.iter_mut() {
+            if h.hash == hash && (h.idx == idx || h.idx == ANY_IDX) {
+                h.need = h.need.max(need);
+            }
+        }
+        pool.held.push(Held {
+            id,
+            hash,
+            idx,
+            need,
+        });
+        drop(pool);
+        self.barrier()
+    }
+
+    /// `Periodic` mode: whether the value name (`hash`, `idx`) was left by
+    /// a file in a way no completed flush covers yet. A new key is not put
+    /// there: on the disk a power cut leaves, its rename could land on the
+    /// name while the departure of the file before it did not, and that
+    /// file (with the last flushed record) would be lost.
+    fn recently_vacated(&self, gen: &Generation, sub: usize, hash: u64, idx: u16) -> bool {
+        let done = self.flush_done.load(Ordering::SeqCst);
+        lock(&gen.spares[sub])
+            .held
+            .iter()
+            .any(|h| h.hash == hash && h.idx == idx && h.need > done)
+    }
+
+    /// `Periodic` flusher, after a completed flush: neutralizes the held
+    /// spares whose swap that flush made durable. Returns whether it
+    /// neutralized any (they become reusable after the next flush).
+    fn neutralize_matured(&self) -> bool {
+        let gen = self.current_gen();
+        let done = self.flush_done.load(Ordering::SeqCst);
+        let mut any = false;
+        for sub in 0..SUBDIRS {
+            let matured: Vec<u64> = {
+                let mut pool = lock(&gen.spares[sub]);
+                if pool.held.is_empty() {
+                    continue;
+                }
+                let mut matured = Vec::new();
+                pool.held.retain(|h| {
+                    let mature = h.need <= done;
+                    if mature {
+                        matured.push(h.id);
+                    }
+                    !mature
+                });
+                matured
+            };
+            for id in matured {
+                any = true;
+                self.give_back(&gen, sub, id);
+            }
+            // Beyond the pool's size, mature spares are removed.
+            let extra: Vec<u64> = {
+                let mut pool = lock(&gen.spares[sub]);
+                let over = pool.len().saturating_sub(self.spare_cap());
+                let mut extra = Vec::new();
+                while extra.len() < over {
+                    if let Some(id) = pool.ready.pop() {
+                        extra.push(id);
+                    } else if let Some((id, _)) = pool.neutral.pop() {
+                        extra.push(id);
+                    } else {
+                        break;
+                    }
+                }
+                extra
+            };
+            for id in extra {
+                let _ = self.fs.remove_file(&gen.spare_path(sub, id));
+            }
+        }
+        if any {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        any
     }
 
     /// Writes a record for `key` (stripe lock held): into a spare, then
@@ -1560,20 +2008,20 @@ impl Inner {
         self.ensure_subdir(gen, sub)?;
         let id = self.fill_spare(gen, sub, rec)?;
         if let Err(e) = self.barrier() {
-            lock(&gen.spares[sub]).push(id);
+            self.give_back(gen, sub, id);
             return Err(e);
         }
         match idx {
             Some(idx) => {
                 let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
                 self.barrier()?;
-                self.recycle_spare(gen, sub, old);
+                self.recycle_spare(gen, sub, old, hash, idx);
                 Ok(())
             }
             None => {
                 let (idx, old) = self.place_new(gen, sub, id, hash)?;
                 self.barrier()?;
-                self.recycle_spare(gen, sub, old);
+                self.recycle_spare(gen, sub, old, hash, idx);
                 self.log_put(gen, hash, key, idx)?;
                 self.barrier()
             }
@@ -1594,6 +2042,9 @@ impl Inner {
     ) -> Result<(u16, Option<u64>)> {
         let spare = gen.spare_path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
+            if self.periodic() && self.recently_vacated(gen, sub, hash, idx) {
+                continue;
+            }
             let target = gen.value_path(hash, idx);
             let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
                 match self.fs.rename_noreplace(&spare, &target) {
@@ -1602,16 +2053,16 @@ impl Inner {
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         self.noreplace_supported.store(false, Ordering::Relaxed);
                         self.name_taken(&target)
-                            .inspect_err(|_| lock(&gen.spares[sub]).push(id))?
+                            .inspect_err(|_| self.give_back(gen, sub, id))?
                     }
                     Err(e) => {
-                        lock(&gen.spares[sub]).push(id);
+                        self.give_back(gen, sub, id);
                         return Err(io_err(&target, e));
                     }
                 }
             } else {
                 self.name_taken(&target)
-                    .inspect_err(|_| lock(&gen.spares[sub]).push(id))?
+                    .inspect_err(|_| self.give_back(gen, sub, id))?
             };
             if taken && self.owned_by_mapped_key(gen, &target, hash, idx)? {
                 continue;
@@ -1620,7 +2071,7 @@ impl Inner {
             let old = self.swap_in(gen, sub, id, &target)?;
             return Ok((idx, old));
         }
-        lock(&gen.spares[sub]).push(id);
+        self.give_back(gen, sub, id);
         Err(Error::InvalidKey {
             reason: "too many keys share one hash",
         })
@@ -1730,7 +2181,18 @@ impl Inner {
 
     fn flusher_loop(&self, every: Duration) {
         let mut flushed = 0;
+        let mut last = std::time::Instant::now();
         while !self.stop.wait(every) {
+            // Kicked by a writer short of spares: not more often than
+            // every KICK_GAP.
+            let since = last.elapsed();
+            if since < KICK_GAP.min(every) {
+                std::thread::sleep(KICK_GAP.min(every) - since);
+                if self.stop.stopped() {
+                    return;
+                }
+            }
+            last = std::time::Instant::now();
             let changes = self.changes.load(Ordering::SeqCst);
             if self.read_only.load(Ordering::SeqCst) || changes == flushed {
                 continue;
@@ -1738,6 +2200,15 @@ impl Inner {
             flushed = changes;
             if let Err(e) = self.group_sync() {
                 log::error!("periodic flush failed, store is now read-only: {e}");
+                continue;
+            }
+            // Spares freed before that flush are neutralized now; a second
+            // flush makes them reusable right away.
+            if self.neutralize_matured() {
+                flushed = self.changes.load(Ordering::SeqCst);
+                if let Err(e) = self.group_sync() {
+                    log::error!("periodic flush failed, store is now read-only: {e}");
+                }
             }
         }
     }
@@ -1804,12 +2275,16 @@ impl Inner {
                         // Made in this session: already pooled or in use.
                         continue;
                     }
+                    if self.periodic() {
+                        self.sweep_spare(&gen, sub, id);
+                        continue;
+                    }
                     let mut pool = lock(&gen.spares[sub]);
                     if pool.len() < SPARES_PER_SUBDIR {
-                        if !pool.contains(&id) {
-                            pool.push(id);
+                        if !pool.contains(id) {
+                            pool.ready.push(id);
                         }
-                    } else if !pool.contains(&id) {
+                    } else if !pool.contains(id) {
                         drop(pool);
                         let _ = self.fs.remove_file(&dir.join(name));
                     }
@@ -1820,6 +2295,78 @@ impl Inner {
                         self.sweep_expired(&dir.join(name), hash);
                     }
                 }
+            }
+        }
+    }
+
+    /// `Periodic` mode: a spare left by an earlier session may hold the
+    /// last flushed value of a key whose file a power cut left without a
+    /// good record. Under that key's stripe lock, reading the key recovers
+    /// it (see [`Inner::recover`]); then the spare is neutralized and
+    /// pooled (reusable after the next flush), or removed when the pool is
+    /// full.
+    fn sweep_spare(&self, gen: &Generation, sub: usize, id: u64) {
+        let current = self.gen_read();
+        if !std::ptr::eq(&**current, gen) || lock(&gen.spares[sub]).contains(id) {
+            return;
+        }
+        let path = gen.spare_path(sub, id);
+        let Ok(buf) = self
+            .fs
+            .read_at(&path, 0, record::HEADER_LEN + MAX_KEY_BYTES)
+        else {
+            return;
+        };
+        // The key of a record or of a tombstone.
+        let owner: Option<Box<[u8]>> = match record::decode_header(&buf) {
+            Ok(h) => buf
+                .get(record::HEADER_LEN..record::HEADER_LEN + h.key_len)
+                .map(Box::from),
+            Err(_) => record::decode_tombstone(&buf).map(|(k, _)| Box::from(k)),
+        };
+        let owner = owner.filter(|k| layout::subdir_index((self.hasher)(k)) == sub);
+        let _g = owner
+            .as_ref()
+            .map(|k| lock(&self.stripe((self.hasher)(k)).lock));
+        if let Some(key) = &owner {
+            if let Err(e) = self.current(gen, (self.hasher)(key), key) {
+                log::warn!("cannot check the key of spare {}: {e}", path.display());
+                return;
+            }
+        }
+        let mut pool = lock(&gen.spares[sub]);
+        if pool.contains(id) {
+            return;
+        }
+        if let Some(key) = &owner {
+            // Held until a flush has made what the check above changed
+            // (a recovery, a removal) durable; the flusher neutralizes it
+            // then, or removes it when the pool is full.
+            let need = self.next_flush();
+            pool.held.push(Held {
+                id,
+                hash: (self.hasher)(key),
+                idx: ANY_IDX,
+                need,
+            });
+            self.changes.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        if pool.len() >= self.spare_cap() {
+            drop(pool);
+            let _ = self.fs.remove_file(&path);
+            return;
+        }
+        match self.fs.write_at(&path, 0, &NEUTRAL) {
+            Ok(()) => {
+                let need = self.next_flush();
+                pool.neutral.push((id, need));
+                self.changes.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => {
+                drop(pool);
+                let _ = self.fs.remove_file(&path);
             }
         }
     }
@@ -2069,7 +2616,9 @@ fn load_generation(
             records,
         }),
         subdir_ready: (0..SUBDIRS).map(|_| AtomicBool::new(false)).collect(),
-        spares: (0..SUBDIRS).map(|_| Mutex::new(Vec::new())).collect(),
+        spares: (0..SUBDIRS)
+            .map(|_| Mutex::new(SparePool::default()))
+            .collect(),
         // Spares made in this session are numbered from `epoch << 40`, so
         // they never clash with spares of earlier sessions (smaller epochs),
         // which the sweep adds to the pools.
