@@ -767,20 +767,7 @@ impl Store {
         value: impl AsRef<[u8]>,
         meta: ItemMeta,
     ) -> Result<StoreOutcome> {
-        let value = value.as_ref();
-        self.inner.check_value(value.len())?;
-        let cas = self.inner.update(key.as_ref(), |cur| {
-            Ok(match cur {
-                Some(_) => Action::Keep,
-                None => Action::Write {
-                    value: Cow::Borrowed(value),
-                    flags: meta.flags,
-                    expiry: meta.expiry,
-                    cas: None,
-                },
-            })
-        })?;
-        Ok(stored(cas))
+        self.store_if(key.as_ref(), value.as_ref(), meta, false)
     }
 
     /// Stores only if `key` is present.
@@ -793,17 +780,29 @@ impl Store {
         value: impl AsRef<[u8]>,
         meta: ItemMeta,
     ) -> Result<StoreOutcome> {
-        let value = value.as_ref();
+        self.store_if(key.as_ref(), value.as_ref(), meta, true)
+    }
+
+    /// `add` (`present == false`) and `replace` (`present == true`): stores
+    /// only if the key's presence is as wanted.
+    fn store_if(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        meta: ItemMeta,
+        present: bool,
+    ) -> Result<StoreOutcome> {
         self.inner.check_value(value.len())?;
-        let cas = self.inner.update(key.as_ref(), |cur| {
-            Ok(match cur {
-                None => Action::Keep,
-                Some(_) => Action::Write {
+        let cas = self.inner.update(key, |cur| {
+            Ok(if cur.is_some() != present {
+                Action::Keep
+            } else {
+                Action::Write {
                     value: Cow::Borrowed(value),
                     flags: meta.flags,
                     expiry: meta.expiry,
                     cas: None,
-                },
+                }
             })
         })?;
         Ok(stored(cas))
