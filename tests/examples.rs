@@ -1,6 +1,6 @@
-//! Runs the real `driver` example end to end: `--clients 100 --no-shell`
-//! twice over one data directory; the second run finds the data of the
-//! first.
+//! Runs the real examples end to end: `driver --clients 100 --no-shell`
+//! and `embedded`, each twice over one data directory; the second run finds
+//! the data of the first.
 //!
 //! `cargo test` builds the examples of the package before it runs its
 //! tests, so the example binary sits in `target/<profile>/examples/`
@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn driver_bin() -> PathBuf {
+fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin = profile_dir
         .join("examples")
-        .join(format!("driver{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "{} not built: run this test through `cargo test`, which builds the examples",
@@ -24,8 +24,12 @@ fn driver_bin() -> PathBuf {
 }
 
 fn run_driver(dir: &std::path::Path) -> String {
-    let out = Command::new(driver_bin())
-        .args(["--clients", "100", "--no-shell", "--dir"])
+    run_example("driver", &["--clients", "100", "--no-shell", "--dir"], dir)
+}
+
+fn run_example(name: &str, args: &[&str], dir: &std::path::Path) -> String {
+    let out = Command::new(example_bin(name))
+        .args(args)
         .arg(dir)
         .stdin(Stdio::null())
         .output()
@@ -71,4 +75,19 @@ fn driver_runs_100_clients_and_keeps_the_data() {
         second.contains("\nclients=100 ok=100 failed=0\n"),
         "{second}"
     );
+}
+
+#[test]
+fn embedded_example_keeps_its_counters_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("embedded-data");
+
+    let first = run_example("embedded", &[], &dir);
+    assert!(first.contains("\nhits = 4 "), "{first}");
+    assert!(first.contains("\nthis is run number 1 "), "{first}");
+
+    let second = run_example("embedded", &[], &dir);
+    assert!(second.contains(": 3 keys\n"), "{second}");
+    assert!(second.contains("\nhits = 8 "), "{second}");
+    assert!(second.contains("\nthis is run number 2 "), "{second}");
 }
