@@ -11,7 +11,7 @@
 //! <dir>/gen-<N>/<hh>/<hash>  value file of a key: <hash> = FNV-1a 64 of the key
 //!                            in 16 lower-case hex digits, <hh> = its first byte
 //! <dir>/gen-<N>/<hh>/<hash>.<i>  the i-th key with the same hash (collisions)
-//! <dir>/gen-<N>/<hh>/~spare.<n>  a recycled file, not a value (see store.rs)
+//! <dir>/gen-<N>/<hh>/~spare.<n>  a recycled file, not a value (see store/spares.rs)
 //! ```
 //!
 //! Value names only contain hex digits and a dot; every other file the store

@@ -25,7 +25,7 @@
 //! ```
 //!
 //! ## Overview
-//! - [`Store`] (`store.rs`): the only code that decides which file holds
+//! - [`Store`] (`store/`): the only code that decides which file holds
 //!   what. `Send + Sync`; share it by `&` or `Arc`. Besides `get`/`get_item`,
 //!   [`Store::get_item_with`] hands a borrowed [`ItemRef`] to a closure, so
 //!   a cached value reaches a socket buffer without an extra copy.
@@ -49,7 +49,7 @@
 //! <dir>/gen-<N>/map.log
 //! <dir>/gen-<N>/<hh>/<fnv1a64 hex>[.<collision index>]
 //! ```
-//! See the module docs of `store.rs` (how a write works) and the format
+//! See the module docs of `store/mod.rs` (how a write works) and the format
 //! tables in `record.rs` and `maplog.rs`; `docs/PERFORMANCE.md` has the
 //! measured figures.
 #![warn(missing_docs)]

@@ -1,0 +1,201 @@
+//! The read path: cache, then file; a bad file is dropped.
+
+use super::*;
+
+/// What a read of a value file found.
+pub(super) enum FileRead {
+    /// A good record of the key asked for.
+    Found(CachedItem),
+    /// No file by that name.
+    Missing,
+    /// A good record of another key.
+    OtherKey,
+    /// A damaged file.
+    Corrupt(String),
+    /// A tombstone of the key asked for (`Periodic`: a removal), with its
+    /// cas.
+    Tombstone(u64),
+}
+
+/// The key's state as seen under its stripe lock.
+pub(super) struct Current {
+    pub(super) idx: Option<u16>,
+    pub(super) item: Option<Arc<CachedItem>>,
+}
+
+impl Inner {
+    /// Reads the key's item (cache, then file) without taking its stripe
+    /// lock; falls back to a locked read when the file looks inconsistent.
+    pub(super) fn fetch(&self, key: &[u8]) -> Result<Option<Arc<CachedItem>>> {
+        self.clear_if_due()?;
+        validate_key(key)?;
+        let hash = (self.hasher)(key);
+        if let Some(it) = self.cache.get(hash, key) {
+            if !expired(it.expiry) {
+                return Ok(Some(it));
+            }
+            self.remove_if_expired(key)?;
+            return Ok(None);
+        }
+        let gen = self.gen_read();
+        let stripe = self.stripe(hash);
+        let seq = stripe.seq.load(Ordering::Acquire);
+        let Some(idx) = gen.lookup(hash, key) else {
+            return Ok(None);
+        };
+        if let FileRead::Found(item) = self.read_file(&gen, hash, idx, key)? {
+            if expired(item.expiry) {
+                drop(gen);
+                self.remove_if_expired(key)?;
+                return Ok(None);
+            }
+            let item = Arc::new(item);
+            if self.cache_enabled {
+                self.cache.insert_if(hash, key, item.clone(), || {
+                    stripe.seq.load(Ordering::Acquire) == seq
+                });
+            }
+            return Ok(Some(item));
+        }
+        // Missing, another key, or damage: look again under the lock, where
+        // no writer can be between steps.
+        let _g = lock(&stripe.lock);
+        let cur = self.current(&gen, hash, key)?;
+        if let Some(item) = &cur.item {
+            self.cache.insert(hash, key, item.clone());
+        }
+        Ok(cur.item)
+    }
+
+    /// Reads and checks the value file of (hash, idx).
+    pub(super) fn read_file(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        idx: u16,
+        key: &[u8],
+    ) -> Result<FileRead> {
+        self.read_record(&gen.value_path(hash, idx), key)
+    }
+
+    /// Reads and checks the file at `path` as a record of `key`.
+    pub(super) fn read_record(&self, path: &Path, key: &[u8]) -> Result<FileRead> {
+        let path = path.to_path_buf();
+        let mut buf = match self.fs.read_at(&path, 0, FIRST_READ) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Missing),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let header = match record::decode_header(&buf) {
+            Ok(h) => h,
+            Err(what) => {
+                return Ok(match record::decode_tombstone(&buf) {
+                    Some((k, cas)) if k == key => FileRead::Tombstone(cas),
+                    Some(_) => FileRead::OtherKey,
+                    None => FileRead::Corrupt(what),
+                })
+            }
+        };
+        let len = header.record_len();
+        if len > buf.len() && buf.len() == FIRST_READ {
+            let rest = self
+                .fs
+                .read_at(&path, FIRST_READ as u64, len - FIRST_READ)
+                .map_err(|e| io_err(&path, e))?;
+            buf.extend_from_slice(&rest);
+        }
+        match record::decode(&buf) {
+            Ok(rec) if rec.key == key => Ok(FileRead::Found(CachedItem {
+                value: rec.value.to_vec(),
+                flags: rec.flags,
+                expiry: rec.expiry,
+                cas: rec.cas,
+            })),
+            Ok(_) => Ok(FileRead::OtherKey),
+            Err(what) => Ok(FileRead::Corrupt(what)),
+        }
+    }
+
+    /// The key's state; the caller holds its stripe lock. Repairs what it
+    /// finds inconsistent: a map entry without a good file is dropped.
+    pub(super) fn current(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<Current> {
+        let Some(idx) = gen.lookup(hash, key) else {
+            return Ok(Current {
+                idx: None,
+                item: None,
+            });
+        };
+        if let Some(it) = self.cache.get(hash, key) {
+            let item = (!expired(it.expiry)).then_some(it);
+            return Ok(Current {
+                idx: Some(idx),
+                item,
+            });
+        }
+        match self.read_file(gen, hash, idx, key)? {
+            FileRead::Found(item) => {
+                let item = (!expired(item.expiry)).then(|| Arc::new(item));
+                Ok(Current {
+                    idx: Some(idx),
+                    item,
+                })
+            }
+            found @ (FileRead::OtherKey | FileRead::Corrupt(_)) if self.periodic() => {
+                match self.recover(gen, hash, idx, key)? {
+                    Some(item) => {
+                        let item = (!expired(item.expiry)).then(|| Arc::new(item));
+                        Ok(Current {
+                            idx: Some(idx),
+                            item,
+                        })
+                    }
+                    None => self.drop_bad_file(gen, hash, idx, key, found),
+                }
+            }
+            found => self.drop_bad_file(gen, hash, idx, key, found),
+        }
+    }
+}
+
+impl Inner {
+    /// Drops the key whose file is missing, another key's or damaged.
+    pub(super) fn drop_bad_file(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        idx: u16,
+        key: &[u8],
+        found: FileRead,
+    ) -> Result<Current> {
+        match found {
+            FileRead::Tombstone(_) => {
+                // A removal interrupted after its tombstone: finish it.
+                self.log_remove(gen, hash, key)?;
+                self.retire_file(gen, hash, &gen.value_path(hash, idx))?;
+                Ok(Current {
+                    idx: None,
+                    item: None,
+                })
+            }
+            FileRead::Found(_) | FileRead::Missing | FileRead::OtherKey => {
+                // The file went away (interrupted delete) or the name was
+                // reused for another key: the key is absent.
+                self.log_remove(gen, hash, key)?;
+                Ok(Current {
+                    idx: None,
+                    item: None,
+                })
+            }
+            FileRead::Corrupt(what) => {
+                let path = gen.value_path(hash, idx);
+                log::warn!("dropping damaged value file {}: {what}", path.display());
+                self.retire_file(gen, hash, &path)?;
+                self.log_remove(gen, hash, key)?;
+                Ok(Current {
+                    idx: None,
+                    item: None,
+                })
+            }
+        }
+    }
+}

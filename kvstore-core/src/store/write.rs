@@ -1,0 +1,322 @@
+//! The write/update path: placement of new keys, exchange of a filled spare with the live file.
+
+use super::*;
+
+/// What a conditional update decides.
+pub(super) enum Action<'a> {
+    /// Leave the key alone.
+    Keep,
+    /// Write this value; `cas: None` draws a new cas.
+    Write {
+        value: Cow<'a, [u8]>,
+        flags: u32,
+        expiry: Expiry,
+        cas: Option<u64>,
+    },
+}
+
+impl Inner {
+    /// Runs `decide` on the key's current item under its stripe lock and
+    /// carries out the decision. Returns the cas written, if anything was.
+    pub(super) fn update<'a>(
+        &self,
+        key: &[u8],
+        decide: impl FnOnce(Option<&CachedItem>) -> Result<Action<'a>>,
+    ) -> Result<Option<u64>> {
+        self.clear_if_due()?;
+        validate_key(key)?;
+        self.check_writable()?;
+        let hash = (self.hasher)(key);
+        let gen = self.gen_read();
+        let stripe = self.stripe(hash);
+        let _g = lock(&stripe.lock);
+        let cur = self.current(&gen, hash, key)?;
+        let (value, flags, expiry, cas) = match decide(cur.item.as_deref())? {
+            Action::Keep => {
+                // An expired item found on the way is removed now.
+                if cur.item.is_none() && cur.idx.is_some() {
+                    self.remove_locked(&gen, hash, key, cur.idx)?;
+                }
+                return Ok(None);
+            }
+            Action::Write {
+                value,
+                flags,
+                expiry,
+                cas,
+            } => (value, flags, expiry, cas.unwrap_or_else(|| self.next_cas())),
+        };
+        let rec = record::encode(key, &value, flags, expiry, cas).ok_or(Error::ValueTooLarge {
+            len: value.len(),
+            max: self.max_value_bytes,
+        })?;
+        if expiry != Expiry::Never {
+            self.mark_expiring(&gen)?;
+        }
+        let written = self.write_record(&gen, hash, key, cur.idx, &rec);
+        stripe.seq.fetch_add(1, Ordering::Release);
+        if let Err(e) = written {
+            // The file may or may not have changed: the cache must not
+            // claim either.
+            self.cache.remove(hash, key);
+            return Err(e);
+        }
+        if self.cache_enabled {
+            let item = CachedItem {
+                value: value.into_owned(),
+                flags,
+                expiry,
+                cas,
+            };
+            self.cache.insert(hash, key, Arc::new(item));
+        }
+        Ok(Some(cas))
+    }
+
+    pub(super) fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.clear_if_due()?;
+        validate_key(key)?;
+        self.check_writable()?;
+        let hash = (self.hasher)(key);
+        let gen = self.gen_read();
+        let stripe = self.stripe(hash);
+        let _g = lock(&stripe.lock);
+        let cur = self.current(&gen, hash, key)?;
+        if cur.idx.is_some() {
+            self.remove_locked(&gen, hash, key, cur.idx)?;
+        }
+        Ok(cur.item.is_some())
+    }
+
+    /// Removes the key if it is (still) expired.
+    pub(super) fn remove_if_expired(&self, key: &[u8]) -> Result<()> {
+        if self.read_only.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let hash = (self.hasher)(key);
+        let gen = self.gen_read();
+        let stripe = self.stripe(hash);
+        let _g = lock(&stripe.lock);
+        let cur = self.current(&gen, hash, key)?;
+        if cur.item.is_none() && cur.idx.is_some() {
+            self.remove_locked(&gen, hash, key, cur.idx)?;
+        }
+        Ok(())
+    }
+
+    /// Logs the removal, then moves the key's file to the spare pool. The
+    /// caller holds the stripe lock.
+    ///
+    /// The log record comes first so that a failed append leaves the key
+    /// and its file untouched (the previous value stays readable); once it
+    /// is written the key is gone, and a file that cannot be moved away is
+    /// a harmless stray (verify counts it, the next write of that hash
+    /// reuses it).
+    pub(super) fn remove_locked(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        key: &[u8],
+        idx: Option<u16>,
+    ) -> Result<()> {
+        let Some(idx) = idx else { return Ok(()) };
+        self.log_remove(gen, hash, key)?;
+        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
+        self.cache.remove(hash, key);
+        self.barrier()?;
+        let path = gen.value_path(hash, idx);
+        if self.periodic() {
+            return self.retire_removed(gen, hash, idx, key);
+        }
+        if let Err(e) = self.retire_file(gen, hash, &path) {
+            log::warn!("removed key's file left in place: {e}");
+        }
+        self.barrier()
+    }
+}
+
+impl Inner {
+    pub(super) fn mark_expiring(&self, gen: &Generation) -> Result<()> {
+        if gen.expiring_marked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let path = gen.dir.join(layout::EXPIRING_MARK);
+        match self.fs.create_new(&path, b"") {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        gen.expiring_marked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(super) fn ensure_subdir(&self, gen: &Generation, sub: usize) -> Result<()> {
+        if gen.subdir_ready[sub].load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let path = gen.subdir_path(sub);
+        match self.fs.create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                require_real_dir(&*self.fs, &path)?
+            }
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        gen.subdir_ready[sub].store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Puts the filled spare `id` in place of `target`. With exchange, the
+    /// old file becomes a spare, returned as `Some(id)`: the caller recycles
+    /// it with [`Inner::recycle_spare`] only after the exchange is durable
+    /// (until then a power cut can bring the old name back to that inode,
+    /// so another writer must not overwrite it in place). Without exchange
+    /// the old file is replaced (and freed).
+    pub(super) fn swap_in(
+        &self,
+        gen: &Generation,
+        sub: usize,
+        id: u64,
+        target: &Path,
+    ) -> Result<Option<u64>> {
+        let spare = gen.spare_path(sub, id);
+        if self.exchange_supported.load(Ordering::Relaxed) {
+            match self.fs.rename_exchange(&spare, target) {
+                Ok(()) => return Ok(Some(id)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    self.exchange_supported.store(false, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.give_back(gen, sub, id);
+                    return Err(io_err(target, e));
+                }
+            }
+        }
+        self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
+            self.give_back(gen, sub, id);
+            io_err(target, e)
+        })
+    }
+}
+
+impl Inner {
+    /// Writes a record for `key` (stripe lock held): into a spare, then
+    /// swapped in; a new key also gets a collision index and a map record.
+    /// In `Always` mode: data flushed, renamed, directory flushed, then the
+    /// map record flushed.
+    pub(super) fn write_record(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        key: &[u8],
+        idx: Option<u16>,
+        rec: &[u8],
+    ) -> Result<()> {
+        let sub = layout::subdir_index(hash);
+        self.ensure_subdir(gen, sub)?;
+        let id = self.fill_spare(gen, sub, rec)?;
+        if let Err(e) = self.barrier() {
+            self.give_back(gen, sub, id);
+            return Err(e);
+        }
+        match idx {
+            Some(idx) => {
+                let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
+                self.barrier()?;
+                self.recycle_spare(gen, sub, old, hash, idx);
+                Ok(())
+            }
+            None => {
+                let (idx, old) = self.place_new(gen, sub, id, hash)?;
+                self.barrier()?;
+                self.recycle_spare(gen, sub, old, hash, idx);
+                self.log_put(gen, hash, key, idx)?;
+                self.barrier()
+            }
+        }
+    }
+
+    /// Puts the filled spare `id` under the first collision index of `hash`
+    /// whose name is free (or holds a leftover no map entry points to, which
+    /// becomes a spare); returns that index and the leftover's spare id, to
+    /// recycle once durable (see [`Inner::swap_in`]). Stripe lock of `hash`
+    /// held.
+    pub(super) fn place_new(
+        &self,
+        gen: &Generation,
+        sub: usize,
+        id: u64,
+        hash: u64,
+    ) -> Result<(u16, Option<u64>)> {
+        let spare = gen.spare_path(sub, id);
+        for idx in 0..=layout::MAX_COLLISION_INDEX {
+            if self.periodic() && self.recently_vacated(gen, sub, hash, idx) {
+                continue;
+            }
+            let target = gen.value_path(hash, idx);
+            let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
+                match self.fs.rename_noreplace(&spare, &target) {
+                    Ok(()) => return Ok((idx, None)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        self.noreplace_supported.store(false, Ordering::Relaxed);
+                        self.name_taken(&target)
+                            .inspect_err(|_| self.give_back(gen, sub, id))?
+                    }
+                    Err(e) => {
+                        self.give_back(gen, sub, id);
+                        return Err(io_err(&target, e));
+                    }
+                }
+            } else {
+                self.name_taken(&target)
+                    .inspect_err(|_| self.give_back(gen, sub, id))?
+            };
+            if taken && self.owned_by_mapped_key(gen, &target, hash, idx)? {
+                continue;
+            }
+            // Free, or a leftover: swap in (the leftover becomes a spare).
+            let old = self.swap_in(gen, sub, id, &target)?;
+            return Ok((idx, old));
+        }
+        self.give_back(gen, sub, id);
+        Err(Error::InvalidKey {
+            reason: "too many keys share one hash",
+        })
+    }
+
+    pub(super) fn name_taken(&self, path: &Path) -> Result<bool> {
+        self.fs
+            .file_len(path)
+            .map(|len| len.is_some())
+            .map_err(|e| io_err(path, e))
+    }
+
+    /// Whether the value file `path` (hash, idx) belongs to a key the map
+    /// points to it.
+    pub(super) fn owned_by_mapped_key(
+        &self,
+        gen: &Generation,
+        path: &Path,
+        hash: u64,
+        idx: u16,
+    ) -> Result<bool> {
+        let buf = match self.fs.read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let owner = record::decode_header(&buf).ok().and_then(|h| {
+            let end = record::HEADER_LEN + h.key_len;
+            buf.get(record::HEADER_LEN..end)
+        });
+        Ok(owner.is_some_and(|other| {
+            (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx)
+        }))
+    }
+}
