@@ -110,13 +110,7 @@ pub(crate) mod offline {
     pub(crate) fn verify(dir: &Path, options: &Options) -> Result<VerifyReport> {
         let fs = &*options.file_system;
         let hasher = options.key_hasher;
-        if fs.file_len(dir).map_err(|e| io_err(dir, e))?.is_none() {
-            return Err(io_err(
-                dir,
-                io::Error::new(io::ErrorKind::NotFound, "no such directory"),
-            ));
-        }
-        let _lock = lock_dir(fs, dir)?;
+        let _lock = lock_offline(fs, dir)?;
         let n = live_generation(fs, dir)?;
         let gen_dir = dir.join(layout::gen_name(n));
         let mut report = VerifyReport {
@@ -190,13 +184,7 @@ pub(crate) mod offline {
     pub(crate) fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
         let fs = &*options.file_system;
         let hasher = options.key_hasher;
-        if fs.file_len(dir).map_err(|e| io_err(dir, e))?.is_none() {
-            return Err(io_err(
-                dir,
-                io::Error::new(io::ErrorKind::NotFound, "no such directory"),
-            ));
-        }
-        let _lock = lock_dir(fs, dir)?;
+        let _lock = lock_offline(fs, dir)?;
         let mut report = RepairReport::default();
         let mut gens: Vec<u64> = list_names(fs, dir)?
             .iter()
@@ -281,4 +269,16 @@ pub(crate) mod offline {
             _ => key.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
+}
+
+/// Locks the existing store directory `dir` for an offline pass (verify or
+/// repair): a missing directory is an error, not a new empty store.
+fn lock_offline(fs: &dyn FileSystem, dir: &Path) -> Result<DirLock> {
+    if fs.file_len(dir).map_err(|e| io_err(dir, e))?.is_none() {
+        return Err(io_err(
+            dir,
+            io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+        ));
+    }
+    lock_dir(fs, dir)
 }
