@@ -108,6 +108,24 @@ pub fn parse_spare_name(name: &str) -> Option<u64> {
     n.parse().ok()
 }
 
+/// Prefix of the write-ahead journal files (`journal.<n>`) in the store
+/// directory.
+pub const JOURNAL_PREFIX: &str = "journal.";
+
+/// File name of journal number `n`.
+pub fn journal_name(n: u64) -> String {
+    format!("{JOURNAL_PREFIX}{n}")
+}
+
+/// Parses a journal file name back into its number.
+pub fn parse_journal_name(name: &str) -> Option<u64> {
+    let n = name.strip_prefix(JOURNAL_PREFIX)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// Directory name of generation `n`.
 pub fn gen_name(n: u64) -> String {
     format!("gen-{n}")

@@ -40,12 +40,13 @@
 //!
 //! Internals: `layout.rs` (key -> FNV-1a 64 path under 256 subdirectories,
 //! file names), `record.rs` (value-file format with crc32), `maplog.rs` (the
-//! map log format), `lock.rs` (the fs2 directory lock), `cache.rs` (the
+//! map log format), `journal.rs` (the write-ahead journal of
+//! `Durability::Always`), `lock.rs` (the fs2 directory lock), `cache.rs` (the
 //! bounded value cache).
 //!
 //! ## On disk
 //! ```text
-//! <dir>/LOCK  CURRENT  EPOCH  [CLEAR_AT]
+//! <dir>/LOCK  CURRENT  EPOCH  [CLEAR_AT]  [journal.<n>]   (journal: `Always` only)
 //! <dir>/gen-<N>/map.log
 //! <dir>/gen-<N>/<hh>/<fnv1a64 hex>[.<collision index>]
 //! ```
@@ -58,6 +59,7 @@ mod cache;
 pub mod error;
 pub mod io;
 pub mod item;
+mod journal;
 mod layout;
 mod lock;
 mod maplog;

@@ -462,6 +462,8 @@ fn options(fs: Arc<dyn FileSystem>, durability: Durability) -> Options {
         .cache_bytes(0)
         .file_system(fs)
         .key_hasher(crowded_hash)
+        // `Always`: many journal checkpoints during the workload.
+        .checkpoint_interval(std::time::Duration::from_millis(3))
 }
 
 /// One acknowledged (or in-flight) operation on one key.

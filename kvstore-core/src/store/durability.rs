@@ -18,15 +18,12 @@ pub(super) struct SyncState {
 }
 
 impl Inner {
-    /// Called after each step of a write: `Always` waits for a group
-    /// flush; other modes only note that there is something to flush.
+    /// Called after each step of a write: notes that there is something to
+    /// flush. (`Always` makes a write durable through the journal before
+    /// its file steps, see `store/journal.rs`, so no step waits here.)
     pub(super) fn barrier(&self) -> Result<()> {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        if self.durability == Durability::Always {
-            self.group_sync()
-        } else {
-            Ok(())
-        }
+        Ok(())
     }
 
     /// Waits until a `syncfs` that started after this call has finished;

@@ -18,8 +18,10 @@
 //! stripe lock.
 //!
 //! # The life of a spare, and power cuts in `Periodic` mode
-//! `Always` flushes the spare's data before the swap and the swap before
-//! the old file is reused, so a power cut finds every acknowledged record.
+//! `Always` journals every write before it touches a file (the record is
+//! appended to a write-ahead journal and flushed, shared by concurrent
+//! writers), so a power cut finds every acknowledged record: reopening
+//! replays the journal onto whatever the files hold (`store/journal.rs`).
 //! `Never` promises nothing for a power cut: a freed file is reusable at
 //! once. `Periodic` flushes only every interval, and the disk may receive
 //! a swap before the data written into the spare. Its promise (a power cut
@@ -100,6 +102,7 @@ use crate::MAX_KEY_BYTES;
 mod clear;
 mod durability;
 mod files;
+mod journal;
 mod map;
 mod open;
 mod read;
@@ -110,6 +113,7 @@ mod write;
 use self::clear::*;
 use self::durability::*;
 use self::files::*;
+use self::journal::*;
 use self::map::*;
 use self::open::*;
 use self::read::*;
@@ -297,6 +301,15 @@ impl Generation {
         self.dir.join(layout::MAP_LOG)
     }
 
+    /// The generation's number (from its directory name `gen-<N>`).
+    fn number(&self) -> u64 {
+        self.dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(layout::parse_gen_name)
+            .unwrap_or(0)
+    }
+
     fn map_snapshot(&self) -> Vec<(Box<[u8]>, u16)> {
         let mut out = Vec::with_capacity(self.count.load(Ordering::Relaxed));
         for shard in self.shards.iter() {
@@ -339,6 +352,8 @@ struct Inner {
     /// Bumped by every change on disk, so the periodic flusher can skip
     /// idle intervals.
     changes: AtomicU64,
+    /// The write-ahead journal (`Always` mode only).
+    journal: Option<Journal>,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
     doomed_cv: Condvar,
@@ -389,9 +404,12 @@ impl Store {
 
         // Generations present, leftovers of interrupted small-file writes.
         let mut gens = Vec::new();
+        let mut journals = Vec::new();
         for name in list_names(&*fs, &dir)? {
             if let Some(n) = layout::parse_gen_name(&name) {
                 gens.push(n);
+            } else if let Some(n) = layout::parse_journal_name(&name) {
+                journals.push((n, dir.join(&name)));
             } else if name.ends_with(layout::TMP_SUFFIX) {
                 let _ = fs.remove_file(&dir.join(&name));
             }
@@ -431,6 +449,13 @@ impl Store {
             .map(|&n| dir.join(layout::gen_name(n)))
             .collect();
         let next_gen = gens.iter().copied().chain([current]).max().unwrap_or(0) + 1;
+        let journal = match options.durability {
+            Durability::Always => {
+                let seq = journals.iter().map(|&(n, _)| n + 1).max().unwrap_or(0);
+                Some(Journal::create(&*fs, &dir, seq)?)
+            }
+            _ => None,
+        };
 
         let inner = Arc::new(Inner {
             dir,
@@ -462,10 +487,14 @@ impl Store {
             stop: Stop::default(),
             sweep_done: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            journal,
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
             _lock: dir_lock,
         });
+        // Writes an `Always` session journaled but may not have finished
+        // in the value files (any mode replays them).
+        inner.replay_journals(&mut journals)?;
 
         let mut threads = Vec::new();
         {
@@ -483,6 +512,13 @@ impl Store {
             let inner = inner.clone();
             let every = every.max(Duration::from_millis(1));
             threads.push(spawn("kvstore-flusher", move || inner.flusher_loop(every))?);
+        }
+        if inner.journal.is_some() {
+            let inner = inner.clone();
+            let every = options.checkpoint_interval;
+            threads.push(spawn("kvstore-checkpointer", move || {
+                inner.checkpointer_loop(every)
+            })?);
         }
         Ok(Store {
             inner,
@@ -907,7 +943,21 @@ impl Store {
     /// # Errors
     /// As [`Store::repair`].
     pub fn repair_with(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
-        crate::store::offline::repair(dir.as_ref(), &options)
+        let dir = dir.as_ref();
+        // Writes an `Always` session journaled are replayed first (by an
+        // open), so that the rebuilt map sees them. A store too damaged to
+        // open is repaired as it is; its journal stays for the next open.
+        let journaled = list_names(&*options.file_system, dir)?
+            .iter()
+            .any(|n| layout::parse_journal_name(n).is_some());
+        if journaled {
+            match Store::open_with(dir, options.clone().durability(Durability::Never)) {
+                Ok(store) => drop(store),
+                Err(e @ Error::Locked { .. }) => return Err(e),
+                Err(e) => log::warn!("cannot replay the journal before repair: {e}"),
+            }
+        }
+        crate::store::offline::repair(dir, &options)
     }
 }
 
@@ -938,7 +988,11 @@ impl Drop for Store {
         if self.inner.durability != Durability::Never
             && !self.inner.read_only.load(Ordering::SeqCst)
         {
-            let _ = self.inner.group_sync();
+            if self.inner.journal.is_some() {
+                let _ = self.inner.close_journal();
+            } else {
+                let _ = self.inner.group_sync();
+            }
         }
     }
 }

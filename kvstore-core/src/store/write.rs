@@ -1,6 +1,7 @@
 //! The write/update path: placement of new keys, exchange of a filled spare with the live file.
 
 use super::*;
+use crate::journal::Entry;
 
 /// What a conditional update decides.
 pub(super) enum Action<'a> {
@@ -104,6 +105,25 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes the key's file (stripe lock held). In `Always` mode the
+    /// removal is journaled first (see `store/journal.rs`).
+    pub(super) fn remove_locked(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        key: &[u8],
+        idx: Option<u16>,
+    ) -> Result<()> {
+        if idx.is_none() {
+            return Ok(());
+        }
+        let cas = self.next_cas();
+        let ticket = self.journal_write(gen, cas, |gen| Entry::Remove { gen, cas, key })?;
+        let res = self.remove_files(gen, hash, key, idx);
+        self.journal_finish(ticket, res.is_ok());
+        res
+    }
+
     /// Logs the removal, then moves the key's file to the spare pool. The
     /// caller holds the stripe lock.
     ///
@@ -112,7 +132,7 @@ impl Inner {
     /// is written the key is gone, and a file that cannot be moved away is
     /// a harmless stray (verify counts it, the next write of that hash
     /// reuses it).
-    pub(super) fn remove_locked(
+    pub(super) fn remove_files(
         &self,
         gen: &Generation,
         hash: u64,
@@ -205,11 +225,27 @@ impl Inner {
 }
 
 impl Inner {
-    /// Writes a record for `key` (stripe lock held): into a spare, then
-    /// swapped in; a new key also gets a collision index and a map record.
-    /// In `Always` mode: data flushed, renamed, directory flushed, then the
-    /// map record flushed.
+    /// Writes a record for `key` (stripe lock held). In `Always` mode the
+    /// record is journaled first (see `store/journal.rs`).
     pub(super) fn write_record(
+        &self,
+        gen: &Generation,
+        hash: u64,
+        key: &[u8],
+        idx: Option<u16>,
+        rec: &[u8],
+    ) -> Result<()> {
+        let cas = record::decode_header(rec).map_or(0, |h| h.cas);
+        let ticket = self.journal_write(gen, cas, |gen| Entry::Put { gen, record: rec })?;
+        let res = self.write_files(gen, hash, key, idx, rec);
+        self.journal_finish(ticket, res.is_ok());
+        res
+    }
+
+    /// Writes a record for `key` into the files (stripe lock held): into a
+    /// spare, then swapped in; a new key also gets a collision index and a
+    /// map record.
+    pub(super) fn write_files(
         &self,
         gen: &Generation,
         hash: u64,

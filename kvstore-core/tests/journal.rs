@@ -1,0 +1,322 @@
+//! The write-ahead journal of `Durability::Always`: what a reopen replays
+//! onto the value files, what it must not, and how a failed write is
+//! cancelled.
+//!
+//! A [`KeepJournal`] file system never removes journal files (so the
+//! journal of a closed store is still there to replay, as after a power
+//! cut) and can make renames in the value directories fail (so that a
+//! write fails after its journal entry is durable).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
+use kvstore_core::{Durability, Options, Store};
+
+#[derive(Default)]
+struct KeepJournal {
+    fail_renames: AtomicBool,
+}
+
+fn is_journal(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("journal."))
+}
+
+/// `EIO`.
+fn injected() -> io::Error {
+    io::Error::from_raw_os_error(5)
+}
+
+impl KeepJournal {
+    fn check_rename(&self) -> io::Result<()> {
+        if self.fail_renames.load(Ordering::SeqCst) {
+            Err(injected())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl FileSystem for KeepJournal {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        StdFileSystem.list_dir(path)
+    }
+    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        StdFileSystem.create_new(path, data)
+    }
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        StdFileSystem.write_at(path, offset, data)
+    }
+    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
+        StdFileSystem.read_at(path, offset, max_len)
+    }
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
+        StdFileSystem.file_len(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_rename()?;
+        StdFileSystem.rename(from, to)
+    }
+    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.check_rename()?;
+        StdFileSystem.rename_exchange(a, b)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_rename()?;
+        StdFileSystem.rename_noreplace(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        if is_journal(path) {
+            return Ok(());
+        }
+        StdFileSystem.remove_file(path)
+    }
+    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
+        StdFileSystem.set_len(path, len)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.sync_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.sync_dir(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.syncfs(path)
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        StdFileSystem.open_append(path)
+    }
+    fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
+        StdFileSystem.open_lock_file(path)
+    }
+}
+
+fn always(fs: &Arc<KeepJournal>) -> Options {
+    Options::new()
+        .durability(Durability::Always)
+        .file_system(fs.clone())
+        // No checkpoint during a test: the whole history stays journaled.
+        .checkpoint_interval(std::time::Duration::from_secs(3600))
+}
+
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| is_journal(p))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every value file (not spare) of the live generation.
+fn value_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for gen in fs::read_dir(dir).unwrap() {
+        let gen = gen.unwrap().path();
+        let is_gen = gen
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("gen-"));
+        if !is_gen {
+            continue;
+        }
+        for sub in fs::read_dir(&gen).unwrap() {
+            let sub = sub.unwrap().path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&sub).unwrap() {
+                let f = f.unwrap().path();
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                if !name.starts_with('~') {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reopen_replays_journaled_writes_that_never_reached_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(KeepJournal::default());
+    {
+        let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
+        for i in 0..20 {
+            store.set(format!("k{i}"), format!("v{i}")).unwrap();
+        }
+        store.set("k3", "overwritten").unwrap();
+        assert!(store.delete("k4").unwrap());
+        store.append("k5", "+tail").unwrap();
+    }
+    assert!(
+        !journals(tmp.path()).is_empty(),
+        "journal kept for the test"
+    );
+    // What a power cut can leave: value files that never got their data.
+    let files = value_files(tmp.path());
+    assert_eq!(files.len(), 19);
+    for f in &files {
+        fs::write(f, b"").unwrap();
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    assert!(
+        journals(tmp.path()).is_empty(),
+        "replayed journals are removed"
+    );
+    assert_eq!(store.len(), 19);
+    for i in 0..20 {
+        let want = match i {
+            3 => Some(b"overwritten".to_vec()),
+            4 => None,
+            5 => Some(b"v5+tail".to_vec()),
+            _ => Some(format!("v{i}").into_bytes()),
+        };
+        assert_eq!(store.get(format!("k{i}")).unwrap(), want, "k{i}");
+    }
+    drop(store);
+    assert!(Store::verify(tmp.path()).unwrap().is_ok());
+}
+
+#[test]
+fn replay_does_not_resurrect_a_removed_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(KeepJournal::default());
+    let old_file;
+    {
+        let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
+        store.set("gone", "old value").unwrap();
+        let files = value_files(tmp.path());
+        assert_eq!(files.len(), 1);
+        old_file = (files[0].clone(), fs::read(&files[0]).unwrap());
+        assert!(store.delete("gone").unwrap());
+        store.set("other", "x").unwrap();
+    }
+    // The removal did not reach the disk: the old file is back in place.
+    fs::write(&old_file.0, &old_file.1).unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get("gone").unwrap(), None);
+    assert_eq!(store.get("other").unwrap(), Some(b"x".to_vec()));
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(KeepJournal::default());
+    {
+        let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
+        store.set("kept", "1").unwrap();
+        store.set("changed", "old").unwrap();
+        fs.fail_renames.store(true, Ordering::SeqCst);
+        assert!(store.set("changed", "new").is_err());
+        assert!(store.set("fresh", "never").is_err());
+        fs.fail_renames.store(false, Ordering::SeqCst);
+        // The store goes on: the failure was the write's own.
+        assert_eq!(store.get("changed").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(store.get("fresh").unwrap(), None);
+        store.set("after", "2").unwrap();
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get("changed").unwrap(), Some(b"old".to_vec()));
+    assert_eq!(store.get("fresh").unwrap(), None);
+    assert_eq!(store.get("kept").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get("after").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(store.len(), 3);
+}
+
+#[test]
+fn entries_of_a_cleared_generation_are_not_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(KeepJournal::default());
+    {
+        let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
+        store.set("before", "1").unwrap();
+        store.clear().unwrap();
+        store.set("after", "2").unwrap();
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get("before").unwrap(), None);
+    assert_eq!(store.get("after").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn a_torn_journal_tail_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(KeepJournal::default());
+    {
+        let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
+        store.set("a", "1").unwrap();
+        store.set("b", "2").unwrap();
+    }
+    let files = journals(tmp.path());
+    let last = files.last().unwrap();
+    let mut bytes = fs::read(last).unwrap();
+    // Half of a frame more, as a power cut mid-append leaves it.
+    bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, 1, 0]);
+    fs::write(last, &bytes).unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get("b").unwrap(), Some(b"2".to_vec()));
+    assert!(journals(tmp.path()).is_empty());
+}
+
+#[test]
+fn a_clean_close_leaves_no_journal_and_checkpoints_remove_old_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(
+            tmp.path(),
+            Options::new()
+                .durability(Durability::Always)
+                .checkpoint_interval(std::time::Duration::from_millis(5)),
+        )
+        .unwrap();
+        for i in 0..50 {
+            store.set(format!("k{i}"), "v").unwrap();
+        }
+        // Checkpoints keep at most the current file and one being retired.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while journals(tmp.path()).len() > 1 {
+            assert!(std::time::Instant::now() < deadline, "old journals stay");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    assert!(journals(tmp.path()).is_empty());
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.len(), 50);
+}
+
+#[test]
+fn repair_replays_the_journal_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(KeepJournal::default());
+    {
+        let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
+        store.set("a", "1").unwrap();
+        store.set("b", "2").unwrap();
+    }
+    for f in value_files(tmp.path()) {
+        fs::remove_file(f).unwrap();
+    }
+    let report = Store::repair(tmp.path()).unwrap();
+    assert_eq!(report.keys_recovered, 2, "{report}");
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get("b").unwrap(), Some(b"2".to_vec()));
+}
