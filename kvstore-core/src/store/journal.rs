@@ -40,6 +40,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::*;
 use crate::journal::{self, Entry};
 
+/// Most batches one leader flushes in a row.
+const LEAD_ROUNDS: u32 = 3;
 /// A journal file longer than this asks for a checkpoint at once.
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 
@@ -243,23 +245,33 @@ impl Inner {
                 continue;
             }
             st.syncing = true;
-            let led = st.batch;
-            st.batch += 1;
-            let batch = std::mem::take(&mut st.buffer);
-            let (from, upto) = (st.synced, st.appended);
-            drop(st);
-            let res = self.journal_write_batch(j, &batch, from, upto);
-            st = lock(&j.state);
-            st.syncing = false;
-            j.batch_done[(led % 2) as usize].notify_all();
-            let next = &j.batch_done[((led + 1) % 2) as usize];
-            if res.is_err() {
-                next.notify_all();
-            } else if !st.buffer.is_empty() {
-                // One writer of the next batch leads it.
-                next.notify_one();
+            // The leader flushes its own batch and, while writers keep
+            // coming, up to `LEAD_ROUNDS - 1` more: it is already running,
+            // where a hand-off costs a wake-up.
+            for round in 1..=LEAD_ROUNDS {
+                let led = st.batch;
+                st.batch += 1;
+                let batch = std::mem::take(&mut st.buffer);
+                let (from, upto) = (st.synced, st.appended);
+                drop(st);
+                let res = self.journal_write_batch(j, &batch, from, upto);
+                st = lock(&j.state);
+                j.batch_done[(led % 2) as usize].notify_all();
+                let next = &j.batch_done[((led + 1) % 2) as usize];
+                if let Err(e) = res {
+                    st.syncing = false;
+                    next.notify_all();
+                    return Err(e);
+                }
+                if st.buffer.is_empty() {
+                    break;
+                }
+                if round == LEAD_ROUNDS {
+                    // One writer of the next batch leads it.
+                    next.notify_one();
+                }
             }
-            res?;
+            st.syncing = false;
         }
     }
 
