@@ -332,8 +332,9 @@ impl FileSystem for RecordingFs {
 /// dropped, the later ones of that file are too (successive appends share
 /// pages, which reach the disk whole; a hole in the middle of the log would
 /// be a state no disk produces).
-fn crash_state(log: &Log, cut: usize, keep: f64, rng: &mut StdRng) -> Disk {
+fn crash_state(log: &Log, cut: usize, keep: f64, rng: &mut StdRng) -> (Disk, Vec<bool>) {
     let mut disk = Disk::default();
+    let mut kept = vec![false; cut];
     let mut torn: std::collections::HashSet<Ino> = std::collections::HashSet::new();
     for i in 0..cut {
         let durable = log.durable_at[i].is_some_and(|d| d <= cut);
@@ -354,9 +355,170 @@ fn crash_state(log: &Log, cut: usize, keep: f64, rng: &mut StdRng) -> Disk {
                 continue;
             }
         }
+        kept[i] = true;
         disk.apply(&log.ops[i]);
     }
-    disk
+    (disk, kept)
+}
+
+/// What a write's bytes are, for the diagnostics.
+fn describe(data: &[u8]) -> String {
+    if data.len() >= 36 && (&data[..4] == b"KVSR" || &data[..4] == b"KVSD") {
+        let klen = u16::from_le_bytes([data[6], data[7]]) as usize;
+        let vlen = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
+        let cas = u64::from_le_bytes(data[24..32].try_into().unwrap()) & ((1 << 40) - 1);
+        let key = String::from_utf8_lossy(&data[36..(36 + klen).min(data.len())]).into_owned();
+        if &data[..4] == b"KVSD" {
+            return format!("TOMB {key} cas {cas}");
+        }
+        let v = &data[(36 + klen).min(data.len())..];
+        let end = v.iter().position(|&b| b == b'>').map_or(v.len().min(12), |p| p + 1);
+        return format!(
+            "REC {key} cas {cas} {} ({vlen} B)",
+            String::from_utf8_lossy(&v[..end])
+        );
+    }
+    if data == [0u8; 4] {
+        return "NEUTRAL".into();
+    }
+    format!("{} bytes {:?}", data.len(), &data[..data.len().min(6)])
+}
+
+/// Diagnostics for a key found older than flushed: every operation on the
+/// key's names and on the inodes that ever held its records, up to the cut.
+#[allow(clippy::too_many_arguments)]
+fn dump_stale(
+    log: &Log,
+    opened_at: usize,
+    cut: usize,
+    guaranteed: usize,
+    kept: &[bool],
+    disk: &Disk,
+    key: &str,
+    run: &Run,
+) {
+    let hex = format!("{:016x}", crowded_hash(key.as_bytes()));
+    let kb = key.as_bytes();
+    let is_key_rec = |d: &[u8]| {
+        d.len() >= 36 && (&d[..4] == b"KVSR" || &d[..4] == b"KVSD") && {
+            let klen = u16::from_le_bytes([d[6], d[7]]) as usize;
+            d.get(36..36 + klen) == Some(kb)
+        }
+    };
+    let mut inos: BTreeSet<Ino> = BTreeSet::new();
+    let mut names: HashMap<PathBuf, Ino> = HashMap::new();
+    for op in &log.ops {
+        match op {
+            Op::Link(p, ino) => {
+                names.insert(p.clone(), *ino);
+                if p.to_string_lossy().contains(&hex) {
+                    inos.insert(*ino);
+                }
+            }
+            Op::Write { ino, data, append: false, .. } if is_key_rec(data) => {
+                inos.insert(*ino);
+            }
+            Op::Rename { from, to } => {
+                if let Some(i) = names.remove(from) {
+                    if to.to_string_lossy().contains(&hex) {
+                        inos.insert(i);
+                    }
+                    names.insert(to.clone(), i);
+                }
+            }
+            Op::Exchange(a, b) => {
+                let (ia, ib) = (names[a], names[b]);
+                if a.to_string_lossy().contains(&hex) || b.to_string_lossy().contains(&hex) {
+                    inos.insert(ia);
+                    inos.insert(ib);
+                }
+                names.insert(a.clone(), ib);
+                names.insert(b.clone(), ia);
+            }
+            _ => {}
+        }
+    }
+    eprintln!("==== stale key {key} (names *{hex}*) cut {cut} guaranteed {guaranteed} inodes {inos:?}");
+    for e in run.events.iter().filter(|e| e.key == key) {
+        eprintln!("  event [{}, {}] {:?}", e.start, e.ack, e.after.as_deref().map(show));
+    }
+    for c in &run.clears {
+        eprintln!("  clear [{}, {}]", c.0, c.1);
+    }
+    let mut names: HashMap<PathBuf, Ino> = HashMap::new();
+    let upto = (cut + 40).min(log.ops.len());
+    for (i, op) in log.ops.iter().enumerate().take(upto) {
+        let ino_of = |p: &PathBuf, names: &HashMap<PathBuf, Ino>| names.get(p).copied();
+        let line = match op {
+            Op::Link(p, ino) => {
+                names.insert(p.clone(), *ino);
+                inos.contains(ino).then(|| format!("LINK {} -> ino {ino}", p.display()))
+            }
+            Op::Write { ino, data, append, .. } => (!append && inos.contains(ino))
+                .then(|| format!("WRITE ino {ino}: {}", describe(data))),
+            Op::SetLen { ino, len } => {
+                inos.contains(ino).then(|| format!("SETLEN ino {ino} {len}"))
+            }
+            Op::Rename { from, to } => {
+                let i = names.remove(from);
+                if let Some(i) = i {
+                    names.insert(to.clone(), i);
+                }
+                i.filter(|i| inos.contains(i)).map(|i| {
+                    format!("RENAME {} -> {} (ino {i})", from.display(), to.display())
+                })
+            }
+            Op::Exchange(a, b) => {
+                let (ia, ib) = (ino_of(a, &names), ino_of(b, &names));
+                if let (Some(x), Some(y)) = (ia, ib) {
+                    names.insert(a.clone(), y);
+                    names.insert(b.clone(), x);
+                }
+                (ia.is_some_and(|x| inos.contains(&x)) || ib.is_some_and(|x| inos.contains(&x)))
+                    .then(|| {
+                        format!(
+                            "EXCHANGE {} (ino {ia:?}) <-> {} (ino {ib:?})",
+                            a.display(),
+                            b.display()
+                        )
+                    })
+            }
+            Op::Unlink(p) => {
+                let i = names.remove(p);
+                i.filter(|i| inos.contains(i))
+                    .map(|i| format!("UNLINK {} (ino {i})", p.display()))
+            }
+            Op::SyncAll => Some("---- syncfs".to_string()),
+            _ => None,
+        };
+        if let Some(line) = line {
+            if i < opened_at && !line.starts_with("----") {
+                // still print: it may matter
+            }
+            let state = if i >= cut {
+                "after-cut".to_string()
+            } else {
+                match log.durable_at[i] {
+                    Some(d) if d <= cut => format!("durable@{d}"),
+                    _ if kept[i] => "volatile KEPT".to_string(),
+                    _ => "volatile DROPPED".to_string(),
+                }
+            };
+            if line.starts_with("----") {
+                if i + 1 >= cut.saturating_sub(400) {
+                    eprintln!("  {i:5} {line}");
+                }
+            } else {
+                eprintln!("  {i:5} {line}   [{state}]");
+            }
+        }
+    }
+    for (name, ino) in &disk.names {
+        let data = &disk.inodes[ino];
+        if name.to_string_lossy().contains(&hex) || inos.contains(ino) {
+            eprintln!("  DISK {} -> ino {ino}: {}", name.display(), describe(data));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -706,7 +868,7 @@ fn power_cuts(durability: Durability, default_cuts: usize) {
             _ => rng.gen_range(opened_at..=total),
         };
         let keep = [0.0, 0.5, 0.5, 1.0, 0.5][n % 5];
-        let disk = crash_state(&log, cut, keep, &mut rng);
+        let (disk, kept) = crash_state(&log, cut, keep, &mut rng);
         let dir = scratch_dir();
         disk.materialize(dir.path());
         let store = match Store::open_with(
@@ -745,6 +907,17 @@ fn power_cuts(durability: Durability, default_cuts: usize) {
             if reverted {
                 // An older value of the key (or none): counted apart.
                 stale += 1;
+                eprintln!(
+                    "STALE cut {cut} keep {keep}: key {key} = {:?}, allowed {:?}",
+                    got.as_deref().map(show),
+                    values
+                        .iter()
+                        .map(|v| v.as_deref().map(show))
+                        .collect::<Vec<_>>(),
+                );
+                if std::env::var("KVSTORE_DEBUG").is_ok() {
+                    dump_stale(&log, opened_at, cut, guaranteed, &kept, &disk, key, &run);
+                }
             } else if !ok {
                 violations.push(format!(
                     "cut {cut} keep {keep}: key {key} = {:?}, allowed {:?}",
