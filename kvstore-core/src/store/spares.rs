@@ -53,13 +53,71 @@ impl SparePool {
 }
 
 /// Where recovery found a record or tombstone of a key.
-enum Source {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
     /// A spare file, by id.
     Spare(u64),
     /// The value file of another collision index of the key's hash: a
     /// file the key left (a removal whose move to the spares did not reach
     /// the disk) before it was placed under its current index.
     Value(u16),
+}
+
+/// The newest record or tombstone of a key outside its own file.
+pub(super) struct Latest {
+    pub(super) cas: u64,
+    pub(super) source: Source,
+    /// Its path.
+    pub(super) path: PathBuf,
+    /// `None` for a tombstone: the key was removed after its last record.
+    pub(super) item: Option<CachedItem>,
+}
+
+/// `Periodic` recovery (rule 3), the search: the record or tombstone of
+/// `key` with the highest cas among the spares of its subdirectory of the
+/// generation in `gen_dir` and the value files of the other collision
+/// indexes of its hash (`idx` is the key's own). Used by reads and the
+/// sweep through [`Inner::recover`], and by verify and repair.
+pub(super) fn find_latest(
+    fs: &dyn FileSystem,
+    gen_dir: &Path,
+    hash: u64,
+    idx: u16,
+    key: &[u8],
+) -> Result<Option<Latest>> {
+    let dir = gen_dir.join(layout::subdir_name(hash));
+    let names = match fs.list_dir(&dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&dir, e)),
+    };
+    let mut best: Option<Latest> = None;
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        let source = if let Some(id) = layout::parse_spare_name(name) {
+            Source::Spare(id)
+        } else {
+            match layout::parse_value_name(name) {
+                Some((h, i)) if h == hash && i != idx => Source::Value(i),
+                _ => continue,
+            }
+        };
+        let path = dir.join(name);
+        let (cas, item) = match read_record(fs, &path, key)? {
+            FileRead::Found(item) => (item.cas, Some(item)),
+            FileRead::Tombstone(cas) => (cas, None),
+            _ => continue,
+        };
+        if best.as_ref().map_or(true, |b| cas > b.cas) {
+            best = Some(Latest {
+                cas,
+                source,
+                path,
+                item,
+            });
+        }
+    }
+    Ok(best)
 }
 
 impl Inner {
@@ -71,10 +129,10 @@ impl Inner {
     /// index of its hash (a removal moves the key's file to the spares, and
     /// the key comes back under a new index while that move is not durable,
     /// rule 4). The record or tombstone of the key with the highest cas
-    /// found in either place decides: a record is swapped back in, and the
-    /// bad file is neutralized and pooled; a tombstone means the key was
-    /// removed after its last record. `None` when no file holds a record
-    /// newer than every tombstone.
+    /// found in either place ([`find_latest`]) decides: a record is swapped
+    /// back in, and the bad file is neutralized and pooled; a tombstone
+    /// means the key was removed after its last record. `None` when no file
+    /// holds a record newer than every tombstone.
     pub(super) fn recover(
         &self,
         gen: &Generation,
@@ -83,47 +141,19 @@ impl Inner {
         key: &[u8],
     ) -> Result<Option<CachedItem>> {
         let sub = layout::subdir_index(hash);
-        let dir = gen.subdir_path(sub);
-        let names = match self.fs.list_dir(&dir) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&dir, e)),
-        };
-        // (cas, where, record; `None` for a tombstone).
-        let mut best: Option<(u64, Source, Option<CachedItem>)> = None;
-        for name in names {
-            let Some(name) = name.to_str() else { continue };
-            let (source, path) = if let Some(id) = layout::parse_spare_name(name) {
-                (Source::Spare(id), gen.spare_path(sub, id))
-            } else {
-                match layout::parse_value_name(name) {
-                    Some((h, i)) if h == hash && i != idx => {
-                        (Source::Value(i), gen.value_path(hash, i))
-                    }
-                    _ => continue,
-                }
-            };
-            let (cas, item) = match self.read_record(&path, key)? {
-                FileRead::Found(item) => (item.cas, Some(item)),
-                FileRead::Tombstone(cas) => (cas, None),
-                _ => continue,
-            };
-            if best.as_ref().map_or(true, |b| cas > b.0) {
-                best = Some((cas, source, item));
-            }
-        }
-        // Nothing, or the key was removed after its last record.
-        let Some((_, source, Some(item))) = best else {
+        let Some(Latest {
+            source,
+            path: from,
+            item: Some(item),
+            ..
+        }) = find_latest(&*self.fs, &gen.dir, hash, idx, key)?
+        else {
             return Ok(None);
         };
         let target = gen.value_path(hash, idx);
-        let from = match source {
-            Source::Spare(id) => {
-                lock(&gen.spares[sub]).forget(id);
-                gen.spare_path(sub, id)
-            }
-            Source::Value(i) => gen.value_path(hash, i),
-        };
+        if let Source::Spare(id) = source {
+            lock(&gen.spares[sub]).forget(id);
+        }
         if let Err(e) = self.fs.rename_exchange(&from, &target) {
             return Err(io_err(&target, e));
         }
