@@ -1,5 +1,6 @@
 //! Damage on disk: torn or garbled map log, garbled value files, a deleted
-//! map, planted symlinks; verify and repair.
+//! map, planted symlinks, what a `Periodic` power cut leaves; verify and
+//! repair.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
