@@ -42,12 +42,18 @@
 //!    and kicks the flusher to run early (at most every `KICK_GAP`), and
 //!    the pool keeps more spares (`PERIODIC_SPARES_PER_SUBDIR`).
 //! 3. **Recovery.** A key whose file holds no good record of it is
-//!    recovered from its subdirectory's spares: the record of that key
-//!    with the highest cas (the held old file, or a newer one that made it)
-//!    is swapped back in. Reads do it under the key's stripe lock (only on
+//!    recovered from its subdirectory: among its spares *and* the value
+//!    files of the other collision indexes of its hash (where a removal's
+//!    file stays when its move to the spares did not reach the disk, see
+//!    rule 4), the record or tombstone of that key with the highest cas
+//!    decides; a record (the held old file, or a newer one that made it) is
+//!    swapped back in. Reads do it under the key's stripe lock (only on
 //!    that failure path: a good file costs nothing extra), and so does the
-//!    sweep after open for every spare of an earlier session that holds a
-//!    record, before it neutralizes the spare.
+//!    sweep after open for every spare of an earlier session and every
+//!    stray value file that holds a record or tombstone, before it
+//!    neutralizes that file. [`Store::verify`] reports such a key as
+//!    recoverable and [`Store::repair`] restores it (both when given
+//!    `Periodic` options, the default).
 //! 4. **Tombstones.** A removal writes a tombstone (the key and a new cas,
 //!    [`record::TOMBSTONE_MAGIC`]) over the key's file and over its held
 //!    old files before moving the file to the spares, so recovery never
@@ -55,7 +61,11 @@
 //!    record means absent), and a new key is not placed on a name that a
 //!    file left since the last completed flush (the next collision index
 //!    is used), so that the departed file, which may hold the flushed
-//!    record, cannot be lost under the new name.
+//!    record, cannot be lost under the new name. If the power cut drops
+//!    the move, that file (the flushed record, or its tombstone) is still
+//!    under the old index when the key, re-added under the next one, shows
+//!    a bad file: rule 3 looks there too. Skipping it would let an older
+//!    record, in a spare whose neutralization was not durable yet, win.
 //!
 //! A new key's file whose data did not reach the disk reads as absent (it
 //! was written in the window). Where exchange is unsupported (the rename

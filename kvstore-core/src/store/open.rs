@@ -76,18 +76,8 @@ impl Inner {
             return;
         }
         let path = gen.spare_path(sub, id);
-        let Ok(buf) = self
-            .fs
-            .read_at(&path, 0, record::HEADER_LEN + MAX_KEY_BYTES)
-        else {
+        let Ok(owner) = self.file_owner(&path) else {
             return;
-        };
-        // The key of a record or of a tombstone.
-        let owner: Option<Box<[u8]>> = match record::decode_header(&buf) {
-            Ok(h) => buf
-                .get(record::HEADER_LEN..record::HEADER_LEN + h.key_len)
-                .map(Box::from),
-            Err(_) => record::decode_tombstone(&buf).map(|(k, _)| Box::from(k)),
         };
         let owner = owner.filter(|k| layout::subdir_index((self.hasher)(k)) == sub);
         let _g = owner
@@ -136,14 +126,45 @@ impl Inner {
         }
     }
 
+    /// The key of the record or tombstone at the start of the file at
+    /// `path`, if it holds one (checksum not checked: a hint of whose file
+    /// it may be).
+    fn file_owner(&self, path: &Path) -> io::Result<Option<Box<[u8]>>> {
+        let buf = self
+            .fs
+            .read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES)?;
+        Ok(match record::decode_header(&buf) {
+            Ok(h) => buf
+                .get(record::HEADER_LEN..record::HEADER_LEN + h.key_len)
+                .map(Box::from),
+            Err(_) => record::decode_tombstone(&buf).map(|(k, _)| Box::from(k)),
+        })
+    }
+
     /// Recycles a value file that no map entry points to, after checking
     /// again under the stripe lock (a write may have mapped it since).
+    ///
+    /// `Periodic` mode: the stray may be the file a key left by a removal
+    /// whose move to the spares a power cut dropped, holding the key's last
+    /// flushed record or its tombstone, while the key came back under
+    /// another index of the hash. It is neutralized only after that key has
+    /// been read, which recovers it from the stray if its own file is bad
+    /// (see [`Inner::recover`]).
     pub(super) fn sweep_stray(&self, gen: &Generation, path: &Path, hash: u64, idx: u16) {
         let current = self.gen_read();
         if !std::ptr::eq(&**current, gen) {
             return;
         }
         let _g = lock(&self.stripe(hash).lock);
+        if self.periodic() {
+            let owner = self.file_owner(path).ok().flatten();
+            if let Some(key) = owner.filter(|k| (self.hasher)(k) == hash) {
+                if let Err(e) = self.current(gen, hash, &key) {
+                    log::warn!("cannot check the key of {}: {e}", path.display());
+                    return;
+                }
+            }
+        }
         if self
             .owned_by_mapped_key(gen, path, hash, idx)
             .unwrap_or(true)

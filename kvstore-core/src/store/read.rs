@@ -80,40 +80,7 @@ impl Inner {
 
     /// Reads and checks the file at `path` as a record of `key`.
     pub(super) fn read_record(&self, path: &Path, key: &[u8]) -> Result<FileRead> {
-        let path = path.to_path_buf();
-        let mut buf = match self.fs.read_at(&path, 0, FIRST_READ) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Missing),
-            Err(e) => return Err(io_err(&path, e)),
-        };
-        let header = match record::decode_header(&buf) {
-            Ok(h) => h,
-            Err(what) => {
-                return Ok(match record::decode_tombstone(&buf) {
-                    Some((k, cas)) if k == key => FileRead::Tombstone(cas),
-                    Some(_) => FileRead::OtherKey,
-                    None => FileRead::Corrupt(what),
-                })
-            }
-        };
-        let len = header.record_len();
-        if len > buf.len() && buf.len() == FIRST_READ {
-            let rest = self
-                .fs
-                .read_at(&path, FIRST_READ as u64, len - FIRST_READ)
-                .map_err(|e| io_err(&path, e))?;
-            buf.extend_from_slice(&rest);
-        }
-        match record::decode(&buf) {
-            Ok(rec) if rec.key == key => Ok(FileRead::Found(CachedItem {
-                value: rec.value.to_vec(),
-                flags: rec.flags,
-                expiry: rec.expiry,
-                cas: rec.cas,
-            })),
-            Ok(_) => Ok(FileRead::OtherKey),
-            Err(what) => Ok(FileRead::Corrupt(what)),
-        }
+        read_record(&*self.fs, path, key)
     }
 
     /// The key's state; the caller holds its stripe lock. Repairs what it
@@ -197,5 +164,43 @@ impl Inner {
                 })
             }
         }
+    }
+}
+
+/// Reads and checks the file at `path` as a record of `key` (or its
+/// tombstone).
+pub(super) fn read_record(fs: &dyn FileSystem, path: &Path, key: &[u8]) -> Result<FileRead> {
+    let path = path.to_path_buf();
+    let mut buf = match fs.read_at(&path, 0, FIRST_READ) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Missing),
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    let header = match record::decode_header(&buf) {
+        Ok(h) => h,
+        Err(what) => {
+            return Ok(match record::decode_tombstone(&buf) {
+                Some((k, cas)) if k == key => FileRead::Tombstone(cas),
+                Some(_) => FileRead::OtherKey,
+                None => FileRead::Corrupt(what),
+            })
+        }
+    };
+    let len = header.record_len();
+    if len > buf.len() && buf.len() == FIRST_READ {
+        let rest = fs
+            .read_at(&path, FIRST_READ as u64, len - FIRST_READ)
+            .map_err(|e| io_err(&path, e))?;
+        buf.extend_from_slice(&rest);
+    }
+    match record::decode(&buf) {
+        Ok(rec) if rec.key == key => Ok(FileRead::Found(CachedItem {
+            value: rec.value.to_vec(),
+            flags: rec.flags,
+            expiry: rec.expiry,
+            cas: rec.cas,
+        })),
+        Ok(_) => Ok(FileRead::OtherKey),
+        Err(what) => Ok(FileRead::Corrupt(what)),
     }
 }

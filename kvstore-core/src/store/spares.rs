@@ -52,14 +52,87 @@ impl SparePool {
     }
 }
 
+/// Where recovery found a record or tombstone of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A spare file, by id.
+    Spare(u64),
+    /// The value file of another collision index of the key's hash: a
+    /// file the key left (a removal whose move to the spares did not reach
+    /// the disk) before it was placed under its current index.
+    Value(u16),
+}
+
+/// The newest record or tombstone of a key outside its own file.
+pub(super) struct Latest {
+    pub(super) cas: u64,
+    pub(super) source: Source,
+    /// Its path.
+    pub(super) path: PathBuf,
+    /// `None` for a tombstone: the key was removed after its last record.
+    pub(super) item: Option<CachedItem>,
+}
+
+/// `Periodic` recovery (rule 3), the search: the record or tombstone of
+/// `key` with the highest cas among the spares of its subdirectory of the
+/// generation in `gen_dir` and the value files of the other collision
+/// indexes of its hash (`idx` is the key's own). Used by reads and the
+/// sweep through [`Inner::recover`], and by verify and repair.
+pub(super) fn find_latest(
+    fs: &dyn FileSystem,
+    gen_dir: &Path,
+    hash: u64,
+    idx: u16,
+    key: &[u8],
+) -> Result<Option<Latest>> {
+    let dir = gen_dir.join(layout::subdir_name(hash));
+    let names = match fs.list_dir(&dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&dir, e)),
+    };
+    let mut best: Option<Latest> = None;
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        let source = if let Some(id) = layout::parse_spare_name(name) {
+            Source::Spare(id)
+        } else {
+            match layout::parse_value_name(name) {
+                Some((h, i)) if h == hash && i != idx => Source::Value(i),
+                _ => continue,
+            }
+        };
+        let path = dir.join(name);
+        let (cas, item) = match read_record(fs, &path, key)? {
+            FileRead::Found(item) => (item.cas, Some(item)),
+            FileRead::Tombstone(cas) => (cas, None),
+            _ => continue,
+        };
+        if best.as_ref().map_or(true, |b| cas > b.cas) {
+            best = Some(Latest {
+                cas,
+                source,
+                path,
+                item,
+            });
+        }
+    }
+    Ok(best)
+}
+
 impl Inner {
     /// `Periodic` mode, stripe lock held: the key's file holds no good
     /// record of it (a power cut let the swap reach the disk before the
-    /// data, or the file is damaged). The freed file that held its last
-    /// flushed record is still among the subdirectory's spares (held until
-    /// the swap is durable): the good record of the key with the highest
-    /// cas found there is swapped back in, and the bad file becomes a
-    /// neutralized spare. `None` when no spare holds one.
+    /// data, or the file is damaged). The file that held its last flushed
+    /// record is still in the subdirectory: among the spares (held until
+    /// the swap is durable), or under the value name of another collision
+    /// index of its hash (a removal moves the key's file to the spares, and
+    /// the key comes back under a new index while that move is not durable,
+    /// rule 4). The record or tombstone of the key with the highest cas
+    /// found in either place ([`find_latest`]) decides: a record is swapped
+    /// back in, and the bad file is neutralized and pooled; a tombstone
+    /// means the key was removed after its last record. `None` when no file
+    /// holds a record newer than every tombstone.
     pub(super) fn recover(
         &self,
         gen: &Generation,
@@ -68,47 +141,56 @@ impl Inner {
         key: &[u8],
     ) -> Result<Option<CachedItem>> {
         let sub = layout::subdir_index(hash);
-        let dir = gen.subdir_path(sub);
-        let names = match self.fs.list_dir(&dir) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&dir, e)),
-        };
-        // (cas, spare id, record; `None` for a tombstone).
-        let mut best: Option<(u64, u64, Option<CachedItem>)> = None;
-        for name in names {
-            let Some(id) = name.to_str().and_then(layout::parse_spare_name) else {
-                continue;
-            };
-            let (cas, item) = match self.read_record(&gen.spare_path(sub, id), key)? {
-                FileRead::Found(item) => (item.cas, Some(item)),
-                FileRead::Tombstone(cas) => (cas, None),
-                _ => continue,
-            };
-            if best.as_ref().map_or(true, |b| cas > b.0) {
-                best = Some((cas, id, item));
-            }
-        }
-        // Nothing, or the key was removed after its last record.
-        let Some((_, id, Some(item))) = best else {
+        let Some(Latest {
+            source,
+            path: from,
+            item: Some(item),
+            ..
+        }) = find_latest(&*self.fs, &gen.dir, hash, idx, key)?
+        else {
             return Ok(None);
         };
-        let spare = gen.spare_path(sub, id);
         let target = gen.value_path(hash, idx);
-        lock(&gen.spares[sub]).forget(id);
-        if let Err(e) = self.fs.rename_exchange(&spare, &target) {
+        if let Source::Spare(id) = source {
+            lock(&gen.spares[sub]).forget(id);
+        }
+        if let Err(e) = self.fs.rename_exchange(&from, &target) {
             return Err(io_err(&target, e));
         }
         log::warn!(
-            "value file {} held no good record: recovered cas {} from a spare",
+            "value file {} held no good record: recovered cas {} from {}",
             target.display(),
-            item.cas
+            item.cas,
+            from.display()
         );
         self.stripe(hash).seq.fetch_add(1, Ordering::Release);
         self.cache.remove(hash, key);
-        self.give_back(gen, sub, id);
+        match source {
+            Source::Spare(id) => self.give_back(gen, sub, id),
+            // The bad file, now under a name no key maps to (unless
+            // another key of the same hash does): neutralized and pooled
+            // like a stray.
+            Source::Value(i) if !self.index_mapped(gen, hash, i) => {
+                if let Err(e) = self.retire_file(gen, hash, &from) {
+                    log::warn!("cannot recycle {}: {e}", from.display());
+                }
+            }
+            Source::Value(_) => {}
+        }
         self.changes.fetch_add(1, Ordering::SeqCst);
         Ok(Some(item))
+    }
+}
+
+impl Inner {
+    /// Whether some key of the map has the value name (`hash`, `idx`).
+    /// Scans one shard: for the rare recovery path only.
+    fn index_mapped(&self, gen: &Generation, hash: u64, idx: u16) -> bool {
+        gen.shard(hash)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(k, &i)| i == idx && (self.hasher)(k) == hash)
     }
 }
 

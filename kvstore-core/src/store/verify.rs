@@ -25,6 +25,14 @@ pub struct VerifyReport {
     /// interrupted between its two steps; they read as absent and are
     /// dropped on the next access, so not counted as problems.
     pub dangling_entries: u64,
+    /// `Periodic` (the durability of the options given): keys whose value
+    /// file holds no good record (a power cut let a swap reach the disk
+    /// before its data) but whose last record sits in a spare or a stray
+    /// file of their subdirectory, with no newer tombstone. Each is also
+    /// listed in `problems`: [`Store::repair`] restores it, and so does
+    /// opening the store in `Periodic` mode; opening it in another mode
+    /// drops it.
+    pub recoverable_keys: u64,
 }
 
 impl VerifyReport {
@@ -42,6 +50,7 @@ impl fmt::Display for VerifyReport {
         writeln!(f, "stray files: {}", self.stray_files)?;
         writeln!(f, "spare files: {}", self.spare_files)?;
         writeln!(f, "dangling map entries: {}", self.dangling_entries)?;
+        writeln!(f, "keys recoverable from spares: {}", self.recoverable_keys)?;
         writeln!(
             f,
             "old generations pending deletion: {}",
@@ -68,6 +77,12 @@ pub struct RepairReport {
     pub keys_recovered: u64,
     /// Damaged or stray files removed.
     pub files_dropped: u64,
+    /// `Periodic` (the durability of the options given): keys whose value
+    /// file held no good record, restored from the newest record of the
+    /// key in a spare or stray file of their subdirectory (see
+    /// [`VerifyReport::recoverable_keys`]); counted in `keys_recovered`
+    /// too.
+    pub keys_restored: u64,
     /// One line per problem found and dealt with.
     pub problems: Vec<String>,
 }
@@ -77,6 +92,7 @@ impl fmt::Display for RepairReport {
         writeln!(f, "value files scanned: {}", self.files_scanned)?;
         writeln!(f, "keys recovered: {}", self.keys_recovered)?;
         writeln!(f, "files dropped: {}", self.files_dropped)?;
+        writeln!(f, "keys restored from spares: {}", self.keys_restored)?;
         if self.problems.is_empty() {
             write!(f, "problems: none")
         } else {
@@ -149,8 +165,25 @@ pub(crate) mod offline {
         report.spare_files = scan.spares;
         report.problems.extend(scan.problems);
         let mut found: HashMap<Box<[u8]>, u16> = scan.keys.into_iter().collect();
+        let periodic = matches!(options.durability, Durability::Periodic(_));
         for (key, idx) in &map {
-            match found.remove(key) {
+            let found_at = found.remove(key);
+            if found_at != Some(*idx) && periodic {
+                if let Some((from, cas)) = recoverable(fs, &gen_dir, hasher, key, *idx)? {
+                    report.recoverable_keys += 1;
+                    report.problems.push(format!(
+                        "key {} is in the map but its value file {} is not good; \
+                         recoverable: its last record (cas {cas}) is in {} (repair restores it)",
+                        show_key(key),
+                        gen_dir
+                            .join(layout::value_rel_path(hasher(key), *idx))
+                            .display(),
+                        from.display()
+                    ));
+                    continue;
+                }
+            }
+            match found_at {
                 Some(i) if i == *idx => report.keys_ok += 1,
                 Some(i) => report.problems.push(format!(
                     "key {} is mapped to file index {idx} but found in index {i}",
@@ -201,6 +234,9 @@ pub(crate) mod offline {
         };
         let gen_dir = dir.join(layout::gen_name(n));
         create_generation_dir(fs, &gen_dir, true)?;
+        if matches!(options.durability, Durability::Periodic(_)) {
+            restore_from_spares(fs, &gen_dir, hasher, &mut report)?;
+        }
         let scan = scan_generation(fs, &gen_dir, hasher, true)?;
         let max_cas_epoch = scan.max_cas >> 40;
         report.files_scanned = scan.files;
@@ -261,6 +297,80 @@ pub(crate) mod offline {
                 .push(format!("removed old generation {}", path.display()));
         }
         Ok(report)
+    }
+
+    /// `Periodic`: whether the mapped key `key` (index `idx`) has a value
+    /// file without a good record of it, and a newer record than every
+    /// tombstone in a spare or stray file of its subdirectory (what
+    /// [`Inner::recover`] would swap in): that file and the record's cas.
+    fn recoverable(
+        fs: &dyn FileSystem,
+        gen_dir: &Path,
+        hasher: fn(&[u8]) -> u64,
+        key: &[u8],
+        idx: u16,
+    ) -> Result<Option<(PathBuf, u64)>> {
+        let hash = hasher(key);
+        let path = gen_dir.join(layout::value_rel_path(hash, idx));
+        if !matches!(
+            read_record(fs, &path, key)?,
+            FileRead::OtherKey | FileRead::Corrupt(_)
+        ) {
+            return Ok(None);
+        }
+        Ok(match find_latest(fs, gen_dir, hash, idx, key)? {
+            Some(Latest {
+                path,
+                item: Some(item),
+                ..
+            }) => Some((path, item.cas)),
+            _ => None,
+        })
+    }
+
+    /// `Periodic`: restores every mapped key that is recoverable (see
+    /// [`recoverable`]) by renaming the file with its last record over its
+    /// bad value file, before the map is rebuilt from the value files. The
+    /// map log is read as far as it is good; keys it no longer names are
+    /// not looked for.
+    fn restore_from_spares(
+        fs: &dyn FileSystem,
+        gen_dir: &Path,
+        hasher: fn(&[u8]) -> u64,
+        report: &mut RepairReport,
+    ) -> Result<()> {
+        let log_path = gen_dir.join(layout::MAP_LOG);
+        let Some(bytes) = read_optional(fs, &log_path, usize::MAX)? else {
+            return Ok(());
+        };
+        let mut map: HashMap<Box<[u8]>, u16> = HashMap::new();
+        maplog::decode_log(&bytes, |rec| match rec {
+            MapRecord::Put { key, idx } => {
+                map.insert(key.0.into(), idx);
+            }
+            MapRecord::Remove { key } => {
+                map.remove(key.0);
+            }
+        });
+        let mut keys: Vec<_> = map.into_iter().collect();
+        keys.sort_unstable();
+        for (key, idx) in keys {
+            let Some((from, cas)) = recoverable(fs, gen_dir, hasher, &key, idx)? else {
+                continue;
+            };
+            let target = gen_dir.join(layout::value_rel_path(hasher(&key), idx));
+            fs.rename(&from, &target).map_err(|e| io_err(&target, e))?;
+            let subdir = gen_dir.join(layout::subdir_name(hasher(&key)));
+            fs.sync_dir(&subdir).map_err(|e| io_err(&subdir, e))?;
+            report.keys_restored += 1;
+            report.problems.push(format!(
+                "key {}: value file {} held no good record; restored its last record (cas {cas}) from {}",
+                show_key(&key),
+                target.display(),
+                from.display()
+            ));
+        }
+        Ok(())
     }
 
     fn show_key(key: &[u8]) -> String {
