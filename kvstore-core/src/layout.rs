@@ -94,6 +94,15 @@ pub fn parse_value_name(name: &str) -> Option<(u64, u16)> {
     Some((u64::from_str_radix(hex, 16).ok()?, idx))
 }
 
+/// The decimal number after `prefix` in `name` (digits only, no sign).
+fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
+    let n = name.strip_prefix(prefix)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// File name of spare number `n`.
 pub fn spare_name(n: u64) -> String {
     format!("{SPARE_PREFIX}{n}")
@@ -101,11 +110,7 @@ pub fn spare_name(n: u64) -> String {
 
 /// Parses a spare file name back into its number.
 pub fn parse_spare_name(name: &str) -> Option<u64> {
-    let n = name.strip_prefix(SPARE_PREFIX)?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    n.parse().ok()
+    parse_numbered(name, SPARE_PREFIX)
 }
 
 /// Prefix of the write-ahead journal files (`journal.<n>`) in the store
@@ -119,11 +124,7 @@ pub fn journal_name(n: u64) -> String {
 
 /// Parses a journal file name back into its number.
 pub fn parse_journal_name(name: &str) -> Option<u64> {
-    let n = name.strip_prefix(JOURNAL_PREFIX)?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    n.parse().ok()
+    parse_numbered(name, JOURNAL_PREFIX)
 }
 
 /// Directory name of generation `n`.
@@ -133,11 +134,7 @@ pub fn gen_name(n: u64) -> String {
 
 /// Parses a generation directory name.
 pub fn parse_gen_name(name: &str) -> Option<u64> {
-    let n = name.strip_prefix("gen-")?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    n.parse().ok()
+    parse_numbered(name, "gen-")
 }
 
 /// Contents of `CURRENT` naming generation `n`.
