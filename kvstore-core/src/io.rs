@@ -85,6 +85,14 @@ pub trait FileSystem: Send + Sync {
     fn set_len(&self, path: &Path, len: u64) -> io::Result<()>;
     /// `fsync` of a file: its data and metadata are on stable storage.
     fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// `fdatasync` of a file: its data (and the metadata needed to read
+    /// it, such as its length) are on stable storage; timestamps may not
+    /// be. Used for the `Always` journal, which is rewritten in place so
+    /// that this flush need not write the inode. The default calls
+    /// [`FileSystem::sync_file`].
+    fn sync_file_data(&self, path: &Path) -> io::Result<()> {
+        self.sync_file(path)
+    }
     /// `fsync` of a directory: its entries are on stable storage.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// `syncfs` of the file system holding `path`: everything written to it
@@ -195,6 +203,10 @@ impl FileSystem for StdFileSystem {
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         open_existing(path, false)?.sync_all()
+    }
+
+    fn sync_file_data(&self, path: &Path) -> io::Result<()> {
+        open_existing(path, false)?.sync_data()
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

@@ -117,6 +117,9 @@ pub fn parse_spare_name(name: &str) -> Option<u64> {
 /// directory.
 pub const JOURNAL_PREFIX: &str = "journal.";
 
+/// A journal file set aside by a checkpoint for reuse (not replayed).
+pub const JOURNAL_SPARE: &str = "journal.spare";
+
 /// File name of journal number `n`.
 pub fn journal_name(n: u64) -> String {
     format!("{JOURNAL_PREFIX}{n}")

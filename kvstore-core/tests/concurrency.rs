@@ -178,32 +178,23 @@ fn always_mode_with_concurrent_writers_persists_everything() {
     assert_eq!(store.get("t3-5").unwrap(), Some(b"3/5".to_vec()));
 }
 
-/// A file system whose flushes (`syncfs` and `fdatasync` of an append
-/// file, such as the `Always` journal) fail once `fail` is set, counting
-/// calls; with `no_exchange`, it cannot exchange names atomically.
+/// A file system whose flushes (`syncfs`, and `fdatasync` of a file such
+/// as the `Always` journal) fail once `fail` is set, counting calls; with
+/// `no_exchange`, it cannot exchange names atomically.
 #[derive(Default)]
 struct FlakySync {
-    fail: Arc<AtomicBool>,
-    syncs: Arc<AtomicUsize>,
+    fail: AtomicBool,
+    syncs: AtomicUsize,
     no_exchange: bool,
 }
 
-struct FlakyAppend {
-    inner: Box<dyn AppendFile>,
-    fail: Arc<AtomicBool>,
-    syncs: Arc<AtomicUsize>,
-}
-
-impl AppendFile for FlakyAppend {
-    fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        self.inner.append(data)
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
+impl FlakySync {
+    fn flush(&self) -> io::Result<()> {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5));
         }
-        self.inner.sync_data()
+        Ok(())
     }
 }
 
@@ -253,19 +244,16 @@ impl FileSystem for FlakySync {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         StdFileSystem.sync_dir(path)
     }
+    fn sync_file_data(&self, path: &Path) -> io::Result<()> {
+        self.flush()?;
+        StdFileSystem.sync_file_data(path)
+    }
     fn syncfs(&self, path: &Path) -> io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
+        self.flush()?;
         StdFileSystem.syncfs(path)
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        Ok(Box::new(FlakyAppend {
-            inner: StdFileSystem.open_append(path)?,
-            fail: self.fail.clone(),
-            syncs: self.syncs.clone(),
-        }))
+        StdFileSystem.open_append(path)
     }
     fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
         StdFileSystem.open_lock_file(path)

@@ -1,5 +1,5 @@
-//! The write-ahead journal of `Durability::Always` at run time: appending,
-//! group commit, checkpoints and replay on open. The file format is in
+//! The write-ahead journal of `Durability::Always` at run time: group
+//! commit, checkpoints, reuse of journal files and replay on open. The file format is in
 //! `crate::journal`.
 //!
 //! # Why a journal
@@ -8,12 +8,15 @@
 //! file system per write; even shared by 16 writers that stays near one
 //! fsync per write. Instead an `Always` write:
 //!
-//! 1. appends its whole record (or its removal) to the journal, under the
-//!    key's stripe lock;
-//! 2. waits for a group-committed `fdatasync` of the journal: one leader
-//!    flushes for every writer whose entry is in the file at that moment;
+//! 1. adds its whole record (or its removal) to the journal's buffer,
+//!    under the key's stripe lock;
+//! 2. waits for a group commit: one leader writes the whole buffer as one
+//!    batch at the end of the journal file and runs one `fdatasync` for
+//!    every writer in it (and, while writers keep coming, up to
+//!    `LEAD_ROUNDS - 1` more batches: it is already running, where a
+//!    hand-off costs a wake-up);
 //! 3. only then changes the value files, without flushing them, and
-//!    returns. A write whose file change fails appends a *cancel* entry
+//!    returns. A write whose file change fails adds a *cancel* entry
 //!    (flushed too) before it reports the error, so replay never applies a
 //!    write its caller was told had failed.
 //!
@@ -22,18 +25,25 @@
 //! recycling freed files at once safe: whatever a power cut leaves of a
 //! file touched since then, replay rewrites it.
 //!
-//! # Checkpoints and replay
+//! # Checkpoints, reuse and replay
 //! A background thread switches to a new journal file every
-//! `Options::checkpoint_interval` (sooner when it passes [`CHECKPOINT_BYTES`]), waits
-//! until the writers of the old file have finished their file changes, runs
-//! `syncfs` and removes the old file. Opening a store (in any mode) replays
-//! the journal files it finds, oldest first: for each key of the current
-//! generation, the last entry that was not cancelled is applied to the
-//! files (skipped when the file already holds that cas), then `syncfs`,
-//! then the old files are removed. Replaying a prefix of the history on
-//! top of files that are at least as new as the journal's start gives the
-//! state after that prefix, so a crash during replay (or a journal whose
-//! removal was lost) is harmless.
+//! `Options::checkpoint_interval` (sooner when it passes
+//! [`CHECKPOINT_BYTES`]), waits until the writers of the old file have
+//! finished their file changes, runs `syncfs` and sets the old file aside
+//! as `journal.spare`. The next switch renames the spare to the new number
+//! and rewrites it from the start, so its blocks are reused in place and a
+//! batch's `fdatasync` does not have to write the inode (measured: 19k
+//! against 25-28k overwrites/s of 1000 B with 16 writers over 8 s, append
+//! and unlink against reuse). The batches of its earlier use that follow
+//! the new end fail their checksum, which covers the file's number.
+//!
+//! Opening a store (in any mode) replays the journal files it finds, oldest
+//! first: for each key of the current generation, the last entry that was
+//! not cancelled is applied to the files (skipped when the file already
+//! holds that cas), then `syncfs`, then the replayed files are removed.
+//! Replaying a prefix of the history on top of files that are at least as
+//! new as the journal's start gives the state after that prefix, so a
+//! crash during replay (or a set-aside whose rename was lost) is harmless.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -64,10 +74,11 @@ pub(super) struct Journal {
     released: Condvar,
 }
 
+/// The journal file being written: `journal.<seq>`, written up to `len`
+/// (it may be longer: a reused file keeps its old bytes after the end).
 struct JournalFile {
     seq: u64,
     path: PathBuf,
-    file: Box<dyn AppendFile>,
     len: u64,
 }
 
@@ -117,18 +128,32 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Creates journal file `seq` (magic written, directory entry durable).
+/// Makes journal file `seq`: the set-aside file of an earlier checkpoint
+/// renamed (its blocks are rewritten in place, so flushes do not have to
+/// update the inode), or a new one; the header is written and flushed and
+/// the name made durable before any entry goes in.
 fn create_journal_file(fs: &dyn FileSystem, dir: &Path, seq: u64) -> Result<JournalFile> {
     let path = dir.join(layout::journal_name(seq));
-    let _ = fs.remove_file(&path);
-    let mut file = fs.open_append(&path).map_err(|e| io_err(&path, e))?;
-    file.append(&journal::MAGIC).map_err(|e| io_err(&path, e))?;
+    let spare = dir.join(layout::JOURNAL_SPARE);
+    let reused = match fs.rename(&spare, &path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err(&spare, e)),
+    };
+    let header = journal::header(seq);
+    if reused {
+        fs.write_at(&path, 0, &header)
+    } else {
+        let _ = fs.remove_file(&path);
+        fs.create_new(&path, &header)
+    }
+    .and_then(|()| fs.sync_file_data(&path))
+    .map_err(|e| io_err(&path, e))?;
     fs.sync_dir(dir).map_err(|e| io_err(dir, e))?;
     Ok(JournalFile {
         seq,
         path,
-        file,
-        len: journal::MAGIC.len() as u64,
+        len: journal::HEADER_LEN as u64,
     })
 }
 
@@ -176,7 +201,7 @@ impl Inner {
     ///
     /// If the cancel cannot be written (a full disk), it is kept and
     /// written with the next batch; until then a crash could replay the
-    /// failed write. Once a checkpoint has removed the journal file that
+    /// failed write. Once a checkpoint has retired the journal file that
     /// holds the entry, the cancel no longer matters: the files never had
     /// the write.
     pub(super) fn journal_finish(&self, ticket: Option<Ticket<'_>>, changed: bool) {
@@ -277,14 +302,17 @@ impl Inner {
 
     /// The leader's part: writes a batch (entries `from + 1 ..= upto`) to
     /// the file and flushes it.
-    fn journal_write_batch(&self, j: &Journal, batch: &[u8], from: u64, upto: u64) -> Result<()> {
+    fn journal_write_batch(&self, j: &Journal, frames: &[u8], from: u64, upto: u64) -> Result<()> {
         let mut f = lock(&j.file);
-        if batch.is_empty() {
+        if frames.is_empty() {
             return Ok(());
         }
-        if let Err(e) = f.file.append(batch) {
-            // Cut the torn batch off: a torn frame would hide every later
-            // one from replay.
+        let mut batch = Vec::with_capacity(journal::FRAME_HEADER + frames.len());
+        batch.extend_from_slice(&journal::batch_header(f.seq, frames));
+        batch.extend_from_slice(frames);
+        if let Err(e) = self.fs.write_at(&f.path, f.len, &batch) {
+            // Cut the torn batch off: its complete frames must not read as
+            // good after a shorter batch written over its start.
             if let Err(e2) = self.fs.set_len(&f.path, f.len) {
                 self.set_read_only(format!(
                     "journal {} has a torn entry that cannot be cut off: {e2}",
@@ -299,7 +327,7 @@ impl Inner {
             return Ok(());
         }
         f.len += batch.len() as u64;
-        if let Err(e) = f.file.sync_data() {
+        if let Err(e) = self.fs.sync_file_data(&f.path) {
             let e = io_err(&f.path, e);
             self.set_read_only(format!("flush of the journal failed: {e}"));
             return Err(e);
@@ -355,8 +383,11 @@ impl Inner {
             st.checkpoint_waiting = false;
         }
         self.group_sync()?;
+        // Set aside for the next switch: its entries are all in the files
+        // now, and a reuse rewrites its blocks in place.
+        let spare = self.dir.join(layout::JOURNAL_SPARE);
         self.fs
-            .remove_file(&old_path)
+            .rename(&old_path, &spare)
             .map_err(|e| io_err(&old_path, e))
     }
 
@@ -366,12 +397,14 @@ impl Inner {
             return Ok(());
         };
         self.group_sync()?;
+        // Nothing to replay: set aside for the next session to reuse.
         let path = lock_path(j);
-        self.fs.remove_file(&path).map_err(|e| io_err(&path, e))
+        let spare = self.dir.join(layout::JOURNAL_SPARE);
+        self.fs.rename(&path, &spare).map_err(|e| io_err(&path, e))
     }
 }
 
-/// The path of the journal file being appended to.
+/// The path of the journal file being written.
 fn lock_path(j: &Journal) -> PathBuf {
     lock(&j.file).path.clone()
 }
@@ -402,11 +435,11 @@ impl Inner {
         let mut ops: HashMap<Vec<u8>, Vec<Logged>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
         let mut cancelled: HashSet<u64> = HashSet::new();
-        for (_, path) in files.iter() {
+        for (seq, path) in files.iter() {
             let Some(bytes) = read_optional(&*self.fs, path, usize::MAX)? else {
                 continue;
             };
-            let end = journal::decode(&bytes, |entry| {
+            let end = journal::decode(&bytes, *seq, |entry| {
                 let (key, cas, rec) = match entry {
                     Entry::Put { gen, record } if gen == gen_no => {
                         let Ok(r) = record::decode(record) else {
@@ -430,12 +463,8 @@ impl Inner {
                 }
             });
             if let journal::End::Stopped { at, what } = end {
-                if at + journal::FRAME_HEADER < bytes.len() || at == 0 {
-                    log::warn!(
-                        "journal {}: replay stops at offset {at} ({what})",
-                        path.display()
-                    );
-                }
+                // The usual end of a reused file: its old batches follow.
+                log::debug!("journal {}: replay stops at {at} ({what})", path.display());
             }
         }
         let mut applied = 0;
