@@ -335,3 +335,46 @@ fn repair_replays_the_journal_first() {
     assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
     assert_eq!(store.get("b").unwrap(), Some(b"2".to_vec()));
 }
+
+#[test]
+fn writers_and_frequent_checkpoints_neither_lose_nor_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = || {
+        Options::new()
+            .durability(Durability::Always)
+            .checkpoint_interval(std::time::Duration::from_millis(1))
+    };
+    {
+        let store = Store::open_with(tmp.path(), opts()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..150 {
+                        store
+                            .set(format!("t{t}-{}", i % 40), format!("{i}"))
+                            .unwrap();
+                        if i % 7 == 0 {
+                            store.delete(format!("t{t}-{}", (i + 3) % 40)).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+    }
+    // The same history, computed.
+    let mut want = std::collections::BTreeMap::new();
+    for t in 0..8 {
+        for i in 0..150 {
+            want.insert(format!("t{t}-{}", i % 40), format!("{i}"));
+            if i % 7 == 0 {
+                want.remove(&format!("t{t}-{}", (i + 3) % 40));
+            }
+        }
+    }
+    let store = Store::open_with(tmp.path(), opts()).unwrap();
+    assert_eq!(store.len(), want.len());
+    for (k, v) in &want {
+        assert_eq!(store.get(k).unwrap(), Some(v.clone().into_bytes()), "{k}");
+    }
+}

@@ -45,7 +45,7 @@
 //! new as the journal's start gives the state after that prefix, so a
 //! crash during replay (or a set-aside whose rename was lost) is harmless.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use super::*;
 use crate::journal::{self, Entry};
@@ -58,19 +58,27 @@ const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// The journal of an `Always` store.
 ///
 /// Group commit: writers encode their entry into `state.buffer` and wait;
-/// one leader at a time takes the whole buffer, appends it to the file in
+/// one leader at a time takes the whole buffer, writes it to the file in
 /// one write and runs one `fdatasync`, for every writer whose entry was in
-/// it. Writers that arrive meanwhile fill the next buffer.
+/// it. Writers that arrive meanwhile fill the next buffer. A waiting
+/// writer parks; the leader publishes `synced` and unparks exactly the
+/// writers it made durable (waking them through a condvar would send them
+/// all to fight for the state mutex).
 pub(super) struct Journal {
-    /// The file being appended to, held by the leader for its write and
-    /// flush. Lock order: `file`, then `state`.
+    /// The file being written, held by the leader for its write and flush.
+    /// Lock order: `file`, then `state`.
     file: Mutex<JournalFile>,
     state: Mutex<JournalState>,
-    /// Writers wait on the condvar of their batch's parity, so that the
-    /// end of a batch wakes its own writers (and one writer of the next
-    /// batch to lead it), not every waiting writer.
-    batch_done: [Condvar; 2],
-    /// A checkpoint waits here for the writers of the old file.
+    /// Entries known durable: entry `n` is once `synced >= n`.
+    synced: AtomicU64,
+    /// Set while some entry's batch failed and its writer has not read
+    /// the error yet (`state.failed`): the lock-free check is then off.
+    any_failed: AtomicBool,
+    /// Tickets not yet released, by the parity of the checkpoint epoch
+    /// they were taken in.
+    open_tickets: [AtomicU64; 2],
+    /// A checkpoint waits (on `released`) for `open_tickets` to drain.
+    checkpoint_waiting: AtomicBool,
     released: Condvar,
 }
 
@@ -86,15 +94,15 @@ struct JournalFile {
 struct JournalState {
     /// Frames not yet written to the file.
     buffer: Vec<u8>,
-    /// Entries numbered so far / written and durable (entry `n` is durable
-    /// once `synced >= n`).
+    /// Entries numbered so far / taken into batches.
     appended: u64,
-    synced: u64,
+    taken: u64,
+    /// A leader is writing and flushing.
     syncing: bool,
-    /// Number of the batch that new entries join.
-    batch: u64,
-    /// A checkpoint is waiting for `inflight` to drain.
-    checkpoint_waiting: bool,
+    /// Parked writers: (entry number, thread).
+    waiters: Vec<(u64, std::thread::Thread)>,
+    /// Checkpoint epoch: bumped when a checkpoint switches files.
+    epoch: u64,
     /// Entries whose batch could not be written (cut off again): the
     /// writer reads its error here.
     failed: HashMap<u64, (io::ErrorKind, String)>,
@@ -102,8 +110,6 @@ struct JournalState {
     retry_cancels: Vec<u8>,
     /// Entries written since the last checkpoint switched files.
     since_checkpoint: u64,
-    /// Entries whose writer has not finished its file change yet.
-    inflight: BTreeSet<u64>,
 }
 
 /// A writer's durable journal entry, held until its file change is done
@@ -111,7 +117,7 @@ struct JournalState {
 pub(super) struct Ticket<'a> {
     inner: &'a Inner,
     n: u64,
-    batch: u64,
+    epoch: u64,
     gen: u64,
     cas: u64,
 }
@@ -119,9 +125,9 @@ pub(super) struct Ticket<'a> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if let Some(j) = &self.inner.journal {
-            let mut st = lock(&j.state);
-            st.inflight.remove(&self.n);
-            if st.checkpoint_waiting {
+            let left = j.open_tickets[(self.epoch % 2) as usize].fetch_sub(1, Ordering::SeqCst);
+            if left == 1 && j.checkpoint_waiting.load(Ordering::SeqCst) {
+                let _st = lock(&j.state);
                 j.released.notify_all();
             }
         }
@@ -163,7 +169,10 @@ impl Journal {
         Ok(Journal {
             file: Mutex::new(create_journal_file(fs, dir, seq)?),
             state: Mutex::new(JournalState::default()),
-            batch_done: [Condvar::new(), Condvar::new()],
+            synced: AtomicU64::new(0),
+            any_failed: AtomicBool::new(false),
+            open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
+            checkpoint_waiting: AtomicBool::new(false),
             released: Condvar::new(),
         })
     }
@@ -184,11 +193,11 @@ impl Inner {
             return Ok(None);
         };
         let gen_no = gen.number();
-        let (n, batch) = self.journal_add(j, &entry(gen_no))?;
+        let (n, epoch) = self.journal_add(j, &entry(gen_no))?;
         let ticket = Ticket {
             inner: self,
             n,
-            batch,
+            epoch,
             gen: gen_no,
             cas,
         };
@@ -215,13 +224,13 @@ impl Inner {
             gen: t.gen,
             cas: t.cas,
         };
-        let res = self.journal_add(j, &cancel).and_then(|(n, batch)| {
+        let res = self.journal_add(j, &cancel).and_then(|(n, epoch)| {
             self.journal_sync(
                 j,
                 &Ticket {
                     inner: self,
                     n,
-                    batch,
+                    epoch,
                     gen: t.gen,
                     cas: t.cas,
                 },
@@ -234,7 +243,7 @@ impl Inner {
     }
 
     /// Adds `entry` to the buffer of the next batch; returns its number and
-    /// its batch.
+    /// the checkpoint epoch (its ticket is counted open in it).
     fn journal_add(&self, j: &Journal, entry: &Entry<'_>) -> Result<(u64, u64)> {
         self.check_writable()?;
         let mut st = lock(&j.state);
@@ -244,69 +253,100 @@ impl Inner {
         }
         journal::encode(entry, &mut st.buffer);
         st.appended += 1;
-        let n = st.appended;
-        st.inflight.insert(n);
-        Ok((n, st.batch))
+        j.open_tickets[(st.epoch % 2) as usize].fetch_add(1, Ordering::SeqCst);
+        Ok((st.appended, st.epoch))
     }
 
-    /// Waits until entry `n` is durable, leading a batch when no other
+    /// Waits until entry `n` is durable, leading batches when no other
     /// writer is.
     fn journal_sync(&self, j: &Journal, t: &Ticket<'_>) -> Result<()> {
         let n = t.n;
-        let mut st = lock(&j.state);
         loop {
+            if j.synced.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let mut st = lock(&j.state);
             if let Some((kind, what)) = st.failed.remove(&n) {
+                j.any_failed.store(!st.failed.is_empty(), Ordering::SeqCst);
                 drop(st);
                 let path = lock_path(j);
                 return Err(io_err(&path, io::Error::new(kind, what)));
             }
-            if st.synced >= n {
+            if j.synced.load(Ordering::SeqCst) >= n {
                 return Ok(());
             }
             self.check_writable()?;
             if st.syncing {
-                let cv = &j.batch_done[(t.batch % 2) as usize];
-                st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.waiters.push((n, std::thread::current()));
+                drop(st);
+                // A stale unpark only makes this loop look again.
+                std::thread::park();
                 continue;
             }
             st.syncing = true;
-            // The leader flushes its own batch and, while writers keep
-            // coming, up to `LEAD_ROUNDS - 1` more: it is already running,
-            // where a hand-off costs a wake-up.
-            for round in 1..=LEAD_ROUNDS {
-                let led = st.batch;
-                st.batch += 1;
-                let batch = std::mem::take(&mut st.buffer);
-                let (from, upto) = (st.synced, st.appended);
-                drop(st);
-                let res = self.journal_write_batch(j, &batch, from, upto);
-                st = lock(&j.state);
-                j.batch_done[(led % 2) as usize].notify_all();
-                let next = &j.batch_done[((led + 1) % 2) as usize];
-                if let Err(e) = res {
-                    st.syncing = false;
-                    next.notify_all();
-                    return Err(e);
-                }
-                if st.buffer.is_empty() {
-                    break;
-                }
-                if round == LEAD_ROUNDS {
-                    // One writer of the next batch leads it.
-                    next.notify_one();
-                }
-            }
-            st.syncing = false;
+            drop(st);
+            self.lead_batches(j)?;
         }
     }
 
+    /// The leader: writes and flushes the buffer as a batch and, while
+    /// writers keep coming, up to `LEAD_ROUNDS - 1` more (it is already
+    /// running, where a hand-over costs a wake-up). Unparks the writers of
+    /// each batch, and at the end one waiting writer to lead the next.
+    fn lead_batches(&self, j: &Journal) -> Result<()> {
+        for round in 1..=LEAD_ROUNDS {
+            let (frames, from, upto) = {
+                let mut st = lock(&j.state);
+                let frames = std::mem::take(&mut st.buffer);
+                let (from, upto) = (st.taken, st.appended);
+                st.taken = upto;
+                (frames, from, upto)
+            };
+            let res = if frames.is_empty() {
+                Ok(())
+            } else {
+                self.journal_write_batch(j, &frames, from, upto)
+            };
+            let mut st = lock(&j.state);
+            if res.is_ok() {
+                j.synced.fetch_max(upto, Ordering::SeqCst);
+            }
+            // Entries up to `upto` are durable or failed; on an error every
+            // writer looks (the store is read-only now).
+            let mut wake = Vec::new();
+            st.waiters.retain(|(n, th)| {
+                let done = res.is_err() || *n <= upto;
+                if done {
+                    wake.push(th.clone());
+                }
+                !done
+            });
+            let last = res.is_err() || st.buffer.is_empty() || round == LEAD_ROUNDS;
+            if last {
+                st.syncing = false;
+                if !st.buffer.is_empty() {
+                    // One writer of the next batch leads it (if none is
+                    // parked yet, the next to look will).
+                    if let Some((_, th)) = st.waiters.pop() {
+                        wake.push(th);
+                    }
+                }
+            }
+            drop(st);
+            wake.into_iter().for_each(|th| th.unpark());
+            res?;
+            if last {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// The leader's part: writes a batch (entries `from + 1 ..= upto`) to
-    /// the file and flushes it.
+    /// the file and flushes it. A failed write marks the entries failed
+    /// (their writers read the error) and cuts the torn batch off.
     fn journal_write_batch(&self, j: &Journal, frames: &[u8], from: u64, upto: u64) -> Result<()> {
         let mut f = lock(&j.file);
-        if frames.is_empty() {
-            return Ok(());
-        }
         let mut batch = Vec::with_capacity(journal::FRAME_HEADER + frames.len());
         batch.extend_from_slice(&journal::batch_header(f.seq, frames));
         batch.extend_from_slice(frames);
@@ -323,7 +363,7 @@ impl Inner {
             for n in from + 1..=upto {
                 st.failed.insert(n, (e.kind(), e.to_string()));
             }
-            st.synced = upto;
+            j.any_failed.store(true, Ordering::SeqCst);
             return Ok(());
         }
         f.len += batch.len() as u64;
@@ -335,9 +375,7 @@ impl Inner {
         if f.len > CHECKPOINT_BYTES {
             self.stop.kick();
         }
-        let mut st = lock(&j.state);
-        st.synced = upto;
-        st.since_checkpoint += upto - from;
+        lock(&j.state).since_checkpoint += upto - from;
         Ok(())
     }
 
@@ -365,22 +403,24 @@ impl Inner {
         }
         let next_seq = lock(&j.file).seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
-        // Holding the file lock, no batch is half written: every entry up
-        // to `synced` is in the old file and durable.
-        let (old_path, in_old) = {
+        // Tickets taken before the switch may have entries in the old file:
+        // once they are all released, those entries are durable (their
+        // batch was flushed) and their file changes done.
+        let (old_path, old_epoch) = {
             let mut f = lock(&j.file);
             let old = std::mem::replace(&mut *f, new);
             let mut st = lock(&j.state);
             st.since_checkpoint = 0;
-            (old.path, st.synced)
+            st.epoch += 1;
+            (old.path, st.epoch - 1)
         };
         {
             let mut st = lock(&j.state);
-            st.checkpoint_waiting = true;
-            while st.inflight.first().is_some_and(|&n| n <= in_old) {
+            j.checkpoint_waiting.store(true, Ordering::SeqCst);
+            while j.open_tickets[(old_epoch % 2) as usize].load(Ordering::SeqCst) > 0 {
                 st = j.released.wait(st).unwrap_or_else(|e| e.into_inner());
             }
-            st.checkpoint_waiting = false;
+            j.checkpoint_waiting.store(false, Ordering::SeqCst);
         }
         self.group_sync()?;
         // Set aside for the next switch: its entries are all in the files
