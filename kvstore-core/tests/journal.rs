@@ -273,8 +273,12 @@ fn a_torn_journal_tail_is_ignored() {
     let files = journals(tmp.path());
     let last = files.last().unwrap();
     let mut bytes = fs::read(last).unwrap();
-    // Half of a frame more, as a power cut mid-append leaves it.
-    bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, 1, 0]);
+    // Half of a batch more right after the last one (before the zeros the
+    // file grows by), as a power cut in the middle of its write leaves it.
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let torn = [40, 0, 0, 0, 1, 2, 3, 4, 1, 0];
+    bytes.truncate(end);
+    bytes.extend_from_slice(&torn);
     fs::write(last, &bytes).unwrap();
     let store = Store::open(tmp.path()).unwrap();
     assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
