@@ -46,7 +46,8 @@
 //!
 //! ## On disk
 //! ```text
-//! <dir>/LOCK  CURRENT  EPOCH  [CLEAR_AT]  [journal.<n>]   (journal: `Always` only)
+//! <dir>/LOCK  CURRENT  EPOCH  [CLEAR_AT]
+//! <dir>/journal.<n>  journal.spare     (`Durability::Always`: write-ahead journal)
 //! <dir>/gen-<N>/map.log
 //! <dir>/gen-<N>/<hh>/<fnv1a64 hex>[.<collision index>]
 //! ```
