@@ -3,11 +3,12 @@
 //! turning the store read-only (through the I/O seam).
 
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
-use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
+mod common;
+use common::{Hook, HookedFs, Step};
+
 use kvstore_core::{CasOutcome, CounterOutcome, Durability, Error, ItemMeta, Options, Store};
 
 const THREADS: usize = 8;
@@ -178,9 +179,9 @@ fn always_mode_with_concurrent_writers_persists_everything() {
     assert_eq!(store.get("t3-5").unwrap(), Some(b"3/5".to_vec()));
 }
 
-/// A file system whose flushes (`syncfs`, and `fdatasync` of a file such
-/// as the `Always` journal) fail once `fail` is set, counting calls; with
-/// `no_exchange`, it cannot exchange names atomically.
+/// A hook whose flushes (`syncfs`, and `fdatasync` of a file such as the
+/// `Always` journal) fail once `fail` is set, counting calls; with
+/// `no_exchange`, names cannot be exchanged atomically.
 #[derive(Default)]
 struct FlakySync {
     fail: AtomicBool,
@@ -188,82 +189,28 @@ struct FlakySync {
     no_exchange: bool,
 }
 
-impl FlakySync {
-    fn flush(&self) -> io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        Ok(())
-    }
-}
-
-impl FileSystem for FlakySync {
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.remove_dir(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-        StdFileSystem.list_dir(path)
-    }
-    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        StdFileSystem.create_new(path, data)
-    }
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        StdFileSystem.write_at(path, offset, data)
-    }
-    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
-        StdFileSystem.read_at(path, offset, max_len)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
-        StdFileSystem.file_len(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFileSystem.rename(from, to)
-    }
-    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        if self.no_exchange {
-            return Err(io::Error::new(
+impl Hook for FlakySync {
+    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        match step {
+            Step::Syncfs(_) | Step::SyncFileData(_) => {
+                self.syncs.fetch_add(1, Ordering::SeqCst);
+                self.fail
+                    .load(Ordering::SeqCst)
+                    .then(|| Err(io::Error::from_raw_os_error(5)))
+            }
+            Step::RenameExchange(..) if self.no_exchange => Some(Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "no exchange here",
-            ));
+            ))),
+            _ => None,
         }
-        StdFileSystem.rename_exchange(a, b)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.remove_file(path)
-    }
-    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
-        StdFileSystem.set_len(path, len)
-    }
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.sync_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.sync_dir(path)
-    }
-    fn sync_file_data(&self, path: &Path) -> io::Result<()> {
-        self.flush()?;
-        StdFileSystem.sync_file_data(path)
-    }
-    fn syncfs(&self, path: &Path) -> io::Result<()> {
-        self.flush()?;
-        StdFileSystem.syncfs(path)
-    }
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        StdFileSystem.open_append(path)
-    }
-    fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
-        StdFileSystem.open_lock_file(path)
     }
 }
 
 #[test]
 fn group_commit_shares_flushes_between_writers() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(FlakySync::default());
+    let fs = Arc::new(HookedFs(FlakySync::default()));
     let store = Store::open_with(
         tmp.path(),
         Options::new()
@@ -283,7 +230,7 @@ fn group_commit_shares_flushes_between_writers() {
         }
     });
     // One journal flush per write if nothing were shared.
-    let syncs = fs.syncs.load(Ordering::SeqCst);
+    let syncs = fs.0.syncs.load(Ordering::SeqCst);
     assert!(
         syncs > 0 && syncs < writes,
         "{syncs} flushes for {writes} writes"
@@ -293,7 +240,7 @@ fn group_commit_shares_flushes_between_writers() {
 #[test]
 fn failed_flush_makes_the_store_read_only_until_reopened() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(FlakySync::default());
+    let fs = Arc::new(HookedFs(FlakySync::default()));
     let opts = || {
         Options::new()
             .durability(Durability::Always)
@@ -301,7 +248,7 @@ fn failed_flush_makes_the_store_read_only_until_reopened() {
     };
     let store = Store::open_with(tmp.path(), opts()).unwrap();
     store.set("a", "1").unwrap();
-    fs.fail.store(true, Ordering::SeqCst);
+    fs.0.fail.store(true, Ordering::SeqCst);
     assert!(matches!(store.set("b", "2"), Err(Error::Io { .. })));
     let err = store.set("c", "3").unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
@@ -313,7 +260,7 @@ fn failed_flush_makes_the_store_read_only_until_reopened() {
         "reads still work"
     );
     drop(store);
-    fs.fail.store(false, Ordering::SeqCst);
+    fs.0.fail.store(false, Ordering::SeqCst);
     let store = Store::open_with(tmp.path(), opts()).unwrap();
     store.set("c", "3").unwrap();
     assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
@@ -322,10 +269,10 @@ fn failed_flush_makes_the_store_read_only_until_reopened() {
 #[test]
 fn works_without_rename_exchange_or_noreplace() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(FlakySync {
+    let fs = Arc::new(HookedFs(FlakySync {
         no_exchange: true,
         ..FlakySync::default()
-    });
+    }));
     let opts = || {
         Options::new()
             .durability(Durability::Never)

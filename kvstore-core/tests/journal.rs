@@ -2,20 +2,21 @@
 //! onto the value files, what it must not, and how a failed write is
 //! cancelled.
 //!
-//! A [`KeepJournal`] file system never removes journal files (so the
-//! journal of a closed store is still there to replay, as after a power
-//! cut) and can make renames in the value directories fail (so that a
-//! write fails after its journal entry is durable).
+//! A [`KeepJournal`] hook never lets a journal file be removed or set
+//! aside (so the journal of a closed store is still there to replay, as
+//! after a power cut) and can make renames in the value directories fail
+//! (so that a write fails after its journal entry is durable).
 
-use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
 use kvstore_core::{Durability, Options, Store};
+
+mod common;
+use common::{Hook, HookedFs, Step};
 
 #[derive(Default)]
 struct KeepJournal {
@@ -30,86 +31,23 @@ fn is_journal(path: &Path) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// `EIO`.
-fn injected() -> io::Error {
-    io::Error::from_raw_os_error(5)
-}
-
-impl KeepJournal {
-    fn check_rename(&self) -> io::Result<()> {
-        if self.fail_renames.load(Ordering::SeqCst) {
-            Err(injected())
-        } else {
-            Ok(())
+impl Hook for KeepJournal {
+    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        match step {
+            // Removing or setting aside a journal: keep it instead.
+            Step::RemoveFile(p) | Step::Rename(p, _) if is_journal(p) => Some(Ok(())),
+            Step::Rename(..) | Step::RenameExchange(..) | Step::RenameNoreplace(..)
+                if self.fail_renames.load(Ordering::SeqCst) =>
+            {
+                // EIO.
+                Some(Err(io::Error::from_raw_os_error(5)))
+            }
+            _ => None,
         }
     }
 }
 
-impl FileSystem for KeepJournal {
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.remove_dir(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        StdFileSystem.list_dir(path)
-    }
-    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        StdFileSystem.create_new(path, data)
-    }
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        StdFileSystem.write_at(path, offset, data)
-    }
-    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
-        StdFileSystem.read_at(path, offset, max_len)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
-        StdFileSystem.file_len(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        if is_journal(from) {
-            // Setting a journal aside counts as removing it: keep it.
-            return Ok(());
-        }
-        self.check_rename()?;
-        StdFileSystem.rename(from, to)
-    }
-    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        self.check_rename()?;
-        StdFileSystem.rename_exchange(a, b)
-    }
-    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check_rename()?;
-        StdFileSystem.rename_noreplace(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        if is_journal(path) {
-            return Ok(());
-        }
-        StdFileSystem.remove_file(path)
-    }
-    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
-        StdFileSystem.set_len(path, len)
-    }
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.sync_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.sync_dir(path)
-    }
-    fn syncfs(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.syncfs(path)
-    }
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        StdFileSystem.open_append(path)
-    }
-    fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
-        StdFileSystem.open_lock_file(path)
-    }
-}
-
-fn always(fs: &Arc<KeepJournal>) -> Options {
+fn always(fs: &Arc<HookedFs<KeepJournal>>) -> Options {
     Options::new()
         .durability(Durability::Always)
         .file_system(fs.clone())
@@ -159,7 +97,7 @@ fn value_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn reopen_replays_journaled_writes_that_never_reached_the_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(KeepJournal::default());
+    let fs = Arc::new(HookedFs(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         for i in 0..20 {
@@ -201,7 +139,7 @@ fn reopen_replays_journaled_writes_that_never_reached_the_files() {
 #[test]
 fn replay_does_not_resurrect_a_removed_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(KeepJournal::default());
+    let fs = Arc::new(HookedFs(KeepJournal::default()));
     let old_file;
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
@@ -223,15 +161,15 @@ fn replay_does_not_resurrect_a_removed_key() {
 #[test]
 fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(KeepJournal::default());
+    let fs = Arc::new(HookedFs(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("kept", "1").unwrap();
         store.set("changed", "old").unwrap();
-        fs.fail_renames.store(true, Ordering::SeqCst);
+        fs.0.fail_renames.store(true, Ordering::SeqCst);
         assert!(store.set("changed", "new").is_err());
         assert!(store.set("fresh", "never").is_err());
-        fs.fail_renames.store(false, Ordering::SeqCst);
+        fs.0.fail_renames.store(false, Ordering::SeqCst);
         // The store goes on: the failure was the write's own.
         assert_eq!(store.get("changed").unwrap(), Some(b"old".to_vec()));
         assert_eq!(store.get("fresh").unwrap(), None);
@@ -248,7 +186,7 @@ fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
 #[test]
 fn entries_of_a_cleared_generation_are_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(KeepJournal::default());
+    let fs = Arc::new(HookedFs(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("before", "1").unwrap();
@@ -264,7 +202,7 @@ fn entries_of_a_cleared_generation_are_not_replayed() {
 #[test]
 fn a_torn_journal_tail_is_ignored() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(KeepJournal::default());
+    let fs = Arc::new(HookedFs(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("a", "1").unwrap();
@@ -324,7 +262,7 @@ fn a_clean_close_leaves_no_journal_and_checkpoints_remove_old_files() {
 #[test]
 fn repair_replays_the_journal_first() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(KeepJournal::default());
+    let fs = Arc::new(HookedFs(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("a", "1").unwrap();
