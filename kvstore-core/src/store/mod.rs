@@ -311,6 +311,23 @@ impl Generation {
         self.dir.join(layout::MAP_LOG)
     }
 
+    /// Puts keys found by scanning the value files into the map and
+    /// recounts it.
+    fn insert_scanned(&self, keys: Vec<(Box<[u8]>, u16)>, hasher: fn(&[u8]) -> u64) {
+        for (key, idx) in keys {
+            self.shard(hasher(&key))
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, idx);
+        }
+        let count = self
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        self.count.store(count, Ordering::Relaxed);
+    }
+
     /// The generation's number (from its directory name `gen-<N>`).
     fn number(&self) -> u64 {
         self.dir

@@ -299,20 +299,7 @@ pub(super) fn load_generation(
         for p in &scan.problems {
             log::warn!("rebuilding {}: {p}", dir.display());
         }
-        for (key, idx) in scan.keys {
-            let h = hasher(&key);
-            gen.shard(h)
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, idx);
-        }
-        gen.count.store(
-            gen.shards
-                .iter()
-                .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-                .sum(),
-            Ordering::Relaxed,
-        );
+        gen.insert_scanned(scan.keys, hasher);
         let (file, records) = write_log_snapshot(fs, &gen, sync)?;
         *lock(&gen.log) = LogState { file, records };
     } else {

@@ -256,13 +256,7 @@ pub(crate) mod offline {
             spare_counter: AtomicU64::new(0),
             expiring_marked: AtomicBool::new(false),
         };
-        for (key, idx) in scan.keys {
-            let h = hasher(&key);
-            gen.shard(h)
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, idx);
-        }
+        gen.insert_scanned(scan.keys, hasher);
         write_log_snapshot(fs, &gen, true)?;
         // Cas numbers must stay unique: the boot epoch must be past every
         // cas found (its high bits), whatever EPOCH says or if it is damaged.
