@@ -1,4 +1,4 @@
-//! Durability: the flusher thread, group commit, and the barrier after each write step.
+//! Durability: the flusher thread, group commit, and noting each write step for the flusher.
 
 use super::*;
 
@@ -18,12 +18,12 @@ pub(super) struct SyncState {
 }
 
 impl Inner {
-    /// Called after each step of a write: notes that there is something to
-    /// flush. (`Always` makes a write durable through the journal before
+    /// Called after each file step of a write: notes that there is
+    /// something to flush, so the periodic flusher does not skip the
+    /// interval. (`Always` makes a write durable through the journal before
     /// its file steps, see `store/journal.rs`, so no step waits here.)
-    pub(super) fn barrier(&self) -> Result<()> {
+    pub(super) fn note_change(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 
     /// Waits until a `syncfs` that started after this call has finished;

@@ -427,7 +427,8 @@ impl Inner {
             need,
         });
         drop(pool);
-        self.barrier()
+        self.note_change();
+        Ok(())
     }
 
     /// `Periodic` mode: whether the value name (`hash`, `idx`) was left by

@@ -17,6 +17,29 @@ pub(super) enum Action<'a> {
 }
 
 impl Inner {
+    /// Runs `f` on the key's current state (see [`Inner::current`]) with
+    /// the generation read lock and the key's stripe lock held.
+    fn with_key_locked<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&Generation, u64, Current) -> Result<R>,
+    ) -> Result<R> {
+        let hash = (self.hasher)(key);
+        let gen = self.gen_read();
+        let _g = lock(&self.stripe(hash).lock);
+        let cur = self.current(&gen, hash, key)?;
+        f(&gen, hash, cur)
+    }
+
+    /// Removes a key that has a file but no live item (it expired). Stripe
+    /// lock held.
+    fn remove_if_dead(&self, gen: &Generation, hash: u64, key: &[u8], cur: &Current) -> Result<()> {
+        if cur.item.is_none() && cur.idx.is_some() {
+            self.remove_locked(gen, hash, key, cur.idx)?;
+        }
+        Ok(())
+    }
+
     /// Runs `decide` on the key's current item under its stripe lock and
     /// carries out the decision. Returns the cas written, if anything was.
     pub(super) fn update<'a>(
@@ -27,66 +50,57 @@ impl Inner {
         self.clear_if_due()?;
         validate_key(key)?;
         self.check_writable()?;
-        let hash = (self.hasher)(key);
-        let gen = self.gen_read();
-        let stripe = self.stripe(hash);
-        let _g = lock(&stripe.lock);
-        let cur = self.current(&gen, hash, key)?;
-        let (value, flags, expiry, cas) = match decide(cur.item.as_deref())? {
-            Action::Keep => {
-                // An expired item found on the way is removed now.
-                if cur.item.is_none() && cur.idx.is_some() {
-                    self.remove_locked(&gen, hash, key, cur.idx)?;
+        self.with_key_locked(key, |gen, hash, cur| {
+            let (value, flags, expiry, cas) = match decide(cur.item.as_deref())? {
+                Action::Keep => {
+                    // An expired item found on the way is removed now.
+                    self.remove_if_dead(gen, hash, key, &cur)?;
+                    return Ok(None);
                 }
-                return Ok(None);
-            }
-            Action::Write {
-                value,
-                flags,
-                expiry,
-                cas,
-            } => (value, flags, expiry, cas.unwrap_or_else(|| self.next_cas())),
-        };
-        let rec = record::encode(key, &value, flags, expiry, cas).ok_or(Error::ValueTooLarge {
-            len: value.len(),
-            max: self.max_value_bytes,
-        })?;
-        if expiry != Expiry::Never {
-            self.mark_expiring(&gen)?;
-        }
-        let written = self.write_record(&gen, hash, key, cur.idx, &rec);
-        stripe.seq.fetch_add(1, Ordering::Release);
-        if let Err(e) = written {
-            // The file may or may not have changed: the cache must not
-            // claim either.
-            self.cache.remove(hash, key);
-            return Err(e);
-        }
-        if self.cache_enabled {
-            let item = CachedItem {
-                value: value.into_owned(),
-                flags,
-                expiry,
-                cas,
+                Action::Write {
+                    value,
+                    flags,
+                    expiry,
+                    cas,
+                } => (value, flags, expiry, cas.unwrap_or_else(|| self.next_cas())),
             };
-            self.cache.insert(hash, key, Arc::new(item));
-        }
-        Ok(Some(cas))
+            let rec =
+                record::encode(key, &value, flags, expiry, cas).ok_or(Error::ValueTooLarge {
+                    len: value.len(),
+                    max: self.max_value_bytes,
+                })?;
+            if expiry != Expiry::Never {
+                self.mark_expiring(gen)?;
+            }
+            let written = self.write_record(gen, hash, key, cur.idx, &rec);
+            self.stripe(hash).seq.fetch_add(1, Ordering::Release);
+            if let Err(e) = written {
+                // The file may or may not have changed: the cache must not
+                // claim either.
+                self.cache.remove(hash, key);
+                return Err(e);
+            }
+            if self.cache_enabled {
+                let item = CachedItem {
+                    value: value.into_owned(),
+                    flags,
+                    expiry,
+                    cas,
+                };
+                self.cache.insert(hash, key, Arc::new(item));
+            }
+            Ok(Some(cas))
+        })
     }
 
     pub(super) fn delete(&self, key: &[u8]) -> Result<bool> {
         self.clear_if_due()?;
         validate_key(key)?;
         self.check_writable()?;
-        let hash = (self.hasher)(key);
-        let gen = self.gen_read();
-        let stripe = self.stripe(hash);
-        let _g = lock(&stripe.lock);
-        let cur = self.current(&gen, hash, key)?;
-        if cur.idx.is_some() {
-            self.remove_locked(&gen, hash, key, cur.idx)?;
-        }
-        Ok(cur.item.is_some())
+        self.with_key_locked(key, |gen, hash, cur| {
+            self.remove_locked(gen, hash, key, cur.idx)?;
+            Ok(cur.item.is_some())
+        })
     }
 
     /// Removes the key if it is (still) expired.
@@ -94,15 +108,9 @@ impl Inner {
         if self.read_only.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let hash = (self.hasher)(key);
-        let gen = self.gen_read();
-        let stripe = self.stripe(hash);
-        let _g = lock(&stripe.lock);
-        let cur = self.current(&gen, hash, key)?;
-        if cur.item.is_none() && cur.idx.is_some() {
-            self.remove_locked(&gen, hash, key, cur.idx)?;
-        }
-        Ok(())
+        self.with_key_locked(key, |gen, hash, cur| {
+            self.remove_if_dead(gen, hash, key, &cur)
+        })
     }
 
     /// Removes the key's file (stripe lock held). In `Always` mode the
@@ -143,7 +151,7 @@ impl Inner {
         self.log_remove(gen, hash, key)?;
         self.stripe(hash).seq.fetch_add(1, Ordering::Release);
         self.cache.remove(hash, key);
-        self.barrier()?;
+        self.note_change();
         let path = gen.value_path(hash, idx);
         if self.periodic() {
             return self.retire_removed(gen, hash, idx, key);
@@ -151,7 +159,8 @@ impl Inner {
         if let Err(e) = self.retire_file(gen, hash, &path) {
             log::warn!("removed key's file left in place: {e}");
         }
-        self.barrier()
+        self.note_change();
+        Ok(())
     }
 }
 
@@ -256,23 +265,21 @@ impl Inner {
         let sub = layout::subdir_index(hash);
         self.ensure_subdir(gen, sub)?;
         let id = self.fill_spare(gen, sub, rec)?;
-        if let Err(e) = self.barrier() {
-            self.give_back(gen, sub, id);
-            return Err(e);
-        }
+        self.note_change();
         match idx {
             Some(idx) => {
                 let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
-                self.barrier()?;
+                self.note_change();
                 self.recycle_spare(gen, sub, old, hash, idx);
                 Ok(())
             }
             None => {
                 let (idx, old) = self.place_new(gen, sub, id, hash)?;
-                self.barrier()?;
+                self.note_change();
                 self.recycle_spare(gen, sub, old, hash, idx);
                 self.log_put(gen, hash, key, idx)?;
-                self.barrier()
+                self.note_change();
+                Ok(())
             }
         }
     }
