@@ -131,6 +131,43 @@ pub enum Parsed<R> {
     Reject(Reject),
 }
 
+/// Parses `buf` as a connection does, one request after another, up to
+/// the first incomplete request or a close, and describes each step (the
+/// `Debug` form of the request or the rejection). A checking aid shared by
+/// both dialects' property tests and the fuzz targets.
+///
+/// # Panics
+/// If `parse` breaks its contract: a request that consumes nothing or more
+/// than the buffer, or a rejection that discards nothing.
+pub fn describe_steps<'a, R: fmt::Debug>(
+    buf: &'a [u8],
+    mut parse: impl FnMut(&'a [u8]) -> Parsed<R>,
+) -> Vec<String> {
+    let mut pos = 0usize;
+    let mut steps = Vec::new();
+    while pos < buf.len() {
+        match parse(&buf[pos..]) {
+            Parsed::Request { request, consumed } => {
+                assert!(consumed > 0 && consumed <= buf.len() - pos);
+                steps.push(format!("{request:?}"));
+                pos += consumed;
+            }
+            Parsed::Incomplete => break,
+            Parsed::Reject(r) => {
+                steps.push(format!("{r:?}"));
+                match r.recovery {
+                    Recovery::Discard(n) => {
+                        assert!(n > 0);
+                        pos = pos.saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+                    }
+                    Recovery::Close => break,
+                }
+            }
+        }
+    }
+    steps
+}
+
 /// The keys of a retrieval line, iterated lazily without allocating.
 #[derive(Clone, Copy)]
 pub struct Keys<'a> {

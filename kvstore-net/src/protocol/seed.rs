@@ -538,25 +538,7 @@ mod tests {
 
     /// Parses a whole buffer, returning what each step produced.
     fn parse_all(buf: &[u8]) -> Vec<String> {
-        let mut pos = 0;
-        let mut out = Vec::new();
-        while pos < buf.len() {
-            match parse(&buf[pos..], &LIMITS) {
-                Parsed::Request { request, consumed } => {
-                    out.push(format!("{request:?}"));
-                    pos += consumed;
-                }
-                Parsed::Incomplete => break,
-                Parsed::Reject(r) => {
-                    out.push(format!("{r:?}"));
-                    match r.recovery {
-                        Recovery::Discard(n) => pos = pos.saturating_add(n as usize),
-                        Recovery::Close => break,
-                    }
-                }
-            }
-        }
-        out
+        crate::protocol::describe_steps(buf, |b| parse(b, &LIMITS))
     }
 
     proptest! {
