@@ -313,22 +313,22 @@ impl McClient {
             .map(|(_, item)| item))
     }
 
-    fn simple(&mut self, what: &str) -> Result<Reply<'static>> {
+    /// Sends `request` and reads its one-line reply; `accept` turns the
+    /// replies it expects into the result, anything else is a protocol
+    /// error naming `what`.
+    fn simple<T>(
+        &mut self,
+        request: mc::Request<'_>,
+        what: &str,
+        accept: impl FnOnce(&Reply<'_>) -> Option<T>,
+    ) -> Result<T> {
+        request.encode(&mut self.conn.out);
         self.conn.send()?;
         let line = self.reply()?;
-        Ok(match parse_reply(&line) {
-            Some(Reply::Deleted) => Reply::Deleted,
-            Some(Reply::NotFound) => Reply::NotFound,
-            Some(Reply::Touched) => Reply::Touched,
-            Some(Reply::Ok) => Reply::Ok,
-            Some(Reply::Number(n)) => Reply::Number(n),
-            _ => {
-                return Err(Error::Protocol(format!(
-                    "{:?} in reply to {what}",
-                    lossy(&line)
-                )))
-            }
-        })
+        parse_reply(&line)
+            .as_ref()
+            .and_then(accept)
+            .ok_or_else(|| Error::Protocol(format!("{:?} in reply to {what}", lossy(&line))))
     }
 
     /// Deletes `key`; `true` if it existed.
@@ -338,32 +338,30 @@ impl McClient {
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
         check_key(key)?;
-        mc::Request::Delete {
+        let request = mc::Request::Delete {
             key,
             noreply: false,
-        }
-        .encode(&mut self.conn.out);
-        match self.simple("delete")? {
-            Reply::Deleted => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(Error::Protocol(format!("{other:?} in reply to delete"))),
-        }
+        };
+        self.simple(request, "delete", |r| match r {
+            Reply::Deleted => Some(true),
+            Reply::NotFound => Some(false),
+            _ => None,
+        })
     }
 
     fn counter(&mut self, incr: bool, key: &[u8], delta: u64) -> Result<Option<u64>> {
         check_key(key)?;
-        mc::Request::Counter {
+        let request = mc::Request::Counter {
             incr,
             key,
             delta,
             noreply: false,
-        }
-        .encode(&mut self.conn.out);
-        match self.simple("incr/decr")? {
-            Reply::Number(n) => Ok(Some(n)),
-            Reply::NotFound => Ok(None),
-            other => Err(Error::Protocol(format!("{other:?} in reply to incr/decr"))),
-        }
+        };
+        self.simple(request, "incr/decr", |r| match r {
+            Reply::Number(n) => Some(Some(*n)),
+            Reply::NotFound => Some(None),
+            _ => None,
+        })
     }
 
     /// Adds `delta` to a decimal counter (wrapping at 2^64); the new value,
@@ -392,17 +390,16 @@ impl McClient {
     pub fn touch(&mut self, key: impl AsRef<[u8]>, exptime: i64) -> Result<bool> {
         let key = key.as_ref();
         check_key(key)?;
-        mc::Request::Touch {
+        let request = mc::Request::Touch {
             key,
             exptime,
             noreply: false,
-        }
-        .encode(&mut self.conn.out);
-        match self.simple("touch")? {
-            Reply::Touched => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(Error::Protocol(format!("{other:?} in reply to touch"))),
-        }
+        };
+        self.simple(request, "touch", |r| match r {
+            Reply::Touched => Some(true),
+            Reply::NotFound => Some(false),
+            _ => None,
+        })
     }
 
     /// Invalidates every item, `delay` seconds from now (0: now).
@@ -410,15 +407,13 @@ impl McClient {
     /// # Errors
     /// As [`McClient::set`].
     pub fn flush_all(&mut self, delay: i64) -> Result<()> {
-        mc::Request::FlushAll {
+        let request = mc::Request::FlushAll {
             delay,
             noreply: false,
-        }
-        .encode(&mut self.conn.out);
-        match self.simple("flush_all")? {
-            Reply::Ok => Ok(()),
-            other => Err(Error::Protocol(format!("{other:?} in reply to flush_all"))),
-        }
+        };
+        self.simple(request, "flush_all", |r| {
+            matches!(r, Reply::Ok).then_some(())
+        })
     }
 
     /// The server's version string.
