@@ -4,8 +4,8 @@
 //!
 //! A [`KeepJournal`] hook never lets a journal file be removed or set
 //! aside (so the journal of a closed store is still there to replay, as
-//! after a power cut) and can make renames in the value directories fail
-//! (so that a write fails after its journal entry is durable).
+//! after a power cut) and can make writes to the value files fail (so that
+//! a write fails after its journal entry is durable).
 
 use std::fs;
 use std::io;
@@ -20,7 +20,9 @@ use common::{Hook, HookedFs, Step};
 
 #[derive(Default)]
 struct KeepJournal {
-    fail_renames: AtomicBool,
+    /// Renames fail, and so do creates in the value subdirectories, after
+    /// leaving half of a file behind as a failing write can.
+    fail_value_writes: AtomicBool,
 }
 
 /// A numbered journal file (`journal.<n>`), not the set-aside spare.
@@ -31,16 +33,31 @@ fn is_journal(path: &Path) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// A file in a value subdirectory (`gen-<n>/<xx>/...`).
+fn in_value_dir(path: &Path) -> bool {
+    path.parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("gen-"))
+}
+
+/// EIO.
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(5)
+}
+
 impl Hook for KeepJournal {
     fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        let failing = self.fail_value_writes.load(Ordering::SeqCst);
         match step {
             // Removing or setting aside a journal: keep it instead.
             Step::RemoveFile(p) | Step::Rename(p, _) if is_journal(p) => Some(Ok(())),
-            Step::Rename(..) | Step::RenameExchange(..) | Step::RenameNoreplace(..)
-                if self.fail_renames.load(Ordering::SeqCst) =>
-            {
-                // EIO.
-                Some(Err(io::Error::from_raw_os_error(5)))
+            Step::Rename(..) | Step::RenameExchange(..) | Step::RenameNoreplace(..) if failing => {
+                Some(Err(eio()))
+            }
+            Step::CreateNew(p) if failing && in_value_dir(p) => {
+                Some(fs::write(p, b"half").and(Err(eio())))
             }
             _ => None,
         }
@@ -166,13 +183,16 @@ fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("kept", "1").unwrap();
         store.set("changed", "old").unwrap();
-        fs.0.fail_renames.store(true, Ordering::SeqCst);
+        fs.0.fail_value_writes.store(true, Ordering::SeqCst);
         assert!(store.set("changed", "new").is_err());
         assert!(store.set("fresh", "never").is_err());
-        fs.0.fail_renames.store(false, Ordering::SeqCst);
+        fs.0.fail_value_writes.store(false, Ordering::SeqCst);
         // The store goes on: the failure was the write's own.
         assert_eq!(store.get("changed").unwrap(), Some(b"old".to_vec()));
         assert_eq!(store.get("fresh").unwrap(), None);
+        // No half-written file is left under a value name.
+        let files = value_files(tmp.path());
+        assert_eq!(files.len(), 2, "{files:?}");
         store.set("after", "2").unwrap();
     }
     let store = Store::open(tmp.path()).unwrap();

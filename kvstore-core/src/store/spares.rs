@@ -239,6 +239,33 @@ impl Inner {
 impl Inner {
     /// Writes `rec` into a spare file of the subdirectory; returns its id.
     pub(super) fn fill_spare(&self, gen: &Generation, sub: usize, rec: &[u8]) -> Result<u64> {
+        if let Some(id) = self.fill_pooled_spare(gen, sub, rec) {
+            return Ok(id);
+        }
+        loop {
+            let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
+            let path = gen.spare_path(sub, id);
+            match self.fs.create_new(&path, rec) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    // Do not leave a half-written file under a name that
+                    // would be reused as a spare without its length known.
+                    let _ = self.fs.remove_file(&path);
+                    return Err(io_err(&path, e));
+                }
+            }
+        }
+    }
+
+    /// Writes `rec` into a pooled spare of subdirectory `sub` and returns
+    /// its id; `None` when the pool has no usable spare.
+    pub(super) fn fill_pooled_spare(
+        &self,
+        gen: &Generation,
+        sub: usize,
+        rec: &[u8],
+    ) -> Option<u64> {
         loop {
             let pooled = {
                 let mut pool = lock(&gen.spares[sub]);
@@ -262,32 +289,19 @@ impl Inner {
                 }
                 id
             };
-            let Some(id) = pooled else { break };
+            let id = pooled?;
             let path = gen.spare_path(sub, id);
             match self.fs.write_at(&path, 0, rec) {
-                Ok(()) => return Ok(id),
+                Ok(()) => return Some(id),
                 // A spare that vanished (removed by hand): try the next.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                // Unusable (a planted symlink, a failing write): forget it
-                // and make a fresh one, whose error, if any, is returned.
+                // Unusable (a planted symlink, a failing write): forget it;
+                // the caller makes a fresh file, whose error, if any, is
+                // returned.
                 Err(e) => {
                     log::warn!("dropping unusable spare file {}: {e}", path.display());
                     let _ = self.fs.remove_file(&path);
-                    break;
-                }
-            }
-        }
-        loop {
-            let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
-            let path = gen.spare_path(sub, id);
-            match self.fs.create_new(&path, rec) {
-                Ok(()) => return Ok(id),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    // Do not leave a half-written file under a name that
-                    // would be reused as a spare without its length known.
-                    let _ = self.fs.remove_file(&path);
-                    return Err(io_err(&path, e));
+                    return None;
                 }
             }
         }

@@ -264,7 +264,19 @@ impl Inner {
     ) -> Result<()> {
         let sub = layout::subdir_index(hash);
         self.ensure_subdir(gen, sub)?;
-        let id = self.fill_spare(gen, sub, rec)?;
+        let pooled = self.fill_pooled_spare(gen, sub, rec);
+        if idx.is_none() && pooled.is_none() && self.journal.is_some() {
+            if let Some(idx) = self.create_in_place(gen, hash, rec)? {
+                self.note_change();
+                self.log_put(gen, hash, key, idx)?;
+                self.note_change();
+                return Ok(());
+            }
+        }
+        let id = match pooled {
+            Some(id) => id,
+            None => self.fill_spare(gen, sub, rec)?,
+        };
         self.note_change();
         match idx {
             Some(idx) => {
@@ -328,6 +340,44 @@ impl Inner {
             return Ok((idx, old));
         }
         self.give_back(gen, sub, id);
+        Err(Error::InvalidKey {
+            reason: "too many keys share one hash",
+        })
+    }
+
+    /// `Always` mode, a new key and no pooled spare: creates the value
+    /// file directly under the first free collision index of `hash` and
+    /// returns that index, saving the spare's name and its rename (about a
+    /// sixth of a new key's CPU here). `None` when a leftover no map entry
+    /// points to is in the way: the caller swaps a spare in over it.
+    ///
+    /// A file written in place can be torn by a crash, which the spare and
+    /// rename exist to prevent; here the record's journal entry is already
+    /// durable, so replay rewrites whatever a crash leaves. Readers do not
+    /// see the file before the map entry that follows it. Stripe lock of
+    /// `hash` held.
+    fn create_in_place(&self, gen: &Generation, hash: u64, rec: &[u8]) -> Result<Option<u16>> {
+        for idx in 0..=layout::MAX_COLLISION_INDEX {
+            let target = gen.value_path(hash, idx);
+            match self.fs.create_new(&target, rec) {
+                Ok(()) => return Ok(Some(idx)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if self.owned_by_mapped_key(gen, &target, hash, idx)? {
+                        continue;
+                    }
+                    return Ok(None);
+                }
+                Err(e) => {
+                    // A half-written file of ours (no map entry points to
+                    // it) must not stay under the name: remove it if it is
+                    // there and nobody's.
+                    if matches!(self.owned_by_mapped_key(gen, &target, hash, idx), Ok(false)) {
+                        let _ = self.fs.remove_file(&target);
+                    }
+                    return Err(io_err(&target, e));
+                }
+            }
+        }
         Err(Error::InvalidKey {
             reason: "too many keys share one hash",
         })
