@@ -7,7 +7,10 @@
 //! cargo run --release -p kvstore-core --example writers -- <mode> <threads> <value bytes> <new|overwrite> [seconds]
 //! cargo run --release -p kvstore-core --example writers -- always 16 100 new 3
 //! ```
-//! `mode` is `never`, `periodic` (1 s) or `always`. The store lives under
+//! `mode` is `never`, `periodic` (1 s) or `always`, or `raw-fsync`: no
+//! store, each write creates a temp file, writes, fsyncs it and renames it
+//! to the key's name (the reference of `Always`). `WRITERS_CHECKPOINT_MS`
+//! sets `Options::checkpoint_interval`. The store lives under
 //! `target/tmp` (same file system as the project) and is kept afterwards,
 //! because a mass delete slows later creates on ext4 for minutes; remove
 //! `target/tmp/writers-*` when done.
@@ -26,11 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: writers <never|periodic|always> <threads> <value bytes> <new|overwrite> [seconds]".into());
     }
     let durability = match args[0].as_str() {
-        "never" => Durability::Never,
+        "never" | "raw-fsync" => Durability::Never,
         "periodic" => Durability::Periodic(Duration::from_secs(1)),
         "always" => Durability::Always,
         other => return Err(format!("unknown mode {other}").into()),
     };
+    let raw = args[0] == "raw-fsync";
     let threads: usize = args[1].parse()?;
     let value = vec![b'v'; args[2].parse()?];
     let overwrite = match args[3].as_str() {
@@ -45,40 +49,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .prefix("writers-")
         .tempdir_in("target/tmp")?
         .keep();
-    let store = Store::open_with(&dir, Options::new().durability(durability))?;
+    let mut options = Options::new().durability(durability);
+    if let Some(ms) = std::env::var("WRITERS_CHECKPOINT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options = options.checkpoint_interval(Duration::from_millis(ms));
+    }
+    let store = Store::open_with(&dir, options)?;
+    let raw_dir = dir.join("raw");
+    if raw {
+        std::fs::create_dir(&raw_dir)?;
+    }
+    let write =
+        |key: String, value: &[u8]| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            if raw {
+                raw_write(&raw_dir, &key, value)?;
+            } else {
+                store.set(key, value)?;
+            }
+            Ok(())
+        };
     if overwrite {
         for i in 0..OVERWRITE_KEYS {
-            store.set(format!("k{i}"), &value)?;
+            write(format!("k{i}"), &value).map_err(|e| e.to_string())?;
         }
     }
     let done = AtomicU64::new(0);
     let start = Instant::now();
     let run = Duration::from_secs(secs);
-    std::thread::scope(|s| -> Result<(), kvstore_core::Error> {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let (store, value, done) = (&store, &value, &done);
-                s.spawn(move || -> Result<(), kvstore_core::Error> {
-                    let mut i = 0usize;
-                    while start.elapsed() < run {
-                        let key = if overwrite {
-                            format!("k{}", (i * threads + t) % OVERWRITE_KEYS)
-                        } else {
-                            format!("t{t}-{i}")
-                        };
-                        store.set(key, value)?;
-                        i += 1;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
+    std::thread::scope(
+        |s| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (write, value, done) = (&write, &value, &done);
+                    s.spawn(
+                        move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                            let mut i = 0usize;
+                            while start.elapsed() < run {
+                                let key = if overwrite {
+                                    format!("k{}", (i * threads + t) % OVERWRITE_KEYS)
+                                } else {
+                                    format!("t{t}-{i}")
+                                };
+                                write(key, value)?;
+                                i += 1;
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(())
+                        },
+                    )
                 })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        }
-        Ok(())
-    })?;
+                .collect();
+            for w in workers {
+                w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     println!(
         "{} {} threads, {} B, {}: {rate:.0} sets/s ({})",
@@ -89,4 +118,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dir.display()
     );
     Ok(())
+}
+
+/// One write of the `raw-fsync` reference: temp file, write, fsync,
+/// rename to the key's name.
+fn raw_write(dir: &std::path::Path, key: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let target = dir.join(key);
+    let tmp = dir.join(format!("{key}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(value)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, target)
 }
