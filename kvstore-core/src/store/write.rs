@@ -252,8 +252,9 @@ impl Inner {
     }
 
     /// Writes a record for `key` into the files (stripe lock held): into a
-    /// spare, then swapped in; a new key also gets a collision index and a
-    /// map record.
+    /// spare, then swapped in (in `Always` mode a new key's file is created
+    /// in place when no spare is pooled, see [`Inner::create_in_place`]); a
+    /// new key also gets a collision index and a map record.
     pub(super) fn write_files(
         &self,
         gen: &Generation,
