@@ -386,7 +386,8 @@ fn summary() {
         let (group, bench, size, threads) = (parts[0], parts[1], parts[2], parts[3]);
         let group_ref = match (group, bench) {
             ("get", "store_uncached") => Some(format!("get/raw_open_read/{size}/1t")),
-            (_, "store_always") => Some(format!("set_new/raw_create_fsync/100B/{threads}")),
+            // The target: `Always` against one writer's fsync per write.
+            (_, "store_always") => Some("set_new/raw_create_fsync/100B/1t".to_string()),
             ("set_new" | "overwrite", b) if b.starts_with("store_") => {
                 Some(format!("set_new/raw_create/{size}/{threads}"))
             }

@@ -237,11 +237,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// Writes `rec` into a spare file of the subdirectory; returns its id.
-    pub(super) fn fill_spare(&self, gen: &Generation, sub: usize, rec: &[u8]) -> Result<u64> {
-        if let Some(id) = self.fill_pooled_spare(gen, sub, rec) {
-            return Ok(id);
-        }
+    /// Writes `rec` into a new spare file of subdirectory `sub` (when
+    /// [`Inner::fill_pooled_spare`] found none); returns its id.
+    pub(super) fn create_spare(&self, gen: &Generation, sub: usize, rec: &[u8]) -> Result<u64> {
         loop {
             let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
             let path = gen.spare_path(sub, id);

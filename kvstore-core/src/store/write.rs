@@ -276,7 +276,7 @@ impl Inner {
         }
         let id = match pooled {
             Some(id) => id,
-            None => self.fill_spare(gen, sub, rec)?,
+            None => self.create_spare(gen, sub, rec)?,
         };
         self.note_change();
         match idx {
