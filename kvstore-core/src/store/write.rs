@@ -204,7 +204,8 @@ impl Inner {
     /// it with [`Inner::recycle_spare`] only after the exchange is durable
     /// (until then a power cut can bring the old name back to that inode,
     /// so another writer must not overwrite it in place). Without exchange
-    /// the old file is replaced (and freed).
+    /// the old file is replaced (and freed), after a flush of the new data
+    /// in `Periodic` mode.
     pub(super) fn swap_in(
         &self,
         gen: &Generation,
@@ -226,10 +227,22 @@ impl Inner {
                 }
             }
         }
-        self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
-            self.give_back(gen, sub, id);
-            io_err(target, e)
-        })
+        // The rename frees the old file at once. In `Periodic` mode the old
+        // file may hold the key's last flushed value, which a power cut must
+        // not take away before the new one is on disk: flush the new data
+        // first (one fsync per overwrite, only where exchange is missing).
+        let synced = if self.periodic() {
+            self.fs.sync_file_data(&spare)
+        } else {
+            Ok(())
+        };
+        synced
+            .and_then(|()| self.fs.rename(&spare, target))
+            .map(|()| None)
+            .map_err(|e| {
+                self.give_back(gen, sub, id);
+                io_err(target, e)
+            })
     }
 }
 
