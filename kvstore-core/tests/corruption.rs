@@ -458,7 +458,10 @@ fn periodic_key_removed_after_its_spare_record_is_not_recoverable() {
 
     let report = Store::verify(tmp.path()).unwrap();
     assert_eq!(report.recoverable_keys, 0, "{report}");
-    assert!(!report.is_ok(), "{report}");
+    // Open drops k5 (the tombstone is its newest state) and loses nothing:
+    // a dangling entry, not a problem.
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.dangling_entries, 1, "{report}");
     let report = Store::repair(tmp.path()).unwrap();
     assert_eq!(report.keys_restored, 0, "{report}");
     assert_eq!(report.keys_recovered, 0, "{report}");
