@@ -458,7 +458,10 @@ fn periodic_key_removed_after_its_spare_record_is_not_recoverable() {
 
     let report = Store::verify(tmp.path()).unwrap();
     assert_eq!(report.recoverable_keys, 0, "{report}");
-    assert!(!report.is_ok(), "{report}");
+    // Open drops k5 (the tombstone is its newest state) and loses nothing:
+    // a dangling entry, not a problem.
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.dangling_entries, 1, "{report}");
     let report = Store::repair(tmp.path()).unwrap();
     assert_eq!(report.keys_restored, 0, "{report}");
     assert_eq!(report.keys_recovered, 0, "{report}");
@@ -568,4 +571,238 @@ fn periodic_recovery_honours_a_tombstone_left_under_another_index() {
     assert_eq!(Store::repair(tmp.path()).unwrap().keys_restored, 0);
     let store = Store::open_with(tmp.path(), never()).unwrap();
     assert_eq!(store.get("k5").unwrap(), None);
+}
+
+// Leftovers of a `Periodic` power cut under a value name: a tombstone or a
+// neutralized file, with or without a map entry pointing to it.
+
+/// CRC-32 (IEEE), as the record format uses, over `parts` in order.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut crc = !0u32;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A record (`magic` `KVSR`) or tombstone (`KVSD`, empty value) of `key`
+/// with `cas`, encoded by hand (format in kvstore-core/src/record.rs).
+fn encode(magic: &[u8; 4], key: &str, value: &str, cas: u64) -> Vec<u8> {
+    let mut b = magic.to_vec();
+    b.extend_from_slice(&[1, 0]);
+    b.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&cas.to_le_bytes());
+    let crc = crc32(&[&b[..32], key.as_bytes(), value.as_bytes()]);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+fn tombstone(key: &str, cas: u64) -> Vec<u8> {
+    encode(b"KVSD", key, "", cas)
+}
+
+/// The cas of the record in the value file of `key`.
+fn file_cas(dir: &Path, key: &str) -> u64 {
+    let b = fs::read(value_file(dir, key)).unwrap();
+    u64::from_le_bytes(b[24..32].try_into().unwrap())
+}
+
+/// A closed `Periodic` store with keys k0..k19 = v0..v19, each written
+/// once (new keys: no spare holds a record of them).
+fn populated_periodic() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open_with(tmp.path(), periodic()).unwrap();
+    for i in 0..20 {
+        store.set(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    drop(store);
+    assert!(spares_starting_with(tmp.path(), "k5", b"KVS").is_empty());
+    tmp
+}
+
+/// Opens the store in the mode of `options`, reads every key (k5 must read
+/// as absent, the others as before), lets the sweep finish, closes it.
+fn open_and_read(dir: &Path, options: Options) {
+    let store = Store::open_with(dir, options).unwrap();
+    assert_keys(&store, |i| i != 5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.background_sweep_done() {
+        assert!(std::time::Instant::now() < deadline, "sweep never finished");
+        std::thread::yield_now();
+    }
+    assert_keys(&store, |i| i != 5);
+}
+
+/// Verify with `Periodic` (the default) and with `Never` options: no
+/// problem, and the counts given.
+fn assert_verify_ok(dir: &Path, keys_ok: u64, stray: u64, dangling: u64) {
+    for options in [Options::new(), never()] {
+        let report = Store::verify_with(dir, options).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert!(report.to_string().ends_with("status: ok"), "{report}");
+        assert_eq!(report.keys_ok, keys_ok, "{report}");
+        assert_eq!(report.stray_files, stray, "{report}");
+        assert_eq!(report.dangling_entries, dangling, "{report}");
+        assert_eq!(report.recoverable_keys, 0, "{report}");
+    }
+}
+
+#[test]
+fn periodic_tombstone_left_under_a_removed_keys_name_is_a_stray() {
+    // A removal logged its map record and wrote its tombstone over k5's
+    // file, but the move of that file to the spares did not land.
+    for options in [periodic(), never()] {
+        let tmp = populated_periodic();
+        let cas = file_cas(tmp.path(), "k5");
+        {
+            let store = Store::open_with(tmp.path(), periodic()).unwrap();
+            assert!(store.delete("k5").unwrap());
+        }
+        let file = value_file(tmp.path(), "k5");
+        assert!(!file.exists());
+        fs::write(&file, tombstone("k5", cas + 1)).unwrap();
+        assert_verify_ok(tmp.path(), 19, 1, 0);
+        open_and_read(tmp.path(), options);
+        assert!(!file.exists(), "the sweep recycles the tombstone");
+        assert_verify_ok(tmp.path(), 19, 0, 0);
+    }
+}
+
+#[test]
+fn periodic_neutralized_file_left_under_a_free_name_is_a_stray() {
+    // A stray (or a removed key's file) was neutralized to be recycled,
+    // but its move to the spares did not land.
+    for options in [periodic(), never()] {
+        let tmp = populated_periodic();
+        let file = value_file(tmp.path(), "k5");
+        let old = fs::read(&file).unwrap();
+        {
+            let store = Store::open_with(tmp.path(), never()).unwrap();
+            assert!(store.delete("k5").unwrap());
+        }
+        assert!(!file.exists());
+        fs::write(&file, &old).unwrap();
+        neutralize(&file);
+        assert_verify_ok(tmp.path(), 19, 1, 0);
+        open_and_read(tmp.path(), options);
+        assert!(!file.exists(), "the sweep recycles the neutralized file");
+        assert_verify_ok(tmp.path(), 19, 0, 0);
+    }
+}
+
+#[test]
+fn periodic_tombstone_under_a_mapped_name_is_a_dangling_entry() {
+    // A removal wrote its tombstone over k5's file, but neither its map
+    // record nor the move of the file landed: the map still points there.
+    for options in [periodic(), never()] {
+        let tmp = populated_periodic();
+        let file = value_file(tmp.path(), "k5");
+        fs::write(&file, tombstone("k5", file_cas(tmp.path(), "k5") + 1)).unwrap();
+        assert_verify_ok(tmp.path(), 19, 0, 1);
+        open_and_read(tmp.path(), options);
+        assert_verify_ok(tmp.path(), 19, 0, 0);
+    }
+}
+
+#[test]
+fn periodic_neutralized_file_under_a_mapped_name_is_a_dangling_entry() {
+    // A new key's file is in place and mapped, but its data did not land:
+    // the name shows the neutralized spare it was written into. No other
+    // record of k5 exists: opening drops it and loses nothing.
+    for options in [periodic(), never()] {
+        let tmp = populated_periodic();
+        let file = value_file(tmp.path(), "k5");
+        neutralize(&file);
+        assert_verify_ok(tmp.path(), 19, 0, 1);
+        open_and_read(tmp.path(), options);
+        assert!(!file.exists(), "the read drops the neutralized file");
+        assert_verify_ok(tmp.path(), 19, 0, 0);
+    }
+}
+
+#[test]
+fn periodic_leftovers_that_hide_a_record_or_cannot_come_from_a_store_stay_problems() {
+    let tmp = populated_periodic();
+    let file = value_file(tmp.path(), "k5");
+    let cas = file_cas(tmp.path(), "k5");
+    let sub = file.parent().unwrap().to_path_buf();
+    fs::write(&file, tombstone("k5", cas + 1)).unwrap();
+    assert_verify_ok(tmp.path(), 19, 0, 1);
+
+    // A record of k5 newer than the tombstone in its file: opening drops
+    // k5 all the same (the tombstone in its own file decides), so verify
+    // must not call that harmless, in any mode.
+    let newer = sub.join("~spare.999");
+    fs::write(&newer, encode(b"KVSR", "k5", "newer", cas + 2)).unwrap();
+    for options in [Options::new(), never()] {
+        let report = Store::verify_with(tmp.path(), options).unwrap();
+        assert!(!report.is_ok(), "{report}");
+        assert_eq!(report.dangling_entries, 0, "{report}");
+        assert!(
+            report.problems.iter().any(|p| p.contains("\"k5\"")
+                && p.contains("its tombstone")
+                && p.contains("~spare.999")),
+            "{report}"
+        );
+    }
+    // An older one (the removal came after it) hides nothing.
+    fs::write(&newer, encode(b"KVSR", "k5", "older", cas)).unwrap();
+    assert_verify_ok(tmp.path(), 19, 0, 1);
+    fs::remove_file(&newer).unwrap();
+
+    // A neutralized file under k5's name with its older record in a spare:
+    // only opening in `Periodic` mode restores it. Verify with `Periodic`
+    // options counts it recoverable, with other options as hidden; both
+    // are problems.
+    fs::write(&file, encode(b"KVSR", "k5", "new", cas + 2)).unwrap();
+    neutralize(&file);
+    fs::write(&newer, encode(b"KVSR", "k5", "old", cas + 1)).unwrap();
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(!report.is_ok(), "{report}");
+    assert_eq!(report.recoverable_keys, 1, "{report}");
+    let report = Store::verify_with(tmp.path(), never()).unwrap();
+    assert!(!report.is_ok(), "{report}");
+    assert_eq!(report.recoverable_keys, 0, "{report}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("\"k5\"") && p.contains("a neutralized file")),
+        "{report}"
+    );
+    fs::remove_file(&newer).unwrap();
+    assert_verify_ok(tmp.path(), 19, 0, 1);
+
+    // Unmapped: garbage that is neither a tombstone nor neutralized, and a
+    // tombstone of a key that does not hash to the file's name.
+    let stray = format!("{}.1", file.display());
+    fs::write(&stray, b"\x01\x02\x03\x04 not a record").unwrap();
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains(&stray)),
+        "{report}"
+    );
+    fs::write(&stray, tombstone("k6", cas + 3)).unwrap();
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&stray) && p.contains("does not hash")),
+        "{report}"
+    );
+    fs::write(&stray, tombstone("k5", cas + 3)).unwrap();
+    assert_verify_ok(tmp.path(), 19, 1, 1);
 }

@@ -320,11 +320,17 @@ pub(super) struct Scan {
     pub(super) dropped: u64,
     pub(super) spares: u64,
     pub(super) problems: Vec<String>,
+    /// Without `fix` (verify): files holding no record but a tombstone or
+    /// a neutralized record, which verify classifies (see
+    /// [`super::verify::Leftover`]) instead of listing them in `problems`.
+    pub(super) leftovers: Vec<super::verify::Leftover>,
 }
 
 /// Reads every value file of a generation. Damaged files, files whose key
 /// does not hash to their name and duplicates (the lower cas loses) are
-/// reported, and removed when `fix`.
+/// reported, and removed when `fix`. Without `fix`, files that hold a
+/// tombstone or a neutralized record go to `leftovers` instead, for verify
+/// to classify.
 pub(super) fn scan_generation(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -338,6 +344,7 @@ pub(super) fn scan_generation(
         dropped: 0,
         spares: 0,
         problems: Vec::new(),
+        leftovers: Vec::new(),
     };
     let mut best: HashMap<Box<[u8]>, (u16, u64, PathBuf)> = HashMap::new();
     for sub in 0..SUBDIRS {
@@ -368,7 +375,13 @@ pub(super) fn scan_generation(
                 .read_at(&path, 0, usize::MAX)
                 .map_err(|e| io_err(&path, e))?;
             let problem = match record::decode(&bytes) {
-                Err(what) => Some(format!("damaged value file {}: {what}", path.display())),
+                Err(what) => match super::verify::Leftover::of(&bytes, &path, sub, hash) {
+                    Some(leftover) if !fix => {
+                        scan.leftovers.push(leftover);
+                        None
+                    }
+                    _ => Some(format!("damaged value file {}: {what}", path.display())),
+                },
                 Ok(rec) if hasher(rec.key) != hash || layout::subdir_index(hash) != sub => {
                     Some(format!(
                         "value file {} holds a key that does not hash to its name",

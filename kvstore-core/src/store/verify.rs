@@ -12,7 +12,10 @@ pub struct VerifyReport {
     /// One line per problem found; empty when the store is sound.
     pub problems: Vec<String>,
     /// Value files no map entry points to: leftovers of an interrupted
-    /// write, harmless (recycled on the next open), not counted as problems.
+    /// write, or (after a power cut in `Periodic` mode) of a removal or a
+    /// recycling whose move to the spares did not land, which left the
+    /// key's tombstone or a neutralized file under a value name. Harmless
+    /// (recycled on the next open), not counted as problems.
     pub stray_files: u64,
     /// Recycled spare files (not values).
     pub spare_files: u64,
@@ -21,9 +24,13 @@ pub struct VerifyReport {
     /// Directories of cleared generations not yet deleted (deletion runs
     /// in the background and resumes on the next open); not problems.
     pub old_generations: u64,
-    /// Map entries whose value file is missing: left by a delete
-    /// interrupted between its two steps; they read as absent and are
-    /// dropped on the next access, so not counted as problems.
+    /// Map entries whose value file is missing (left by a delete
+    /// interrupted between its two steps) or, after a power cut in
+    /// `Periodic` mode, holds no record but the key's tombstone (a removal
+    /// whose map record did not land) or a neutralized file (a write whose
+    /// data did not land), with no newer record of the key in a spare or
+    /// another value file of its hash. They read as absent and are dropped
+    /// on the next access, losing nothing, so not counted as problems.
     pub dangling_entries: u64,
     /// `Periodic` (the durability of the options given): keys whose value
     /// file holds no good record (a power cut let a swap reach the disk
@@ -33,6 +40,50 @@ pub struct VerifyReport {
     /// opening the store in `Periodic` mode; opening it in another mode
     /// drops it.
     pub recoverable_keys: u64,
+}
+
+/// A value file that holds no record, only what a power cut in `Periodic`
+/// mode can leave under a value name: a tombstone (a removal writes one over
+/// the key's file before moving it to the spares) or a neutralized file
+/// (first bytes [`NEUTRAL`]: a file being recycled, or a reused spare whose
+/// new data did not land). Found by [`scan_generation`] for verify, which
+/// counts it as a leftover (a stray file, or a dangling entry when the map
+/// points to it) unless it hides a record opening would not restore.
+pub(super) struct Leftover {
+    pub(super) path: PathBuf,
+    /// The subdirectory it is in.
+    pub(super) sub: usize,
+    /// Its name's hash.
+    pub(super) hash: u64,
+    /// The tombstone's key and cas; `None` for a neutralized file.
+    pub(super) tombstone: Option<(Box<[u8]>, u64)>,
+}
+
+impl Leftover {
+    /// `bytes` (the whole file `path`, which holds no good record) as a
+    /// leftover, if it is one.
+    pub(super) fn of(bytes: &[u8], path: &Path, sub: usize, hash: u64) -> Option<Self> {
+        let tombstone = match record::decode_tombstone(bytes) {
+            Some((key, cas)) => Some((Box::from(key), cas)),
+            None if bytes.starts_with(&NEUTRAL) => None,
+            None => return None,
+        };
+        Some(Leftover {
+            path: path.to_path_buf(),
+            sub,
+            hash,
+            tombstone,
+        })
+    }
+
+    /// What it holds, for a problem line.
+    fn describe(&self, key: &[u8]) -> &'static str {
+        match &self.tombstone {
+            Some((k, _)) if **k == *key => "its tombstone",
+            Some(_) => "a tombstone of another key",
+            None => "a neutralized file",
+        }
+    }
 }
 
 impl VerifyReport {
@@ -165,9 +216,16 @@ pub(crate) mod offline {
         report.spare_files = scan.spares;
         report.problems.extend(scan.problems);
         let mut found: HashMap<Box<[u8]>, u16> = scan.keys.into_iter().collect();
+        let mut leftovers: HashMap<PathBuf, Leftover> = scan
+            .leftovers
+            .into_iter()
+            .map(|l| (l.path.clone(), l))
+            .collect();
         let periodic = matches!(options.durability, Durability::Periodic(_));
         for (key, idx) in &map {
             let found_at = found.remove(key);
+            let path = gen_dir.join(layout::value_rel_path(hasher(key), *idx));
+            let leftover = leftovers.remove(&path);
             if found_at != Some(*idx) && periodic {
                 if let Some((from, cas)) = recoverable(fs, &gen_dir, hasher, key, *idx)? {
                     report.recoverable_keys += 1;
@@ -190,8 +248,12 @@ pub(crate) mod offline {
                     show_key(key)
                 )),
                 None => {
-                    let path = gen_dir.join(layout::value_rel_path(hasher(key), *idx));
-                    if fs.file_len(&path).map_err(|e| io_err(&path, e))?.is_none() {
+                    if let Some(leftover) = &leftover {
+                        match hidden_by_leftover(fs, &gen_dir, hasher, key, *idx, leftover)? {
+                            None => report.dangling_entries += 1,
+                            Some(problem) => report.problems.push(problem),
+                        }
+                    } else if fs.file_len(&path).map_err(|e| io_err(&path, e))?.is_none() {
                         report.dangling_entries += 1;
                     } else {
                         report.problems.push(format!(
@@ -204,6 +266,22 @@ pub(crate) mod offline {
             }
         }
         report.stray_files = found.len() as u64;
+        // Leftovers no map entry points to: strays, if a store could have
+        // put them there.
+        for leftover in leftovers.into_values() {
+            let path = leftover.path.display();
+            if layout::subdir_index(leftover.hash) != leftover.sub {
+                report
+                    .problems
+                    .push(format!("value file {path} is not in its subdirectory"));
+            } else if matches!(&leftover.tombstone, Some((k, _)) if hasher(k) != leftover.hash) {
+                report.problems.push(format!(
+                    "value file {path} holds a tombstone of a key that does not hash to its name"
+                ));
+            } else {
+                report.stray_files += 1;
+            }
+        }
         for name in list_names(fs, dir)? {
             if let Some(g) = layout::parse_gen_name(&name) {
                 if g != n {
@@ -291,6 +369,57 @@ pub(crate) mod offline {
                 .push(format!("removed old generation {}", path.display()));
         }
         Ok(report)
+    }
+
+    /// The mapped key `key` (index `idx`), whose value file is `leftover`:
+    /// a problem line if the key has a record that opening would not
+    /// restore (opening drops the key: see [`Inner::current`]), `None` if
+    /// dropping it loses nothing.
+    ///
+    /// Opening in `Periodic` mode restores the key's newest record in a
+    /// spare or another value file of its hash if that is newer than every
+    /// tombstone of the key there ([`recoverable`], checked before) and the
+    /// file is not the key's own tombstone; opening in another mode does
+    /// not. So a record is hidden if it is the newest there ([`find_latest`])
+    /// and newer than the key's tombstone in its own file, if that is what
+    /// the file holds.
+    fn hidden_by_leftover(
+        fs: &dyn FileSystem,
+        gen_dir: &Path,
+        hasher: fn(&[u8]) -> u64,
+        key: &[u8],
+        idx: u16,
+        leftover: &Leftover,
+    ) -> Result<Option<String>> {
+        let own_tombstone = match &leftover.tombstone {
+            Some((k, cas)) if **k == *key => Some(*cas),
+            _ => None,
+        };
+        let Some(Latest {
+            path: from,
+            item: Some(item),
+            ..
+        }) = find_latest(fs, gen_dir, hasher(key), idx, key)?
+        else {
+            return Ok(None);
+        };
+        if own_tombstone.is_some_and(|t| t >= item.cas) {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "key {} is in the map but its value file {} holds {}, while a newer record of it \
+             (cas {}) is in {}: opening drops the key{}",
+            show_key(key),
+            leftover.path.display(),
+            leftover.describe(key),
+            item.cas,
+            from.display(),
+            if own_tombstone.is_some() {
+                ""
+            } else {
+                " unless in `Periodic` mode (repair with `Periodic` options restores it)"
+            }
+        )))
     }
 
     /// `Periodic`: whether the mapped key `key` (index `idx`) has a value
