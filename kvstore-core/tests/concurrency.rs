@@ -210,7 +210,7 @@ impl Hook for FlakySync {
 #[test]
 fn group_commit_shares_flushes_between_writers() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(FlakySync::default()));
+    let fs = Arc::new(HookedFs::new(FlakySync::default()));
     let store = Store::open_with(
         tmp.path(),
         Options::new()
@@ -240,7 +240,7 @@ fn group_commit_shares_flushes_between_writers() {
 #[test]
 fn failed_flush_makes_the_store_read_only_until_reopened() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(FlakySync::default()));
+    let fs = Arc::new(HookedFs::new(FlakySync::default()));
     let opts = || {
         Options::new()
             .durability(Durability::Always)
@@ -269,7 +269,7 @@ fn failed_flush_makes_the_store_read_only_until_reopened() {
 #[test]
 fn works_without_rename_exchange_or_noreplace() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(FlakySync {
+    let fs = Arc::new(HookedFs::new(FlakySync {
         no_exchange: true,
         ..FlakySync::default()
     }));

@@ -20,14 +20,14 @@
 //! ENOSPC and EACCES are sticky (every later call of that kind fails too,
 //! like a full disk or a permission change); EIO hits one call.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
+use common::{Hook, HookedFs, Step};
 use kvstore_core::{Durability, Error, Options, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,28 +76,27 @@ struct State {
     created: Vec<PathBuf>,
 }
 
+/// Counts every step by kind and fails the one the armed [`Fault`] names.
 #[derive(Default)]
-struct FaultyFs {
-    state: Arc<Mutex<State>>,
+struct Faults {
+    state: Mutex<State>,
 }
 
-fn step(state: &Mutex<State>, kind: Kind) -> io::Result<()> {
-    let mut st = state.lock().unwrap();
-    let n = st.counts.entry(kind).or_insert(0);
-    *n += 1;
-    let n = *n;
-    if let Some(f) = st.fault {
-        if f.kind == kind && (n == f.nth || (f.sticky && n > f.nth)) {
-            st.injected += 1;
-            return Err(io::Error::from_raw_os_error(f.errno));
+type FaultyFs = HookedFs<Faults>;
+
+impl Faults {
+    fn step(&self, kind: Kind) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let n = st.counts.entry(kind).or_insert(0);
+        *n += 1;
+        let n = *n;
+        if let Some(f) = st.fault {
+            if f.kind == kind && (n == f.nth || (f.sticky && n > f.nth)) {
+                st.injected += 1;
+                return Err(io::Error::from_raw_os_error(f.errno));
+            }
         }
-    }
-    Ok(())
-}
-
-impl FaultyFs {
-    fn check(&self, kind: Kind) -> io::Result<()> {
-        step(&self.state, kind)
+        Ok(())
     }
     fn arm(&self, fault: Option<Fault>) {
         let mut st = self.state.lock().unwrap();
@@ -110,97 +109,39 @@ impl FaultyFs {
     }
 }
 
-struct FaultyAppend {
-    inner: Box<dyn AppendFile>,
-    state: Arc<Mutex<State>>,
-}
-
-impl AppendFile for FaultyAppend {
-    fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        if let Err(e) = step(&self.state, Kind::Append) {
-            // A short write, as a full disk gives: part of the record
-            // lands before the error.
-            let _ = self.inner.append(&data[..data.len() / 2]);
-            return Err(e);
+impl Hook for Faults {
+    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        let kind = match step {
+            Step::CreateDir(_) => Kind::CreateDir,
+            Step::RemoveDir(_) => Kind::RemoveDir,
+            Step::ListDir(_) => Kind::ListDir,
+            Step::CreateNew(_) => Kind::CreateNew,
+            Step::WriteAt(_) => Kind::WriteAt,
+            Step::Rename(..) => Kind::Rename,
+            Step::RenameNoreplace(..) => Kind::RenameNoReplace,
+            Step::RenameExchange(..) => Kind::Exchange,
+            Step::RemoveFile(_) => Kind::RemoveFile,
+            Step::SetLen(_) => Kind::SetLen,
+            Step::SyncFile(_) | Step::SyncFileData(_) => Kind::SyncFile,
+            Step::SyncDir(_) => Kind::SyncDir,
+            Step::Syncfs(_) => Kind::Syncfs,
+            Step::OpenAppend(_) => Kind::OpenAppend,
+            Step::Append(_) => Kind::Append,
+            Step::SyncAppend(_) => Kind::AppendSync,
+        };
+        if let Err(e) = self.step(kind) {
+            return Some(Err(e));
         }
-        self.inner.append(data)
+        if let Step::CreateNew(p) = step {
+            self.state.lock().unwrap().created.push(p.to_path_buf());
+        }
+        None
     }
-    fn sync_data(&mut self) -> io::Result<()> {
-        step(&self.state, Kind::AppendSync)?;
-        self.inner.sync_data()
-    }
-}
 
-impl FileSystem for FaultyFs {
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.check(Kind::CreateDir)?;
-        StdFileSystem.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.check(Kind::RemoveDir)?;
-        StdFileSystem.remove_dir(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        self.check(Kind::ListDir)?;
-        StdFileSystem.list_dir(path)
-    }
-    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        self.check(Kind::CreateNew)?;
-        self.state.lock().unwrap().created.push(path.to_path_buf());
-        StdFileSystem.create_new(path, data)
-    }
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check(Kind::WriteAt)?;
-        StdFileSystem.write_at(path, offset, data)
-    }
-    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
-        StdFileSystem.read_at(path, offset, max_len)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
-        StdFileSystem.file_len(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(Kind::Rename)?;
-        StdFileSystem.rename(from, to)
-    }
-    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(Kind::RenameNoReplace)?;
-        StdFileSystem.rename_noreplace(from, to)
-    }
-    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        self.check(Kind::Exchange)?;
-        StdFileSystem.rename_exchange(a, b)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check(Kind::RemoveFile)?;
-        StdFileSystem.remove_file(path)
-    }
-    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.check(Kind::SetLen)?;
-        StdFileSystem.set_len(path, len)
-    }
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        self.check(Kind::SyncFile)?;
-        StdFileSystem.sync_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.check(Kind::SyncDir)?;
-        StdFileSystem.sync_dir(path)
-    }
-    fn syncfs(&self, path: &Path) -> io::Result<()> {
-        self.check(Kind::Syncfs)?;
-        StdFileSystem.syncfs(path)
-    }
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        self.check(Kind::OpenAppend)?;
-        let inner = StdFileSystem.open_append(path)?;
-        Ok(Box::new(FaultyAppend {
-            inner,
-            state: self.state.clone(),
-        }))
-    }
-    fn open_lock_file(&self, path: &Path) -> io::Result<File> {
-        StdFileSystem.open_lock_file(path)
+    /// A short write, as a full disk gives: part of the record lands
+    /// before the error.
+    fn torn_append_len(&self, len: usize) -> usize {
+        len / 2
     }
 }
 
@@ -320,14 +261,14 @@ fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
     // Fault-free run: how many calls of each kind does the operation make?
     let work = scratch();
     copy_tree(tpl.path(), work.path());
-    let fs = Arc::new(FaultyFs::default());
+    let fs = Arc::new(FaultyFs::new(Faults::default()));
     let store = Store::open_with(work.path(), opts(fs.clone())).unwrap();
-    fs.arm(None);
+    fs.0.arm(None);
     let (r, expected_after) = scenario.run(&store, &base_map());
     r.unwrap();
-    let counts = fs.counts();
+    let counts = fs.0.counts();
     if scenario == Scenario::CompactingDelete {
-        let created = fs.state.lock().unwrap().created.clone();
+        let created = fs.0.state.lock().unwrap().created.clone();
         assert!(
             created.iter().any(|p| p.ends_with("map.log.~tmp")),
             "the compaction scenario did not compact: {created:?}"
@@ -369,12 +310,12 @@ fn inject(
 ) -> Result<(), String> {
     let work = scratch();
     copy_tree(tpl, work.path());
-    let fs = Arc::new(FaultyFs::default());
+    let fs = Arc::new(FaultyFs::new(Faults::default()));
     let store = Store::open_with(work.path(), opts(fs.clone())).map_err(|e| e.to_string())?;
     let before = base_map();
-    fs.arm(Some(fault));
+    fs.0.arm(Some(fault));
     let (r, after) = scenario.run(&store, &before);
-    if fs.state.lock().unwrap().injected == 0 {
+    if fs.0.state.lock().unwrap().injected == 0 {
         // Only a background thread (sweeper, deleter) made that call in
         // the counting run.
         tally.not_reached += 1;
@@ -401,7 +342,7 @@ fn inject(
         }
     }
     // The fault clears.
-    fs.arm(None);
+    fs.0.arm(None);
     let read_only = matches!(store.set("probe", "1"), Err(Error::ReadOnly { .. }));
     let store = if read_only {
         // DESIGN.md: a failed flush turns the store read-only until it is

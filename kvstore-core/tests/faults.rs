@@ -3,129 +3,35 @@
 //! and after a reopen on a healthy file system every acknowledged write is
 //! there and every failed one left the old or the new value.
 
+mod common;
+
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
+use common::{Hook, HookedFs, Step};
 use kvstore_core::{Durability, Options, Store};
 
-/// Fails the `fail_at`-th mutating call (1-based); counts all of them.
+/// Fails the `fail_at`-th mutating call (1-based); counts all of them
+/// (every step but listing a directory).
 struct FailNth {
     calls: Arc<AtomicUsize>,
     fail_at: usize,
 }
 
-impl FailNth {
-    fn step(&self) -> io::Result<()> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.fail_at {
-            Err(io::Error::from_raw_os_error(libc_eio()))
-        } else {
-            Ok(())
+impl Hook for FailNth {
+    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        if let Step::ListDir(_) = step {
+            return None;
         }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        (n == self.fail_at).then(|| Err(io::Error::from_raw_os_error(libc_eio())))
     }
 }
 
 fn libc_eio() -> i32 {
     5
-}
-
-struct FailingAppend {
-    inner: Box<dyn AppendFile>,
-    calls: Arc<AtomicUsize>,
-    fail_at: usize,
-}
-
-impl AppendFile for FailingAppend {
-    fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.fail_at {
-            return Err(io::Error::from_raw_os_error(libc_eio()));
-        }
-        self.inner.append(data)
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.fail_at {
-            return Err(io::Error::from_raw_os_error(libc_eio()));
-        }
-        self.inner.sync_data()
-    }
-}
-
-impl FileSystem for FailNth {
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.remove_dir(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        StdFileSystem.list_dir(path)
-    }
-    fn create_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.create_new(path, data)
-    }
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.write_at(path, offset, data)
-    }
-    fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
-        StdFileSystem.read_at(path, offset, max_len)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
-        StdFileSystem.file_len(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.rename(from, to)
-    }
-    fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.rename_exchange(a, b)
-    }
-    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.rename_noreplace(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.remove_file(path)
-    }
-    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.set_len(path, len)
-    }
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.sync_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.sync_dir(path)
-    }
-    fn syncfs(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdFileSystem.syncfs(path)
-    }
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        self.step()?;
-        Ok(Box::new(FailingAppend {
-            inner: StdFileSystem.open_append(path)?,
-            calls: self.calls.clone(),
-            fail_at: self.fail_at,
-        }))
-    }
-    fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
-        StdFileSystem.open_lock_file(path)
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -156,10 +62,10 @@ const WORKLOAD: &[Op] = &[
 fn run(durability: Durability, workload: &[Op], fail_at: usize) -> usize {
     let tmp = tempfile::tempdir().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    let fs = Arc::new(FailNth {
+    let fs = Arc::new(HookedFs::new(FailNth {
         calls: calls.clone(),
         fail_at,
-    });
+    }));
     // Each key: the values it may have (several after a failed write).
     let mut possible: HashMap<&str, Vec<Option<&str>>> = HashMap::new();
     let keys = ["a", "b", "c", "d", "e", "f"];

@@ -114,7 +114,7 @@ fn value_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn reopen_replays_journaled_writes_that_never_reached_the_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(KeepJournal::default()));
+    let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         for i in 0..20 {
@@ -156,7 +156,7 @@ fn reopen_replays_journaled_writes_that_never_reached_the_files() {
 #[test]
 fn replay_does_not_resurrect_a_removed_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(KeepJournal::default()));
+    let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     let old_file;
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
@@ -178,7 +178,7 @@ fn replay_does_not_resurrect_a_removed_key() {
 #[test]
 fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(KeepJournal::default()));
+    let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("kept", "1").unwrap();
@@ -206,7 +206,7 @@ fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
 #[test]
 fn entries_of_a_cleared_generation_are_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(KeepJournal::default()));
+    let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("before", "1").unwrap();
@@ -222,7 +222,7 @@ fn entries_of_a_cleared_generation_are_not_replayed() {
 #[test]
 fn a_torn_journal_tail_is_ignored() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(KeepJournal::default()));
+    let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("a", "1").unwrap();
@@ -282,7 +282,7 @@ fn a_clean_close_leaves_no_journal_and_checkpoints_remove_old_files() {
 #[test]
 fn repair_replays_the_journal_first() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(HookedFs(KeepJournal::default()));
+    let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("a", "1").unwrap();

@@ -1,21 +1,31 @@
 //! A file system for tests that forwards every call to the real one
 //! ([`StdFileSystem`]) unless a [`Hook`] answers the call first: to fail,
 //! count or skip chosen steps without writing out the whole trait.
+//!
+//! The calls that only read (`read_at`, `file_len`, `is_real_dir`) and the
+//! lock file are not hooked. The map log's append handle is: its appends
+//! and flushes reach the hook as [`Step::Append`] and [`Step::SyncAppend`].
 
 #![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
 
-/// A step the store asks the file system for (the ones that return
-/// nothing but success or an error).
+/// A step the store asks the file system for.
+///
+/// [`Step::ListDir`] and [`Step::OpenAppend`] return something the hook
+/// cannot make up: only an error answers them, and `Some(Ok(()))` lets the
+/// real call through as `None` does. Every other step returns nothing but
+/// success or an error, so `Some(Ok(()))` skips it.
 #[derive(Debug, Clone, Copy)]
 pub enum Step<'a> {
     CreateDir(&'a Path),
     RemoveDir(&'a Path),
+    ListDir(&'a Path),
     CreateNew(&'a Path),
     WriteAt(&'a Path),
     Rename(&'a Path, &'a Path),
@@ -27,42 +37,102 @@ pub enum Step<'a> {
     SyncFileData(&'a Path),
     SyncDir(&'a Path),
     Syncfs(&'a Path),
+    OpenAppend(&'a Path),
+    /// [`AppendFile::append`] on the file opened at that path.
+    Append(&'a Path),
+    /// [`AppendFile::sync_data`] on the file opened at that path.
+    SyncAppend(&'a Path),
 }
 
 /// Decides about steps before the real file system sees them.
-pub trait Hook: Send + Sync {
+pub trait Hook: Send + Sync + 'static {
     /// `Some(result)` answers the step instead of the real file system;
     /// `None` lets it through.
     fn before(&self, step: Step<'_>) -> Option<io::Result<()>>;
+
+    /// How many of the `len` bytes of an append that [`Hook::before`]
+    /// failed still reach the file before the error, as a short write on a
+    /// full disk leaves them. None by default.
+    fn torn_append_len(&self, len: usize) -> usize {
+        let _ = len;
+        0
+    }
 }
 
-/// The real file system behind a [`Hook`].
-pub struct HookedFs<H>(pub H);
+/// The real file system behind a [`Hook`] (shared with the append handles
+/// it opens; `fs.0` reaches the hook).
+pub struct HookedFs<H>(pub Arc<H>);
 
 impl<H: Hook> HookedFs<H> {
-    fn run(&self, step: Step<'_>, real: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        match self.0.before(step) {
-            Some(answer) => answer,
-            None => real(),
+    /// The real file system behind `hook`.
+    pub fn new(hook: H) -> Self {
+        HookedFs(Arc::new(hook))
+    }
+}
+
+fn run<H: Hook>(hook: &H, step: Step<'_>, real: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    match hook.before(step) {
+        Some(answer) => answer,
+        None => real(),
+    }
+}
+
+/// For the steps only an error can answer (see [`Step`]).
+fn fail_only<H: Hook>(hook: &H, step: Step<'_>) -> io::Result<()> {
+    match hook.before(step) {
+        Some(Err(e)) => Err(e),
+        Some(Ok(())) | None => Ok(()),
+    }
+}
+
+struct HookedAppend<H> {
+    hook: Arc<H>,
+    path: PathBuf,
+    inner: Box<dyn AppendFile>,
+}
+
+impl<H: Hook> AppendFile for HookedAppend<H> {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.hook.before(Step::Append(&self.path)) {
+            None => self.inner.append(data),
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                let torn = self.hook.torn_append_len(data.len()).min(data.len());
+                if torn > 0 {
+                    let _ = self.inner.append(&data[..torn]);
+                }
+                Err(e)
+            }
         }
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        let inner = &mut self.inner;
+        run(&*self.hook, Step::SyncAppend(&self.path), || {
+            inner.sync_data()
+        })
     }
 }
 
 impl<H: Hook> FileSystem for HookedFs<H> {
     fn create_dir(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::CreateDir(p), || StdFileSystem.create_dir(p))
+        run(&*self.0, Step::CreateDir(p), || StdFileSystem.create_dir(p))
     }
     fn remove_dir(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::RemoveDir(p), || StdFileSystem.remove_dir(p))
+        run(&*self.0, Step::RemoveDir(p), || StdFileSystem.remove_dir(p))
     }
     fn list_dir(&self, p: &Path) -> io::Result<Vec<OsString>> {
+        fail_only(&*self.0, Step::ListDir(p))?;
         StdFileSystem.list_dir(p)
     }
     fn create_new(&self, p: &Path, data: &[u8]) -> io::Result<()> {
-        self.run(Step::CreateNew(p), || StdFileSystem.create_new(p, data))
+        run(&*self.0, Step::CreateNew(p), || {
+            StdFileSystem.create_new(p, data)
+        })
     }
     fn write_at(&self, p: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.run(Step::WriteAt(p), || StdFileSystem.write_at(p, offset, data))
+        run(&*self.0, Step::WriteAt(p), || {
+            StdFileSystem.write_at(p, offset, data)
+        })
     }
     fn read_at(&self, p: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
         StdFileSystem.read_at(p, offset, max_len)
@@ -71,38 +141,49 @@ impl<H: Hook> FileSystem for HookedFs<H> {
         StdFileSystem.file_len(p)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.run(Step::Rename(from, to), || StdFileSystem.rename(from, to))
+        run(&*self.0, Step::Rename(from, to), || {
+            StdFileSystem.rename(from, to)
+        })
     }
     fn rename_exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        self.run(Step::RenameExchange(a, b), || {
+        run(&*self.0, Step::RenameExchange(a, b), || {
             StdFileSystem.rename_exchange(a, b)
         })
     }
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.run(Step::RenameNoreplace(from, to), || {
+        run(&*self.0, Step::RenameNoreplace(from, to), || {
             StdFileSystem.rename_noreplace(from, to)
         })
     }
     fn remove_file(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::RemoveFile(p), || StdFileSystem.remove_file(p))
+        run(&*self.0, Step::RemoveFile(p), || {
+            StdFileSystem.remove_file(p)
+        })
     }
     fn set_len(&self, p: &Path, len: u64) -> io::Result<()> {
-        self.run(Step::SetLen(p), || StdFileSystem.set_len(p, len))
+        run(&*self.0, Step::SetLen(p), || StdFileSystem.set_len(p, len))
     }
     fn sync_file(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::SyncFile(p), || StdFileSystem.sync_file(p))
+        run(&*self.0, Step::SyncFile(p), || StdFileSystem.sync_file(p))
     }
     fn sync_file_data(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::SyncFileData(p), || StdFileSystem.sync_file_data(p))
+        run(&*self.0, Step::SyncFileData(p), || {
+            StdFileSystem.sync_file_data(p)
+        })
     }
     fn sync_dir(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::SyncDir(p), || StdFileSystem.sync_dir(p))
+        run(&*self.0, Step::SyncDir(p), || StdFileSystem.sync_dir(p))
     }
     fn syncfs(&self, p: &Path) -> io::Result<()> {
-        self.run(Step::Syncfs(p), || StdFileSystem.syncfs(p))
+        run(&*self.0, Step::Syncfs(p), || StdFileSystem.syncfs(p))
     }
     fn open_append(&self, p: &Path) -> io::Result<Box<dyn AppendFile>> {
-        StdFileSystem.open_append(p)
+        fail_only(&*self.0, Step::OpenAppend(p))?;
+        Ok(Box::new(HookedAppend {
+            hook: self.0.clone(),
+            path: p.to_path_buf(),
+            inner: StdFileSystem.open_append(p)?,
+        }))
     }
     fn open_lock_file(&self, p: &Path) -> io::Result<std::fs::File> {
         StdFileSystem.open_lock_file(p)
