@@ -816,3 +816,38 @@ fn periodic_leftovers_that_hide_a_record_or_cannot_come_from_a_store_stay_proble
     fs::write(&stray, tombstone("k5", cas + 3)).unwrap();
     assert_verify_ok(tmp.path(), 19, 1, 1);
 }
+
+/// `Always` creates a new key's file under its final name; a leftover
+/// already there (no map entry points to it) is swapped out, not
+/// overwritten in place and not taken for the key.
+#[test]
+fn always_new_key_swaps_out_a_leftover_under_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let always = || Options::new().durability(Durability::Always).cache_bytes(0);
+    {
+        let store = Store::open_with(tmp.path(), always()).unwrap();
+        store.set("k0", "v0").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !store.background_sweep_done() {
+            assert!(std::time::Instant::now() < deadline, "sweep never finished");
+            std::thread::yield_now();
+        }
+        // Planted after the sweep, so that the write meets it.
+        let path = value_file(tmp.path(), "x");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"half a file a crash left").unwrap();
+        store.set("x", "new").unwrap();
+        assert_eq!(store.get("x").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(
+            fs::read(&path).unwrap()[..4],
+            *b"KVSR",
+            "x's record is in place"
+        );
+    }
+    let report = Store::verify(tmp.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.keys_ok, 2, "{report}");
+    let store = Store::open_with(tmp.path(), always()).unwrap();
+    assert_eq!(store.get("x").unwrap(), Some(b"new".to_vec()));
+    assert_eq!(store.get("k0").unwrap(), Some(b"v0".to_vec()));
+}
