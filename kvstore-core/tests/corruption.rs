@@ -851,3 +851,90 @@ fn always_new_key_swaps_out_a_leftover_under_its_name() {
     assert_eq!(store.get("x").unwrap(), Some(b"new".to_vec()));
     assert_eq!(store.get("k0").unwrap(), Some(b"v0".to_vec()));
 }
+
+/// k0..k19 flushed as old{i}, then overwritten with v{i}; k5's new data
+/// never reached the disk (its file neutralized) and its old record sits
+/// in a spare: what a `Periodic` power cut can leave.
+fn periodic_cut_with_k5_in_a_spare() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(tmp.path(), periodic()).unwrap();
+        for i in 0..20 {
+            store.set(format!("k{i}"), format!("old{i}")).unwrap();
+        }
+    }
+    let old5 = fs::read(value_file(tmp.path(), "k5")).unwrap();
+    {
+        let store = Store::open_with(tmp.path(), periodic()).unwrap();
+        for i in 0..20 {
+            store.set(format!("k{i}"), format!("v{i}")).unwrap();
+        }
+    }
+    let sub = value_file(tmp.path(), "k5").parent().unwrap().to_path_buf();
+    for p in spares_starting_with(tmp.path(), "k5", b"KVS") {
+        fs::remove_file(p).unwrap();
+    }
+    fs::write(sub.join("~spare.999"), &old5).unwrap();
+    neutralize(&value_file(tmp.path(), "k5"));
+    tmp
+}
+
+#[test]
+fn a_periodic_session_marks_the_store_until_it_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mark = tmp.path().join("PERIODIC");
+    {
+        let _store = Store::open_with(tmp.path(), periodic()).unwrap();
+        assert!(mark.exists(), "marked while open");
+    }
+    assert!(!mark.exists(), "a clean close removes the mark");
+    for options in [never(), Options::new().durability(Durability::Always)] {
+        let _store = Store::open_with(tmp.path(), options).unwrap();
+        assert!(!mark.exists(), "other modes do not mark");
+    }
+}
+
+/// Reopened in another mode after a `Periodic` session that did not close,
+/// the store still recovers as `Periodic` would; once that session is
+/// closed, or without one, it does not.
+#[test]
+fn any_mode_recovers_after_a_periodic_session_that_did_not_close() {
+    let always = || Options::new().durability(Durability::Always).cache_bytes(0);
+    for (name, options) in [("never", never().cache_bytes(0)), ("always", always())] {
+        let tmp = periodic_cut_with_k5_in_a_spare();
+        let mark = tmp.path().join("PERIODIC");
+        // The cut session's mark (its clean close removed it here).
+        fs::write(&mark, b"").unwrap();
+
+        let report = Store::verify_with(tmp.path(), options.clone()).unwrap();
+        assert_eq!(report.recoverable_keys, 1, "{name}: {report}");
+        let store = Store::open_with(tmp.path(), options.clone()).unwrap();
+        assert_eq!(
+            store.get("k5").unwrap(),
+            Some(b"old5".to_vec()),
+            "{name}: recovered"
+        );
+        for i in (0..20).filter(|&i| i != 5) {
+            assert_eq!(
+                store.get(format!("k{i}")).unwrap(),
+                Some(format!("v{i}").into_bytes()),
+                "{name}"
+            );
+        }
+        assert!(!mark.exists(), "{name}: the recovery session closed");
+        drop(store);
+        let report = Store::verify_with(tmp.path(), options.clone()).unwrap();
+        assert!(report.is_ok(), "{name}: {report}");
+
+        // The same disk without the mark: dropped, as before.
+        let tmp = periodic_cut_with_k5_in_a_spare();
+        let report = Store::verify_with(tmp.path(), options.clone()).unwrap();
+        assert_eq!(report.recoverable_keys, 0, "{name}: {report}");
+        let store = Store::open_with(tmp.path(), options).unwrap();
+        assert_eq!(
+            store.get("k5").unwrap(),
+            None,
+            "{name}: no mark, no recovery"
+        );
+    }
+}

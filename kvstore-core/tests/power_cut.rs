@@ -906,9 +906,20 @@ fn power_cuts(durability: Durability, default_cuts: usize, no_exchange: bool) {
         let (disk, kept) = crash_state(&log, cut, keep, &mut rng);
         let dir = scratch_dir();
         disk.materialize(dir.path());
+        // A `Periodic` store reopened in another mode must recover as
+        // `Periodic` would (its session did not close): one cut in three
+        // each.
+        let reopen_in = match (durability, n % 3) {
+            (Durability::Periodic(_), 1) => Durability::Never,
+            (Durability::Periodic(_), 2) => Durability::Always,
+            _ => Durability::default(),
+        };
         let store = match Store::open_with(
             dir.path(),
-            Options::new().cache_bytes(0).key_hasher(crowded_hash),
+            Options::new()
+                .cache_bytes(0)
+                .key_hasher(crowded_hash)
+                .durability(reopen_in),
         ) {
             Ok(s) => s,
             Err(e) => {

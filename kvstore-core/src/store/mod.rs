@@ -410,9 +410,23 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let fs = options.file_system.clone();
+        if !matches!(options.durability, Durability::Periodic(_))
+            && periodic_session_left(&*fs, &dir)?
+        {
+            Store::recover_periodic_session(&dir, &options)?;
+        }
         create_dir_all(&*fs, &dir)?;
         let dir_lock = lock_dir(&*fs, &dir)?;
         let sync_meta = options.durability != Durability::Never;
+        if matches!(options.durability, Durability::Periodic(_)) {
+            // Made durable with EPOCH below (same directory, synced).
+            let mark = dir.join(layout::PERIODIC_MARK);
+            match fs.create_new(&mark, b"") {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&mark, e)),
+            }
+        }
 
         let epoch = read_u64_file(&*fs, &dir.join(layout::EPOCH_FILE))?.unwrap_or(0) + 1;
         if epoch >= 1 << 24 {
@@ -530,7 +544,7 @@ impl Store {
         }
         {
             let inner = inner.clone();
-            threads.push(spawn("kvstore-sweeper", move || {
+            threads.push(spawn(SWEEPER, move || {
                 inner.sweep();
                 inner.sweep_done.store(true, Ordering::SeqCst);
             })?);
@@ -928,6 +942,31 @@ impl Store {
         self.inner.group_sync()
     }
 
+    /// The last session of the store in `dir` ran in `Periodic` mode and
+    /// did not close (its [`layout::PERIODIC_MARK`] is there): its power-cut
+    /// leftovers may hold keys that only `Periodic`'s recovery brings back
+    /// (see `store/open.rs`). Opens the store in `Periodic` mode, lets the
+    /// pass after open (which reads every leftover's key, recovering it)
+    /// finish, and closes it cleanly; the caller then opens it as asked.
+    fn recover_periodic_session(dir: &Path, options: &Options) -> Result<()> {
+        let store = Store::open_with(dir, options.clone().durability(Durability::default()))?;
+        log::info!(
+            "{}: the last session ran in Periodic mode and did not close; recovering as it would",
+            dir.display()
+        );
+        loop {
+            let sweeper_running = lock(&store.threads)
+                .iter()
+                .any(|t| t.thread().name() == Some(SWEEPER) && !t.is_finished());
+            if store.background_sweep_done() || !sweeper_running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(store);
+        Ok(())
+    }
+
     /// Testing hook: whether the background pass after open (recycling
     /// leftover files, removing expired items) has finished.
     #[doc(hidden)]
@@ -1017,10 +1056,28 @@ impl Drop for Store {
         {
             if self.inner.journal.is_some() {
                 let _ = self.inner.close_journal();
-            } else {
-                let _ = self.inner.group_sync();
+            } else if self.inner.group_sync().is_ok() && self.inner.periodic() {
+                // Everything is durable: nothing for a recovery to find.
+                let _ = self
+                    .inner
+                    .fs
+                    .remove_file(&self.inner.dir.join(layout::PERIODIC_MARK));
             }
         }
+    }
+}
+
+/// Name of the thread of the pass after open.
+const SWEEPER: &str = "kvstore-sweeper";
+
+/// Whether the store in `dir` has a [`layout::PERIODIC_MARK`]: its last
+/// `Periodic` session did not close.
+pub(crate) fn periodic_session_left(fs: &dyn FileSystem, dir: &Path) -> Result<bool> {
+    let mark = dir.join(layout::PERIODIC_MARK);
+    match fs.file_len(&mark) {
+        Ok(len) => Ok(len.is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&mark, e)),
     }
 }
 

@@ -32,13 +32,14 @@ pub struct VerifyReport {
     /// another value file of its hash. They read as absent and are dropped
     /// on the next access, losing nothing, so not counted as problems.
     pub dangling_entries: u64,
-    /// `Periodic` (the durability of the options given): keys whose value
-    /// file holds no good record (a power cut let a swap reach the disk
-    /// before its data) but whose last record sits in a spare or a stray
-    /// file of their subdirectory, with no newer tombstone. Each is also
-    /// listed in `problems`: [`Store::repair`] restores it, and so does
-    /// opening the store in `Periodic` mode; opening it in another mode
-    /// drops it.
+    /// With `Periodic` options, or any options after a `Periodic` session
+    /// that did not close (the store directory still has its `PERIODIC` file): keys
+    /// whose value file holds no good record (a power cut let a swap reach
+    /// the disk before its data) but whose last record sits in a spare or
+    /// a stray file of their subdirectory, with no newer tombstone. Each is
+    /// also listed in `problems`: [`Store::repair`] restores it, and so does
+    /// opening the store then. (Opening in another mode once that session
+    /// closed drops it.)
     pub recoverable_keys: u64,
 }
 
@@ -128,8 +129,9 @@ pub struct RepairReport {
     pub keys_recovered: u64,
     /// Damaged or stray files removed.
     pub files_dropped: u64,
-    /// `Periodic` (the durability of the options given): keys whose value
-    /// file held no good record, restored from the newest record of the
+    /// With `Periodic` options, or any options after a `Periodic` session
+    /// that did not close: keys whose value file held no good record,
+    /// restored from the newest record of the
     /// key in a spare or stray file of their subdirectory (see
     /// [`VerifyReport::recoverable_keys`]); counted in `keys_recovered`
     /// too.
@@ -159,6 +161,14 @@ impl fmt::Display for RepairReport {
 /// `verify` and `repair`: offline passes over a closed store.
 pub(crate) mod offline {
     use super::*;
+
+    /// Whether opening the store with `options` runs `Periodic`'s recovery:
+    /// in `Periodic` mode, or in any mode after a `Periodic` session that did
+    /// not close (see [`layout::PERIODIC_MARK`]).
+    fn recovers_as_periodic(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<bool> {
+        Ok(matches!(options.durability, Durability::Periodic(_))
+            || crate::store::periodic_session_left(fs, dir)?)
+    }
 
     fn live_generation(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
         let current_path = dir.join(layout::CURRENT_FILE);
@@ -221,7 +231,7 @@ pub(crate) mod offline {
             .into_iter()
             .map(|l| (l.path.clone(), l))
             .collect();
-        let periodic = matches!(options.durability, Durability::Periodic(_));
+        let periodic = recovers_as_periodic(fs, dir, options)?;
         for (key, idx) in &map {
             let found_at = found.remove(key);
             let path = gen_dir.join(layout::value_rel_path(hasher(key), *idx));
@@ -312,7 +322,7 @@ pub(crate) mod offline {
         };
         let gen_dir = dir.join(layout::gen_name(n));
         create_generation_dir(fs, &gen_dir, true)?;
-        if matches!(options.durability, Durability::Periodic(_)) {
+        if recovers_as_periodic(fs, dir, options)? {
             restore_from_spares(fs, &gen_dir, hasher, &mut report)?;
         }
         let scan = scan_generation(fs, &gen_dir, hasher, true)?;
