@@ -8,7 +8,9 @@
 //! first, fault-free run counts the calls of each kind the operation makes;
 //! then every (kind, N <= count, error) combination is injected. Checks:
 //! - the operation returns an error, or succeeds if the store could work
-//!   around the fault (e.g. compaction failing is not fatal);
+//!   around the fault (e.g. compaction failing is not fatal), and then a
+//!   reopen in the same mode shows its outcome (so a swallowed error that
+//!   lost a map record does not pass as worked around);
 //! - after an error the previous value is still what a read returns (for
 //!   a failed *flush* the outcome is unknowable, as after a timeout: the old
 //!   or the new value, and the store turns read-only as DESIGN.md says;
@@ -324,12 +326,24 @@ fn inject(
     tally.injections += 1;
     // While the fault lasts: what do reads show?
     let seen = read_all(&store).map_err(|e| format!("read during fault: {e}"))?;
-    match &r {
+    let store = match &r {
         Ok(()) => {
             tally.worked_around += 1;
             if seen != after {
                 return Err(format!("succeeded but reads show {seen:?}"));
             }
+            // What succeeded despite the fault is on disk: a reopen in the
+            // same mode (no `Periodic` recovery to hide a lost map record)
+            // shows it.
+            fs.0.arm(None);
+            drop(store);
+            let store = Store::open_with(work.path(), opts(fs.clone()))
+                .map_err(|e| format!("reopen after a worked-around fault: {e}"))?;
+            let again = read_all(&store).map_err(|e| e.to_string())?;
+            if again != after {
+                return Err(format!("succeeded, but a reopen shows {again:?}"));
+            }
+            store
         }
         Err(e) => {
             tally.errors += 1;
@@ -339,8 +353,9 @@ fn inject(
                     "failed ({e}) but reads show {seen:?} instead of the previous state"
                 ));
             }
+            store
         }
-    }
+    };
     // The fault clears.
     fs.0.arm(None);
     let read_only = matches!(store.set("probe", "1"), Err(Error::ReadOnly { .. }));
