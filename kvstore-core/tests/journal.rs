@@ -291,11 +291,25 @@ fn repair_replays_the_journal_first() {
     for f in value_files(tmp.path()) {
         fs::remove_file(f).unwrap();
     }
+    // Verify does not replay, but says there is something to replay.
+    let report = Store::verify(tmp.path()).unwrap();
+    assert_eq!(report.journal_files, 1, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("journal files awaiting replay: 1"),
+        "{report}"
+    );
     let report = Store::repair(tmp.path()).unwrap();
     assert_eq!(report.keys_recovered, 2, "{report}");
     let store = Store::open(tmp.path()).unwrap();
     assert_eq!(store.get("a").unwrap(), Some(b"1".to_vec()));
     assert_eq!(store.get("b").unwrap(), Some(b"2".to_vec()));
+    drop(store);
+    let report = Store::verify(tmp.path()).unwrap();
+    assert_eq!(report.journal_files, 0, "{report}");
+    assert!(!report.to_string().contains("journal"), "{report}");
+    assert!(report.is_ok(), "{report}");
 }
 
 #[test]

@@ -41,6 +41,12 @@ pub struct VerifyReport {
     /// opening the store then. (Opening in another mode once that session
     /// closed drops it.)
     pub recoverable_keys: u64,
+    /// Write-ahead journal files of a `Durability::Always` session that did
+    /// not close. Verify does not read them; opening the store (in any
+    /// mode) or [`Store::repair`] replays them first, which finishes the
+    /// writes they hold and may resolve problems listed here (a value file
+    /// a crash left torn, a map entry not yet written).
+    pub journal_files: u64,
 }
 
 /// A value file that holds no record, only what a power cut in `Periodic`
@@ -108,6 +114,13 @@ impl fmt::Display for VerifyReport {
             "old generations pending deletion: {}",
             self.old_generations
         )?;
+        if self.journal_files > 0 {
+            writeln!(
+                f,
+                "journal files awaiting replay: {} (open or repair replays them first)",
+                self.journal_files
+            )?;
+        }
         if self.problems.is_empty() {
             write!(f, "status: ok")
         } else {
@@ -297,6 +310,8 @@ pub(crate) mod offline {
                 if g != n {
                     report.old_generations += 1;
                 }
+            } else if layout::parse_journal_name(&name).is_some() {
+                report.journal_files += 1;
             }
         }
         Ok(report)
