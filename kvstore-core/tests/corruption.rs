@@ -369,15 +369,19 @@ fn neutralize(file: &Path) {
     fs::write(file, &bytes).unwrap();
 }
 
-#[test]
-fn periodic_key_with_a_bad_file_is_recoverable_from_a_spare_and_repair_restores_it() {
+/// k0..k19 flushed as old{i}, then overwritten with v{i}; k5's new data
+/// never reached the disk (its file neutralized) and its old record sits
+/// in a spare: what a `Periodic` power cut can leave. (The store keeps the
+/// old file held as a spare until a flush, but writers short of spares can
+/// ask the flusher for one at any moment: the spare is planted, so that
+/// tests do not depend on that timing.)
+fn periodic_cut_with_k5_in_a_spare() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     {
         let store = Store::open_with(tmp.path(), periodic()).unwrap();
         for i in 0..20 {
             store.set(format!("k{i}"), format!("old{i}")).unwrap();
         }
-        store.flush().unwrap();
     }
     let old5 = fs::read(value_file(tmp.path(), "k5")).unwrap();
     {
@@ -386,17 +390,19 @@ fn periodic_key_with_a_bad_file_is_recoverable_from_a_spare_and_repair_restores_
             store.set(format!("k{i}"), format!("v{i}")).unwrap();
         }
     }
-    // The old file (with "old5") is held as a spare, as a power cut finds
-    // it. (The store keeps it held until a flush, but writers short of
-    // spares can ask the flusher for one at any moment: plant it, so that
-    // the test does not depend on that timing.)
     let sub = value_file(tmp.path(), "k5").parent().unwrap().to_path_buf();
     for p in spares_starting_with(tmp.path(), "k5", b"KVS") {
         fs::remove_file(p).unwrap();
     }
     fs::write(sub.join("~spare.999"), &old5).unwrap();
-    // The "v5" data never reached the disk.
     neutralize(&value_file(tmp.path(), "k5"));
+    tmp
+}
+
+#[test]
+fn periodic_key_with_a_bad_file_is_recoverable_from_a_spare_and_repair_restores_it() {
+    let tmp = periodic_cut_with_k5_in_a_spare();
+    assert_eq!(spares_starting_with(tmp.path(), "k5", b"KVSR").len(), 1);
 
     let report = Store::verify(tmp.path()).unwrap();
     assert_eq!(report.recoverable_keys, 1, "{report}");
@@ -850,33 +856,6 @@ fn always_new_key_swaps_out_a_leftover_under_its_name() {
     let store = Store::open_with(tmp.path(), always()).unwrap();
     assert_eq!(store.get("x").unwrap(), Some(b"new".to_vec()));
     assert_eq!(store.get("k0").unwrap(), Some(b"v0".to_vec()));
-}
-
-/// k0..k19 flushed as old{i}, then overwritten with v{i}; k5's new data
-/// never reached the disk (its file neutralized) and its old record sits
-/// in a spare: what a `Periodic` power cut can leave.
-fn periodic_cut_with_k5_in_a_spare() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open_with(tmp.path(), periodic()).unwrap();
-        for i in 0..20 {
-            store.set(format!("k{i}"), format!("old{i}")).unwrap();
-        }
-    }
-    let old5 = fs::read(value_file(tmp.path(), "k5")).unwrap();
-    {
-        let store = Store::open_with(tmp.path(), periodic()).unwrap();
-        for i in 0..20 {
-            store.set(format!("k{i}"), format!("v{i}")).unwrap();
-        }
-    }
-    let sub = value_file(tmp.path(), "k5").parent().unwrap().to_path_buf();
-    for p in spares_starting_with(tmp.path(), "k5", b"KVS") {
-        fs::remove_file(p).unwrap();
-    }
-    fs::write(sub.join("~spare.999"), &old5).unwrap();
-    neutralize(&value_file(tmp.path(), "k5"));
-    tmp
 }
 
 #[test]
