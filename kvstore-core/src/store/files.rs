@@ -56,6 +56,14 @@ pub(super) fn read_u64_file(fs: &dyn FileSystem, path: &Path) -> Result<Option<u
         })
 }
 
+/// Creates `path` holding `data` unless something has that name already.
+pub(super) fn create_if_missing(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> Result<()> {
+    match fs.create_new(path, data) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_err(path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Replaces `dir/name` atomically: temp file, (fsync), rename, (fsync dir).
 pub(super) fn write_small_file(
     fs: &dyn FileSystem,
@@ -102,11 +110,7 @@ pub(super) fn create_generation_dir(fs: &dyn FileSystem, dir: &Path, sync: bool)
         Err(e) => return Err(io_err(dir, e)),
     }
     let log = dir.join(layout::MAP_LOG);
-    match fs.create_new(&log, &maplog::MAGIC) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(&log, e)),
-    }
+    create_if_missing(fs, &log, &maplog::MAGIC)?;
     if sync {
         fs.sync_file(&log).map_err(|e| io_err(&log, e))?;
         fs.sync_dir(dir).map_err(|e| io_err(dir, e))?;

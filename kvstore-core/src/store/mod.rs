@@ -410,22 +410,16 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let fs = options.file_system.clone();
-        if !matches!(options.durability, Durability::Periodic(_))
-            && periodic_session_left(&*fs, &dir)?
-        {
+        let periodic = matches!(options.durability, Durability::Periodic(_));
+        if !periodic && periodic_session_left(&*fs, &dir)? {
             Store::recover_periodic_session(&dir, &options)?;
         }
         create_dir_all(&*fs, &dir)?;
         let dir_lock = lock_dir(&*fs, &dir)?;
         let sync_meta = options.durability != Durability::Never;
-        if matches!(options.durability, Durability::Periodic(_)) {
+        if periodic {
             // Made durable with EPOCH below (same directory, synced).
-            let mark = dir.join(layout::PERIODIC_MARK);
-            match fs.create_new(&mark, b"") {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&mark, e)),
-            }
+            create_if_missing(&*fs, &dir.join(layout::PERIODIC_MARK), b"")?;
         }
 
         let epoch = read_u64_file(&*fs, &dir.join(layout::EPOCH_FILE))?.unwrap_or(0) + 1;

@@ -169,12 +169,7 @@ impl Inner {
         if gen.expiring_marked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let path = gen.dir.join(layout::EXPIRING_MARK);
-        match self.fs.create_new(&path, b"") {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&path, e)),
-        }
+        create_if_missing(&*self.fs, &gen.dir.join(layout::EXPIRING_MARK), b"")?;
         gen.expiring_marked.store(true, Ordering::Relaxed);
         Ok(())
     }
