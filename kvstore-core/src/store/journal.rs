@@ -204,7 +204,7 @@ impl Inner {
         let Some(j) = &self.journal else {
             return Ok(None);
         };
-        let gen_no = gen.number();
+        let gen_no = gen.number;
         let (n, epoch) = self.journal_add(j, &entry(gen_no))?;
         let ticket = Ticket {
             inner: self,
@@ -498,7 +498,7 @@ impl Inner {
         }
         files.sort();
         let gen = self.current_gen();
-        let gen_no = gen.number();
+        let gen_no = gen.number;
         // Per key, its entries in order.
         let mut ops: HashMap<Vec<u8>, Vec<Logged>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();

@@ -273,6 +273,8 @@ type MapShard = RwLock<HashMap<Box<[u8]>, u16>>;
 /// One generation: a directory of value files with its map.
 struct Generation {
     dir: PathBuf,
+    /// Its number (the `<N>` of `gen-<N>`), which journal entries carry.
+    number: u64,
     shards: Box<[MapShard]>,
     count: AtomicUsize,
     log: Mutex<LogState>,
@@ -326,15 +328,6 @@ impl Generation {
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
             .sum();
         self.count.store(count, Ordering::Relaxed);
-    }
-
-    /// The generation's number (from its directory name `gen-<N>`).
-    fn number(&self) -> u64 {
-        self.dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(layout::parse_gen_name)
-            .unwrap_or(0)
     }
 
     fn map_snapshot(&self) -> Vec<(Box<[u8]>, u16)> {

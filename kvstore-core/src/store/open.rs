@@ -277,6 +277,11 @@ pub(super) fn load_generation(
         .is_some();
     let gen = Generation {
         dir: dir.to_path_buf(),
+        number: dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(layout::parse_gen_name)
+            .unwrap_or(0),
         shards,
         count: AtomicUsize::new(count),
         // Replaced below once the log is known good.

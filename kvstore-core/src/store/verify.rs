@@ -348,6 +348,7 @@ pub(crate) mod offline {
         report.problems.extend(scan.problems);
         let gen = Generation {
             dir: gen_dir.clone(),
+            number: n,
             shards: empty_shards(),
             count: AtomicUsize::new(0),
             log: Mutex::new(LogState {

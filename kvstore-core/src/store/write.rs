@@ -72,7 +72,7 @@ impl Inner {
             if expiry != Expiry::Never {
                 self.mark_expiring(gen)?;
             }
-            let written = self.write_record(gen, hash, key, cur.idx, &rec);
+            let written = self.write_record(gen, hash, key, cur.idx, &rec, cas);
             self.stripe(hash).seq.fetch_add(1, Ordering::Release);
             if let Err(e) = written {
                 // The file may or may not have changed: the cache must not
@@ -242,8 +242,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// Writes a record for `key` (stripe lock held). In `Always` mode the
-    /// record is journaled first (see `store/journal.rs`).
+    /// Writes the record `rec` (whose cas is `cas`) for `key`, stripe lock
+    /// held. In `Always` mode the record is journaled first (see
+    /// `store/journal.rs`).
     pub(super) fn write_record(
         &self,
         gen: &Generation,
@@ -251,8 +252,8 @@ impl Inner {
         key: &[u8],
         idx: Option<u16>,
         rec: &[u8],
+        cas: u64,
     ) -> Result<()> {
-        let cas = record::decode_header(rec).map_or(0, |h| h.cas);
         let ticket = self.journal_write(gen, cas, |gen| Entry::Put { gen, record: rec })?;
         let res = self.write_files(gen, hash, key, idx, rec);
         self.journal_finish(ticket, res.is_ok());
