@@ -139,6 +139,13 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, String> {
     })
 }
 
+/// The key of the record whose header starts `buf`, if `buf` holds it
+/// (no checksum check: a hint of whose file it is).
+pub fn header_key(buf: &[u8]) -> Option<&[u8]> {
+    let header = decode_header(buf).ok()?;
+    buf.get(HEADER_LEN..HEADER_LEN + header.key_len)
+}
+
 /// Decodes and checks a whole record at the start of `buf` (trailing bytes
 /// are ignored).
 pub fn decode(buf: &[u8]) -> Result<Record<'_>, String> {

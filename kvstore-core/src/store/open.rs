@@ -133,12 +133,9 @@ impl Inner {
         let buf = self
             .fs
             .read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES)?;
-        Ok(match record::decode_header(&buf) {
-            Ok(h) => buf
-                .get(record::HEADER_LEN..record::HEADER_LEN + h.key_len)
-                .map(Box::from),
-            Err(_) => record::decode_tombstone(&buf).map(|(k, _)| Box::from(k)),
-        })
+        Ok(record::header_key(&buf)
+            .or_else(|| record::decode_tombstone(&buf).map(|(k, _)| k))
+            .map(Box::from))
     }
 
     /// Recycles a value file that no map entry points to, after checking

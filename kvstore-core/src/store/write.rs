@@ -414,11 +414,7 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(path, e)),
         };
-        let owner = record::decode_header(&buf).ok().and_then(|h| {
-            let end = record::HEADER_LEN + h.key_len;
-            buf.get(record::HEADER_LEN..end)
-        });
-        Ok(owner.is_some_and(|other| {
+        Ok(record::header_key(&buf).is_some_and(|other| {
             (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx)
         }))
     }
