@@ -65,6 +65,7 @@ mod handler;
 pub mod mcclient;
 pub mod protocol;
 pub mod server;
+mod stats;
 
 pub use client::Client;
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};

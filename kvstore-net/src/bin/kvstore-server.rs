@@ -63,6 +63,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     memcached_protocol: ProtocolArg,
 
+    /// Honour the memcached `shutdown` command (memcached's -A); without
+    /// it, `shutdown` is refused.
+    #[arg(long)]
+    enable_shutdown: bool,
+
     /// What an acknowledged write survives: never (process crash only),
     /// periodic (at most --sync-interval-ms lost on power failure), always.
     #[arg(long, value_enum, default_value = "periodic")]
@@ -148,6 +153,7 @@ fn run(args: Args) -> Result<(), String> {
             ProtocolArg::Ascii => MemcachedProtocol::Ascii,
             ProtocolArg::Binary => MemcachedProtocol::Binary,
         },
+        enable_shutdown: args.enable_shutdown,
     };
     let keys = if args.lenient_keys {
         KeyPolicy::MemcachedCompatible
