@@ -623,8 +623,10 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
             }
         }
         b"shutdown" if args.len() <= 1 => request(Request::Shutdown),
-        b"version" if args.is_empty() => request(Request::Version),
-        b"quit" if args.is_empty() => request(Request::Quit),
+        // memcached 1.6 ignores the tokens after `version` and `quit`
+        // (memcapable expects it of a server that reports 1.6).
+        b"version" => request(Request::Version),
+        b"quit" => request(Request::Quit),
         b"verbosity" => {
             let (level, noreply) = match args {
                 [level] => (*level, *level == b"noreply"),
@@ -1097,12 +1099,18 @@ mod tests {
 
     #[test]
     fn memccapable_error_cases() {
+        // As memcached 1.6.18: extra tokens after `version` and `quit` are
+        // ignored.
+        for (line, request) in [
+            (&b"quit foo bar\r\n"[..], Request::Quit),
+            (b"quit noreply\r\n", Request::Quit),
+            (b"version foo bar\r\n", Request::Version),
+            (b"version noreply\r\n", Request::Version),
+        ] {
+            assert_eq!(req(line), (request, line.len()));
+        }
         for line in [
-            &b"quit foo bar\r\n"[..],
-            b"quit noreply\r\n",
-            b"version foo bar\r\n",
-            b"version noreply\r\n",
-            b"verbosity foo bar my\r\n",
+            &b"verbosity foo bar my\r\n"[..],
             b"verbosity\r\n",
             b"delete\r\n",
             b"delete a b c d e\r\n",
