@@ -258,7 +258,7 @@ impl Server {
     }
 
     /// As [`Server::start`], with keys checked under `keys` instead of
-    /// PROTOCOL.md's strict rule ([`KeyPolicy::MemcachedCompatible`] is for
+    /// docs/PROTOCOL.md's strict rule ([`KeyPolicy::MemcachedCompatible`] is for
     /// load generators such as memcaslap, whose keys hold control bytes).
     ///
     /// # Errors

@@ -96,7 +96,7 @@ struct Args {
 
     /// Accept any key byte but space, CR and LF, as memcached itself does
     /// (for load generators such as memcaslap, whose keys start with
-    /// control bytes); by default keys follow PROTOCOL.md and may not hold
+    /// control bytes); by default keys follow docs/PROTOCOL.md and may not hold
     /// control bytes.
     #[arg(long)]
     lenient_keys: bool,

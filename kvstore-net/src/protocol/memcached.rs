@@ -1,4 +1,4 @@
-//! The memcached ASCII dialect (PROTOCOL.md, "Memcached dialect"): request
+//! The memcached ASCII dialect (docs/PROTOCOL.md, "Memcached dialect"): request
 //! parser, reply encoders, the exptime rules, and the reply decoders the
 //! [`McClient`](crate::McClient) uses.
 
