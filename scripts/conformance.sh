@@ -143,9 +143,9 @@ memcping "$SERVERS"
 memcstat "$SERVERS" | grep -q "version: 1.6.18" || { echo "conformance: memcstat: no version" >&2; exit 1; }
 [ "$(memcdump "$SERVERS" | sort | tr '\n' ' ')" = "tool:a tool:b " ] \
     || { echo "conformance: memcdump: wrong keys" >&2; exit 1; }
-perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" stats | grep -Eq '^ +curr_items +2$' \
+perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" stats | tr -d "\r" | grep -Eq '^ +curr_items +2$' \
     || { echo "conformance: memcached-tool stats: no curr_items" >&2; exit 1; }
-perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" settings | grep -Eq '^ +maxconns +[0-9]+$' \
+perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" settings | tr -d "\r" | grep -Eq '^ +maxconns +[0-9]+$' \
     || { echo "conformance: memcached-tool settings: no maxconns" >&2; exit 1; }
 perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" dump 2>/dev/null | grep -q "^add tool:a 4 0 1" \
     || { echo "conformance: memcached-tool dump: tool:a missing" >&2; exit 1; }
