@@ -36,6 +36,30 @@
 //! 3. Route connections to it in `server.rs` (a listener of its own, or the
 //!    first-byte sniffing of the memcached port, `server::MemcachedProtocol`).
 //!
+//! ## How the memcached dialects map
+//!
+//! - Text: `get`/`gets` are [`Command::Get`] per key, `gat`/`gats` the same
+//!   with `touch`; `cas` is [`Command::Store`] with `mode: Set` and `cas`;
+//!   a value over the limit is [`Command::StoreTooLarge`] (`drop_old` only
+//!   for `set`).
+//! - Binary: GET/GETK/GETQ/GETKQ are [`Command::Get`] (the key echo and the
+//!   quiet miss are the encoder's business); SET/ADD/REPLACE/APPEND/PREPEND
+//!   are [`Command::Store`] with `cas` when the header's cas is non-zero;
+//!   DELETE is [`Command::Delete`] with its cas; INCREMENT/DECREMENT are
+//!   [`Command::Counter`] with `initial` unless the expiry is `0xffffffff`
+//!   ([`Response::Counter`] carries the new cas for the header); TOUCH is
+//!   [`Command::Touch`], GAT/GATQ [`Command::Get`] with `touch`; FLUSH is
+//!   [`Command::Flush`]; VERSION and STAT (with or without a group key)
+//!   are [`Command::Version`] and [`Command::Stats`]. NOOP, QUIT, the
+//!   quiet variants' silence and SASL stay in the handler.
+//! - Meta: `mg` is [`Command::Get`] (`T` sets `touch`); the flags it
+//!   returns (`c`, `f`, `s`, `t` from [`ItemRef::expiry`], `k`, `O`) are
+//!   the encoder's; `ms` is [`Command::Store`] with its mode and `C`;
+//!   `md` is [`Command::Delete`]; `ma` is [`Command::Counter`] (`N`/`J`
+//!   give `initial`); `mn` stays in the handler. What the core does not
+//!   keep (stale marks, win tokens, last access) belongs in the executor
+//!   as per-key state under [`KEY_LOCKS`], so that every dialect sees it.
+//!
 //! ## Atomicity
 //!
 //! The core has atomic primitives for set, add, replace, append, prepend,

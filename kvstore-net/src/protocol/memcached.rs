@@ -1398,6 +1398,7 @@ mod tests {
         Touch(Vec<u8>, i64, bool),
         Flush(i64, bool),
         Simple(u8),
+        Operator(u64, u64, bool),
     }
 
     fn owned_strategy() -> impl Strategy<Value = Owned> {
@@ -1428,7 +1429,9 @@ mod tests {
             (key_strategy(), any::<i64>(), any::<bool>())
                 .prop_map(|(k, e, n)| Owned::Touch(k, e, n)),
             (any::<i64>(), any::<bool>()).prop_map(|(d, n)| Owned::Flush(d, n)),
-            (0u8..4).prop_map(Owned::Simple),
+            (0u8..20).prop_map(Owned::Simple),
+            (any::<u64>(), any::<u64>(), any::<bool>())
+                .prop_map(|(a, b, n)| Owned::Operator(a, b, n)),
         ]
     }
 
@@ -1492,9 +1495,41 @@ mod tests {
                 noreply: false,
             }
             .encode(out),
-            Owned::Simple(_) => Request::Verbosity {
+            Owned::Simple(3) => Request::Verbosity {
                 level: 0,
                 noreply: true,
+            }
+            .encode(out),
+            Owned::Simple(n) => {
+                let request = match n {
+                    4 => Request::Stats(StatsRequest::Settings),
+                    5 => Request::Stats(StatsRequest::Items),
+                    6 => Request::Stats(StatsRequest::Slabs),
+                    7 => Request::Stats(StatsRequest::Sizes),
+                    8 => Request::Stats(StatsRequest::Conns),
+                    9 => Request::Stats(StatsRequest::Reset),
+                    10 => Request::Stats(StatsRequest::DetailOn),
+                    11 => Request::Stats(StatsRequest::DetailOff),
+                    12 => Request::Stats(StatsRequest::DetailDump),
+                    13 => Request::Metadump {
+                        includes_items: true,
+                    },
+                    14 => Request::Metadump {
+                        includes_items: false,
+                    },
+                    15 => Request::Shutdown,
+                    _ => Request::Quit,
+                };
+                request.encode(out)
+            }
+            Owned::Operator(class, limit, true) => Request::Stats(StatsRequest::Cachedump {
+                class: *class,
+                limit: *limit,
+            })
+            .encode(out),
+            Owned::Operator(_, megabytes, false) => Request::CacheMemlimit {
+                megabytes: *megabytes,
+                noreply: *megabytes % 2 == 0,
             }
             .encode(out),
         }
