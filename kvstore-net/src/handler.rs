@@ -223,9 +223,9 @@ impl McHandler {
         &self,
         keys: crate::protocol::Keys<'_>,
         with_cas: bool,
-        touch: Option<kvstore_core::Expiry>,
+        touch: Option<Expiry>,
         out: &mut Output<'_>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<()> {
         for key in keys {
             let r = TextReply {
                 key,
@@ -241,12 +241,12 @@ impl McHandler {
                 });
             if failed {
                 // A SERVER_ERROR ends the reply, without END.
-                return Ok(false);
+                return Ok(());
             }
             out.flush_if_large()?;
         }
         out.buf().extend_from_slice(mc::END);
-        Ok(true)
+        Ok(())
     }
 }
 
