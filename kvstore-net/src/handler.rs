@@ -31,7 +31,9 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn batch_done(&self, io: &IoCounts) {
+    /// Adds a batch's socket figures to the statistics and marks the
+    /// connection active.
+    pub(crate) fn batch_done(&self, io: &IoCounts) {
         if io.bytes_read > 0 {
             self.last_active.store(unix_now(), Relaxed);
         }
