@@ -29,12 +29,17 @@
 //!
 //! 1. Write the parser in `protocol/<dialect>.rs` (pure, no sockets; the
 //!    same properties and fuzz target as the others).
-//! 2. Write a `connection::Handler` whose `step` parses one request, maps
-//!    it to [`Command`]s, calls [`Executor::execute`] for each, and encodes
-//!    each [`Response`] into the output buffer. Commands with no effect on
-//!    the store (quit, noop, a dialect's own framing) stay in the handler.
-//! 3. Route connections to it in `server.rs` (a listener of its own, or the
-//!    first-byte sniffing of the memcached port, `server::MemcachedProtocol`).
+//! 2. Write its `connection::Handler` in `handler/<dialect>.rs`: `step`
+//!    parses one request, maps it to [`Command`]s, calls
+//!    [`Executor::execute`] for each, and encodes each [`Response`] into
+//!    the output buffer (`handler/text.rs` is the model). Commands with no
+//!    effect on the store (quit, noop, a dialect's own framing) stay in
+//!    the handler; `Context::batch_done` keeps the socket figures.
+//! 3. Route connections to it: the binary protocol is picked on the
+//!    memcached port by a connection's first byte (`handler::binary_handler`
+//!    returns its handler, `handler::HAS_BINARY` says there is one); the
+//!    meta protocol shares the text handler's connections (its commands
+//!    start with `m`); another dialect gets a listener in `server.rs`.
 //!
 //! ## How the memcached dialects map
 //!
