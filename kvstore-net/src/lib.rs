@@ -56,6 +56,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 mod connection;
@@ -64,6 +65,7 @@ mod handler;
 pub mod mcclient;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 
 pub use client::Client;
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};
