@@ -67,7 +67,7 @@ pub mod protocol;
 pub mod server;
 pub mod tls;
 
-pub use client::Client;
+pub use client::{Client, ConnectOptions};
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};
 pub use error::{Error, Result};
 pub use mcclient::{McCasOutcome, McClient, McItem};
