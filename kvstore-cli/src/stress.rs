@@ -155,7 +155,7 @@ pub struct Latency {
 
 impl Latency {
     /// Percentiles of a histogram of nanoseconds, to its precision
-    /// ([`LATENCY_DIGITS`] significant digits).
+    /// (three significant digits in the histograms `stress` records).
     pub fn from_histogram(histogram: &Histogram<u64>) -> Latency {
         if histogram.is_empty() {
             return Latency::default();

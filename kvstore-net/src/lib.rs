@@ -1,7 +1,7 @@
 //! # kvstore-net: the TCP server and clients
 //!
 //! Serves a [`kvstore_core::Store`] over TCP in two dialects, each on its
-//! own listener (the wire contract is `PROTOCOL.md`):
+//! own listener (the wire contract is the repository's `docs/PROTOCOL.md`):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
 //! - the **memcached dialect**, memcached's ASCII protocol, so existing
@@ -23,6 +23,13 @@
 //! - [`client`]: [`Client`], the seed dialect's client; [`mcclient`]:
 //!   [`McClient`], the memcached dialect's client (flags, exptime, cas).
 //! - `src/bin/kvstore-server.rs`: the `kvstore-server` binary.
+//!
+//! ## Features
+//!
+//! - `server-bin` (default): builds the `kvstore-server` binary and pulls
+//!   in its own dependencies (clap, env_logger, signal-hook, rlimit). A
+//!   program that uses this crate as a library turns it off
+//!   (`default-features = false`); the `kvstore` facade does.
 //!
 //! ## Example
 //!
@@ -72,3 +79,9 @@ pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node
 pub use error::{Error, Result};
 pub use mcclient::{McCasOutcome, McClient, McItem};
 pub use server::{Server, ServerConfig, ServerHandle, ShutdownTrigger};
+
+/// The README's code blocks, compiled as doctests so that they keep up with
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
