@@ -25,10 +25,38 @@ const LINGER: Duration = Duration::from_millis(200);
 /// The most bytes drained when closing.
 const LINGER_BYTES: usize = 1 << 20;
 
-/// The reply buffer of a connection, written to its socket.
+/// The byte stream of a connection: plain TCP, or TLS over TCP. The
+/// connection loop reads and writes through it and reaches the socket
+/// under it for timeouts and the final close.
+pub(crate) trait Stream: Read + Write {
+    /// The TCP socket under the stream.
+    fn socket(&self) -> &TcpStream;
+    /// Says goodbye in the stream's own terms before the socket closes
+    /// (TLS: a close_notify alert); plain TCP has nothing to say.
+    fn close_notify(&mut self) {}
+}
+
+impl Stream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for crate::tls::TlsStream {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+    }
+}
+
+/// The reply buffer of a connection, written to its stream.
 pub(crate) struct Output<'s> {
     buf: Vec<u8>,
-    stream: &'s TcpStream,
+    stream: &'s mut dyn Stream,
     io: IoCounts,
 }
 
@@ -62,8 +90,8 @@ impl Output<'_> {
     /// Writes everything buffered.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let mut stream = self.stream;
-            stream.write_all(&self.buf)?;
+            self.stream.write_all(&self.buf)?;
+            self.stream.flush()?;
             self.io.writes += 1;
             self.io.bytes_written += self.buf.len() as u64;
             self.buf.clear();
@@ -112,11 +140,11 @@ pub(crate) enum End {
 /// Serves one connection until it ends. Socket errors are returned (the
 /// caller logs them); nothing half-received is ever executed.
 pub(crate) fn serve(
-    stream: &TcpStream,
+    stream: &mut dyn Stream,
     handler: &mut dyn Handler,
     idle_timeout: Option<Duration>,
 ) -> io::Result<End> {
-    stream.set_read_timeout(idle_timeout)?;
+    stream.socket().set_read_timeout(idle_timeout)?;
     let mut buf = vec![0u8; READ_BUF_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
     let mut skip: u64 = 0;
@@ -146,7 +174,8 @@ pub(crate) fn serve(
                 Step::Close => {
                     out.flush()?;
                     handler.batch_done(&out.io);
-                    linger_close(stream);
+                    out.stream.close_notify();
+                    linger_close(out.stream.socket());
                     return Ok(End::Closed);
                 }
             }
@@ -174,7 +203,7 @@ pub(crate) fn serve(
             buf.resize(new_len, 0);
         }
 
-        let n = match (&*stream).read(&mut buf[end..]) {
+        let n = match out.stream.read(&mut buf[end..]) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -251,12 +280,12 @@ mod tests {
 
     #[test]
     fn pipelined_requests_get_one_write_and_skips_cross_reads() {
-        let (mut client, server) = pair();
+        let (mut client, mut server) = pair();
         let t = std::thread::spawn(move || {
             let mut echo = Echo {
                 batches: Vec::new(),
             };
-            let end = serve(&server, &mut echo, None).unwrap();
+            let end = serve(&mut server, &mut echo, None).unwrap();
             (end, echo.batches)
         });
         client.write_all(b"x\nx\nx\n").unwrap();
@@ -289,10 +318,10 @@ mod tests {
 
     #[test]
     fn eof_inside_a_request_is_reported() {
-        let (mut client, server) = pair();
+        let (mut client, mut server) = pair();
         let t = std::thread::spawn(move || {
             serve(
-                &server,
+                &mut server,
                 &mut Echo {
                     batches: Vec::new(),
                 },
@@ -307,9 +336,9 @@ mod tests {
 
     #[test]
     fn idle_connections_end() {
-        let (_client, server) = pair();
+        let (_client, mut server) = pair();
         let end = serve(
-            &server,
+            &mut server,
             &mut Echo {
                 batches: Vec::new(),
             },
@@ -321,10 +350,10 @@ mod tests {
 
     #[test]
     fn large_requests_grow_the_buffer() {
-        let (mut client, server) = pair();
+        let (mut client, mut server) = pair();
         let t = std::thread::spawn(move || {
             serve(
-                &server,
+                &mut server,
                 &mut Echo {
                     batches: Vec::new(),
                 },

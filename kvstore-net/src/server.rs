@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use kvstore_core::Store;
 
-use crate::connection::{self, End, Handler};
+use crate::connection::{self, End, Handler, Stream};
 use crate::error::{Error, Result};
 use crate::exec::{Executor, Stats};
 use crate::handler::{Context, McPortHandler, SeedHandler};
 use crate::protocol::{memcached, seed, KeyPolicy};
 use crate::stats::Settings;
+use crate::tls::TlsAcceptor;
 
 /// Stack size of a connection thread: parsing works on heap buffers, so a
 /// small stack lets 10,000 connections fit comfortably.
@@ -88,6 +89,10 @@ pub struct ServerConfig {
     /// Honour the memcached dialect's `shutdown` command (memcached's
     /// `-A`); off by default, when `shutdown` is refused.
     pub enable_shutdown: bool,
+    /// TLS on every listener (default: none, plain TCP). Its files can be
+    /// re-read while the server runs ([`TlsAcceptor::reload`], memcached's
+    /// `refresh_certs`).
+    pub tls: Option<Arc<TlsAcceptor>>,
 }
 
 /// Which of memcached's protocols the memcached port speaks (memcached's
@@ -115,6 +120,7 @@ impl Default for ServerConfig {
             idle_timeout: None,
             memcached_protocol: MemcachedProtocol::Auto,
             enable_shutdown: false,
+            tls: None,
         }
     }
 }
@@ -421,7 +427,7 @@ fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>
                  ({rejected} refused so far)",
                 shared.config.max_connections
             );
-            refuse(stream, dialect);
+            refuse(stream, dialect, shared.config.tls.is_some());
             continue;
         }
         stats.total_connections.fetch_add(1, Relaxed);
@@ -446,9 +452,13 @@ fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>
 }
 
 /// Sends the over-limit line and closes, without blocking the acceptor.
-fn refuse(mut stream: TcpStream, dialect: Dialect) {
+/// On a TLS listener nothing is sent: the client expects a handshake, and
+/// plaintext is never written there.
+fn refuse(mut stream: TcpStream, dialect: Dialect, tls: bool) {
     let _ = stream.set_nonblocking(true);
-    let _ = stream.write_all(dialect.too_many_connections());
+    if !tls {
+        let _ = stream.write_all(dialect.too_many_connections());
+    }
     // Read what the client already sent, so the close is a FIN and not a
     // reset that could destroy the reply.
     let mut sink = [0u8; 1024];
@@ -486,7 +496,27 @@ fn run_connection(
             &mut mc_handler
         }
     };
-    match connection::serve(&stream, handler, shared.config.idle_timeout) {
+    // The stream lives until the end of this function, after the guard
+    // has left the registry: the registry never names a closed descriptor.
+    let mut plain;
+    let mut secured;
+    let stream: std::io::Result<&mut dyn Stream> = match &shared.config.tls {
+        None => {
+            plain = stream;
+            Ok(&mut plain)
+        }
+        // The handshake runs on the first read, under the idle timeout; a
+        // failed one ends this connection like any other read error.
+        Some(tls) => match tls.accept(stream) {
+            Ok(stream) => {
+                secured = stream;
+                Ok(&mut secured)
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        },
+    };
+    let served = stream.and_then(|s| connection::serve(s, handler, shared.config.idle_timeout));
+    match served {
         Ok(End::Eof) | Ok(End::Closed) => log::debug!("{peer} closed"),
         Ok(End::EofMidRequest) => {
             log::debug!("{peer} disconnected inside a request; nothing of it was stored")
@@ -499,7 +529,6 @@ fn run_connection(
     }
     // Leave the registry before the socket is closed.
     drop(guard);
-    drop(stream);
 }
 
 impl ServerHandle {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kvstore_core::{Durability, Options, Store};
 use kvstore_net::protocol::KeyPolicy;
+use kvstore_net::tls::{TlsAcceptor, TlsFiles};
 use kvstore_net::{MemcachedProtocol, Server, ServerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -101,6 +102,20 @@ struct Args {
     #[arg(long)]
     lenient_keys: bool,
 
+    /// TLS on every listener: the server's certificate chain (PEM). Needs
+    /// --tls-key. Certificate and key are re-read on SIGHUP.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM); needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG
     /// overrides it with filters such as `kvstore_net=debug`.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -140,6 +155,17 @@ fn run(args: Args) -> Result<(), String> {
         .durability(durability)
         .cache_bytes(args.cache_bytes)
         .max_value_bytes(args.max_value_bytes);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            TlsAcceptor::new(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_ca.clone(),
+            })
+            .map_err(|e| e.to_string())?,
+        )),
+        _ => None,
+    };
     let store = Store::open_with(&args.dir, options).map_err(|e| e.to_string())?;
     let config = ServerConfig {
         bind: args.bind,
@@ -154,6 +180,7 @@ fn run(args: Args) -> Result<(), String> {
             ProtocolArg::Binary => MemcachedProtocol::Binary,
         },
         enable_shutdown: args.enable_shutdown,
+        tls: tls.clone(),
     };
     let keys = if args.lenient_keys {
         KeyPolicy::MemcachedCompatible
@@ -167,14 +194,26 @@ fn run(args: Args) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("signal {sig}: shutting down");
-                trigger.shutdown();
+            for sig in signals.forever() {
+                if sig != signal_hook::consts::SIGHUP {
+                    log::info!("signal {sig}: shutting down");
+                    trigger.shutdown();
+                    break;
+                }
+                // SIGHUP: re-read what lives in files, keeping the old
+                // state when the new files are wrong.
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => log::info!("SIGHUP: TLS certificate and key reloaded"),
+                        Err(e) => log::error!("SIGHUP: keeping the old TLS files: {e}"),
+                    }
+                }
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use kvstore_core::{Options, Store};
 use kvstore_net::{Server, ServerConfig, ServerHandle};
 
+pub mod install;
+pub mod pki;
+
 /// How long any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
