@@ -1,4 +1,4 @@
-//! Hostile input, for both dialects.
+//! Hostile input, for every dialect (seed, memcached text, memcached meta).
 //!
 //! - Parser properties (pure, proptest): arbitrary bytes (random, and
 //!   random sequences of protocol fragments), fed in arbitrary chunks the
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{server_command, spawn, ChildServer, DEADLINE};
 use kvstore_net::protocol::{
-    memcached, seed, KeyPolicy, Parsed, Recovery, MAX_LINE_BYTES, MAX_RETRIEVAL_LINE_BYTES,
+    memcached, meta, seed, KeyPolicy, Parsed, Recovery, MAX_LINE_BYTES, MAX_RETRIEVAL_LINE_BYTES,
 };
 use kvstore_net::{Client, McClient};
 use proptest::prelude::*;
@@ -35,6 +35,7 @@ const MAX_VALUE: usize = 64;
 enum Dialect {
     Seed,
     Memcached,
+    Meta,
 }
 
 /// One parse step: a description, the bytes it used (or skips), whether the
@@ -65,6 +66,13 @@ fn step(d: Dialect, buf: &[u8]) -> Option<(String, u64, bool)> {
             },
         )),
         Dialect::Memcached => conv(memcached::parse(
+            buf,
+            &memcached::Limits {
+                max_value_bytes: MAX_VALUE,
+                keys: KeyPolicy::Strict,
+            },
+        )),
+        Dialect::Meta => conv(meta::parse(
             buf,
             &memcached::Limits {
                 max_value_bytes: MAX_VALUE,
@@ -174,6 +182,40 @@ fn fragments() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(frag, 0..60).prop_map(|v| v.concat())
 }
 
+fn meta_fragments() -> impl Strategy<Value = Vec<u8>> {
+    let frag = prop_oneof![
+        Just(b"mg ".to_vec()),
+        Just(b"ms ".to_vec()),
+        Just(b"md ".to_vec()),
+        Just(b"ma ".to_vec()),
+        Just(b"mn".to_vec()),
+        Just(b"me ".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"k".to_vec()),
+        Just(b"5".to_vec()),
+        Just(b"64".to_vec()),
+        Just(b"65".to_vec()),
+        Just(b"2147483646".to_vec()),
+        Just(b"b".to_vec()),
+        Just(b"Zm9v".to_vec()),
+        Just(b"v".to_vec()),
+        Just(b"q".to_vec()),
+        Just(b"O".to_vec()),
+        Just(b"T-1".to_vec()),
+        Just(b"N30".to_vec()),
+        Just(b"MA".to_vec()),
+        Just(b"MX".to_vec()),
+        Just(b"C18446744073709551616".to_vec()),
+        Just(b"\x00".to_vec()),
+        Just(b"\xff".to_vec()),
+        Just(vec![b'x'; 300]),
+        proptest::collection::vec(any::<u8>(), 1..8),
+    ];
+    proptest::collection::vec(frag, 0..60).prop_map(|v| v.concat())
+}
+
 fn cuts() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(0usize..5000, 0..12)
 }
@@ -194,11 +236,17 @@ proptest! {
     }
 
     #[test]
+    fn meta_chunked_arbitrary_bytes_parse_as_whole(input in meta_fragments(), cuts in cuts()) {
+        let whole = feed(Dialect::Meta, &input, &[]);
+        prop_assert_eq!(feed(Dialect::Meta, &input, &cuts), whole);
+    }
+
+    #[test]
     fn random_bytes_in_random_chunks(
         input in proptest::collection::vec(any::<u8>(), 0..3000),
         cuts in cuts(),
     ) {
-        for d in [Dialect::Seed, Dialect::Memcached] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta] {
             let whole = feed(d, &input, &[]);
             prop_assert_eq!(feed(d, &input, &cuts), whole);
         }
@@ -206,13 +254,16 @@ proptest! {
 
     #[test]
     fn lines_past_the_cap_close(
-        prefix in prop_oneof![Just(&b"set k"[..]), Just(&b"delete "[..]), Just(&b"incr "[..]), Just(&b"x"[..])],
+        prefix in prop_oneof![
+            Just(&b"set k"[..]), Just(&b"delete "[..]), Just(&b"incr "[..]), Just(&b"x"[..]),
+            Just(&b"mg k"[..]), Just(&b"ms k 5 "[..]),
+        ],
         extra in 1usize..200,
         cuts in cuts(),
     ) {
         let mut input = prefix.to_vec();
         input.resize(MAX_LINE_BYTES + extra + 2, b'a');
-        for d in [Dialect::Seed, Dialect::Memcached] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta] {
             let steps = feed(d, &input, &cuts);
             prop_assert_eq!(steps.len(), 1, "{:?}", steps);
             prop_assert!(steps[0].contains("Close"), "{:?}", steps);
