@@ -178,6 +178,8 @@ fn malformed_meta_lines_get_memcacheds_replies() {
         "ms k -1\r\nhi\r\n".into(),
         "ms k 2147483646\r\n".into(),
         "ms k 2 Z\r\nhi\r\n".into(),
+        "ms k 2 E5\r\nhi\r\n".into(),
+        "mg k E5\r\n".into(),
         "ms k 2 T1 T2\r\nhi\r\n".into(),
         "ms k 2 MX\r\nhi\r\n".into(),
         "ms k 2 MEE\r\nhi\r\n".into(),

@@ -37,7 +37,7 @@ pub const INVALID_FLAG: &[u8] = b"CLIENT_ERROR invalid flag\r\n";
 pub const DUPLICATE_FLAG: &[u8] = b"CLIENT_ERROR duplicate flag\r\n";
 /// A bad flag of `md` or `ma`, whatever the fault.
 pub const INVALID_OR_DUPLICATE_FLAG: &[u8] = b"CLIENT_ERROR invalid or duplicate flag\r\n";
-/// A numeric argument of `T`, `N`, `R`, `C` or `E` that does not parse.
+/// A numeric argument of `T`, `N`, `R` or `C` that does not parse.
 pub const BAD_TOKEN: &[u8] = b"CLIENT_ERROR bad token in command line format\r\n";
 /// A `b` key that is not base64.
 pub const BAD_BASE64_KEY: &[u8] = b"CLIENT_ERROR error decoding key\r\n";
@@ -177,8 +177,6 @@ pub struct Flags<'a> {
     pub opaque: Option<&'a [u8]>,
     /// `C`: compare with this cas (`mg`: omit the value if it matches).
     pub compare_cas: Option<u64>,
-    /// `E`: give the item this cas if the command changes it.
-    pub new_cas: Option<u64>,
     /// `F`: client flags to store (`ms`; 0 when absent).
     pub client_flags: Option<u32>,
     /// `T`: new TTL (`mg`, `ma`: on a hit; `ms`: the item's; `md`: with
@@ -540,10 +538,9 @@ fn parse_flags(cmd: Cmd, tokens: &[u8]) -> Result<Flags<'_>, &'static [u8]> {
                 Some(c) => flags.compare_cas = Some(c),
                 None => bad(BAD_TOKEN),
             },
-            b'E' => match parse_u64(arg) {
-                Some(c) => flags.new_cas = Some(c),
-                None => bad(BAD_TOKEN),
-            },
+            // `E` (set the cas) is refused, as memcached 1.6.18 (the version
+            // the server reports) does: cas numbers are the store's, unique
+            // over its life, and a client cannot pick them.
             // memcached's `safe_strtoul` keeps the low 32 bits of a larger
             // number; a flags value that does not fit is refused here.
             b'F' => match parse_u64(arg).and_then(|f| u32::try_from(f).ok()) {
@@ -1043,11 +1040,11 @@ mod tests {
         assert!(f.return_cas && f.return_flags && f.return_hit && f.return_key);
         assert!(f.return_last_access && f.return_size && f.return_ttl);
         assert!(f.value && f.quiet && f.no_bump && f.invalidate && f.remove_value);
-        let f = flags_of(b"mg k O123 C5 E6 T-1 N30 R10\r\n");
+        let f = flags_of(b"mg k O123 C5 T-1 N30 R10\r\n");
         assert_eq!(f.opaque, Some(&b"O123"[..]));
         assert_eq!(
-            (f.compare_cas, f.new_cas, f.ttl, f.vivify, f.recache),
-            (Some(5), Some(6), Some(-1), Some(30), Some(10))
+            (f.compare_cas, f.ttl, f.vivify, f.recache),
+            (Some(5), Some(-1), Some(30), Some(10))
         );
         let f = flags_of(b"ms k 0 F4294967295 MA\r\n\r\n");
         assert_eq!((f.client_flags, f.mode), (Some(u32::MAX), Some(b'A')));
@@ -1208,11 +1205,8 @@ mod tests {
                 "CLIENT_ERROR bad token in command line format",
                 0,
             ),
-            (
-                "mg k E-1\r\n".into(),
-                "CLIENT_ERROR bad token in command line format",
-                0,
-            ),
+            ("mg k E1\r\n".into(), "CLIENT_ERROR invalid flag", 0),
+            ("ms k 2 E5\r\nhi\r\n".into(), "CLIENT_ERROR invalid flag", 0),
             (
                 "mg k M\r\n".into(),
                 "CLIENT_ERROR incorrect length for M token",
@@ -1392,17 +1386,17 @@ mod tests {
 
     #[test]
     fn flag_count_is_capped() {
-        let twenty = "mg k s t c f h l k O1 q u v T1 N1 R1 P L x I M1 E1\r\n";
+        let twenty = "mg k s t c f h l k O1 q u v T1 N1 R1 P L x I M1 C1\r\n";
         assert!(matches!(
             parse(twenty.as_bytes(), &LIMITS),
             Parsed::Request { .. }
         ));
-        let more = "mg k s t c f h l k O1 q u v T1 N1 R1 P L x I M1 E1 C1\r\n";
+        let more = "mg k s t c f h l k O1 q u v T1 N1 R1 P L x I M1 C1 D1\r\n";
         assert_eq!(
             reply_of(more.as_bytes()).0,
             "CLIENT_ERROR options flags are too long\r\n"
         );
-        let more = "md k s t c f h l k O1 q u v T1 N1 R1 P L x I M1 E1 C1\r\n";
+        let more = "md k s t c f h l k O1 q u v T1 N1 R1 P L x I M1 C1 D1\r\n";
         assert_eq!(
             reply_of(more.as_bytes()).0,
             "CLIENT_ERROR options flags too long\r\n"
@@ -1680,7 +1674,6 @@ mod tests {
             ])
             .prop_map(|s| s.as_bytes().to_vec()),
             (0u64..u64::MAX).prop_map(|n| format!("C{n}").into_bytes()),
-            (0u64..u64::MAX).prop_map(|n| format!("E{n}").into_bytes()),
             any::<u32>().prop_map(|n| format!("F{n}").into_bytes()),
             any::<i32>().prop_map(|n| format!("T{n}").into_bytes()),
             any::<i32>().prop_map(|n| format!("N{n}").into_bytes()),
@@ -1821,7 +1814,6 @@ mod tests {
                     b'q' => prop_assert!(flags.quiet),
                     b'k' => prop_assert!(flags.return_key),
                     b'C' => prop_assert_eq!(flags.compare_cas, arg.parse().ok()),
-                    b'E' => prop_assert_eq!(flags.new_cas, arg.parse().ok()),
                     b'F' => prop_assert_eq!(flags.client_flags, arg.parse().ok()),
                     b'T' => prop_assert_eq!(flags.ttl, arg.parse().ok()),
                     b'N' => prop_assert_eq!(flags.vivify, arg.parse().ok()),
