@@ -62,6 +62,7 @@ mod connection;
 pub mod error;
 mod exec;
 mod handler;
+mod marks;
 pub mod mcclient;
 pub mod protocol;
 pub mod server;
