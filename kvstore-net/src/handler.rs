@@ -244,6 +244,7 @@ fn encode_meta(request: &meta::Request<'_>, resp: Response<'_>, out: &mut Vec<u8
     let flags = match request {
         meta::Request::Get { flags, .. }
         | meta::Request::Set { flags, .. }
+        | meta::Request::SetTooLarge { flags, .. }
         | meta::Request::Delete { flags, .. }
         | meta::Request::Arithmetic { flags, .. } => *flags,
         meta::Request::NoOp => return meta::encode_noop(out),
@@ -395,6 +396,20 @@ impl McHandler {
                 return Ok(Step::Consumed(consumed));
             }
             meta::Request::Debug { key } => Command::MetaDebug { key: key.bytes() },
+            meta::Request::SetTooLarge {
+                key, data_bytes, ..
+            } => {
+                // memcached removes the key's current value when it
+                // refuses an `ms` for size, whatever the mode.
+                let cmd = Command::StoreTooLarge {
+                    key: key.bytes(),
+                    drop_old: true,
+                };
+                self.ctx
+                    .exec
+                    .execute(&cmd, &mut |resp| encode_meta(&request, resp, out.buf()));
+                return Ok(Step::Discard((consumed as u64).saturating_add(*data_bytes)));
+            }
             meta::Request::Get { key, flags } => Command::MetaGet {
                 key: key.bytes(),
                 touch: flags.ttl.map(exp),

@@ -13,7 +13,7 @@
 //! error line it then sends are followed here, with the differences listed
 //! in docs/PROTOCOL.md (strict base64, strict key bytes, 32-bit `F`).
 
-use super::memcached::{Limits, BAD_CHUNK, BAD_FORMAT, ERROR, LINE_TOO_LONG, TOO_LARGE};
+use super::memcached::{Limits, BAD_CHUNK, BAD_FORMAT, ERROR, LINE_TOO_LONG};
 use super::{
     data_block, parse_i64, parse_u64, push_u64, split_line, validate_key_with, Keys, Line, Parsed,
     Recovery, Reject,
@@ -240,6 +240,18 @@ pub enum Request<'a> {
         /// The flags.
         flags: Flags<'a>,
     },
+    /// An `ms` whose data is over the value limit: the line was read, the
+    /// `data_bytes` after it (block and `\r\n`) are to be skipped as they
+    /// arrive, never buffered. memcached answers it with
+    /// [`TOO_LARGE`](super::memcached::TOO_LARGE) and removes the key's current value.
+    SetTooLarge {
+        /// The key.
+        key: Key<'a>,
+        /// Bytes to skip after the line.
+        data_bytes: u64,
+        /// The flags.
+        flags: Flags<'a>,
+    },
     /// `mn`: answered `MN`, marks the end of a pipeline of quiet requests.
     NoOp,
     /// `me <key> [b]`: the item's metadata in a human-readable line.
@@ -255,7 +267,9 @@ impl Request<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (cmd, key, flags) = match self {
             Request::Get { key, flags } => (&b"mg"[..], key, Some(flags)),
-            Request::Set { key, flags, .. } => (&b"ms"[..], key, Some(flags)),
+            Request::Set { key, flags, .. } | Request::SetTooLarge { key, flags, .. } => {
+                (&b"ms"[..], key, Some(flags))
+            }
             Request::Delete { key, flags } => (&b"md"[..], key, Some(flags)),
             Request::Arithmetic { key, flags, .. } => (&b"ma"[..], key, Some(flags)),
             Request::Debug { key } => (&b"me"[..], key, None),
@@ -267,9 +281,16 @@ impl Request<'_> {
         out.extend_from_slice(cmd);
         out.push(b' ');
         out.extend_from_slice(key.raw);
-        if let Request::Set { value, .. } = self {
-            out.push(b' ');
-            push_u64(out, value.len() as u64);
+        match self {
+            Request::Set { value, .. } => {
+                out.push(b' ');
+                push_u64(out, value.len() as u64);
+            }
+            Request::SetTooLarge { data_bytes, .. } => {
+                out.push(b' ');
+                push_u64(out, data_bytes.saturating_sub(2));
+            }
+            _ => {}
         }
         match flags {
             Some(flags) => {
@@ -323,9 +344,10 @@ impl Cmd {
 /// `ms` whose data length parsed skips its data block after any error, so
 /// the block is never run as commands; one whose length does not parse
 /// (or exceeds [`MAX_ANNOUNCED_BYTES`]) skips only its line, as memcached
-/// does. A value over `limits.max_value_bytes` is answered
-/// [`TOO_LARGE`] and skipped as it arrives. A line over the cap closes
-/// the connection after [`LINE_TOO_LONG`].
+/// does. A value over `limits.max_value_bytes` is
+/// [`Request::SetTooLarge`], for the server to answer (its block is skipped
+/// as it arrives). A line over the cap closes the connection after
+/// [`LINE_TOO_LONG`].
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
     let (line, n) = match split_line(buf) {
         Line::Complete(line, used) => (line, used),
@@ -434,7 +456,14 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
         },
         Cmd::Set => {
             if size > limits.max_value_bytes {
-                return reject(TOO_LARGE, skip);
+                return Parsed::Request {
+                    request: Request::SetTooLarge {
+                        key,
+                        data_bytes: size as u64 + 2,
+                        flags,
+                    },
+                    consumed: n,
+                };
             }
             match data_block(buf, n, size, BAD_CHUNK) {
                 Ok(consumed) => Parsed::Request {
@@ -746,6 +775,7 @@ pub fn encode(out: &mut Vec<u8>, request: &Request<'_>, reply: &Reply<'_>) {
     let (key, flags) = match request {
         Request::Get { key, flags }
         | Request::Set { key, flags, .. }
+        | Request::SetTooLarge { key, flags, .. }
         | Request::Delete { key, flags }
         | Request::Arithmetic { key, flags, .. } => (key, flags),
         Request::NoOp => return encode_noop(out),
@@ -779,7 +809,7 @@ pub fn encode(out: &mut Vec<u8>, request: &Request<'_>, reply: &Reply<'_>) {
                 continue;
             }
             (Request::Get { .. }, b's' | b't' | b'c' | b'f' | b'l' | b'h') => has_item,
-            (Request::Set { .. }, b'c' | b's') => true,
+            (Request::Set { .. } | Request::SetTooLarge { .. }, b'c' | b's') => true,
             (Request::Arithmetic { .. }, b'c' | b't') => has_item && success,
             _ => false,
         };
@@ -1405,14 +1435,22 @@ mod tests {
 
     #[test]
     fn values_over_the_limit_are_skipped_not_buffered() {
-        let buf = b"ms k 2000000 T0\r\n";
-        assert_eq!(
-            reply_of(buf),
-            (
-                "SERVER_ERROR object too large for cache\r\n".into(),
-                Recovery::Discard(buf.len() as u64 + 2_000_002)
-            )
-        );
+        let buf = b"ms k 2000000 T0 q\r\n";
+        let (r, n) = req(buf);
+        assert_eq!(n, buf.len());
+        let Request::SetTooLarge {
+            key,
+            data_bytes,
+            flags,
+        } = &r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((key.bytes(), *data_bytes), (&b"k"[..], 2_000_002));
+        assert!(flags.quiet);
+        let mut again = Vec::new();
+        r.encode(&mut again);
+        assert_eq!(again, buf);
         // A flag error wins over the size, as in memcached.
         let buf = b"ms k 2000000 Z\r\n";
         assert_eq!(reply_of(buf).0, "CLIENT_ERROR invalid flag\r\n");
@@ -1782,6 +1820,10 @@ mod tests {
                 (key, None)
             }
             Request::Get { key, flags } | Request::Delete { key, flags } => (key, Some(flags)),
+            Request::SetTooLarge { .. } => {
+                prop_assert!(false, "{:?} is within the limit", g);
+                return Ok(());
+            }
             Request::Set {
                 key,
                 flags,
