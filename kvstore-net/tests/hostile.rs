@@ -36,6 +36,9 @@ enum Dialect {
     Seed,
     Memcached,
     Meta,
+    /// What the memcached port runs: meta lines to the meta parser, the
+    /// rest to the text parser (the handler's rule).
+    MemcachedPort,
 }
 
 /// One parse step: a description, the bytes it used (or skips), whether the
@@ -79,6 +82,8 @@ fn step(d: Dialect, buf: &[u8]) -> Option<(String, u64, bool)> {
                 keys: KeyPolicy::Strict,
             },
         )),
+        Dialect::MemcachedPort if meta::is_meta(buf) => step(Dialect::Meta, buf),
+        Dialect::MemcachedPort => step(Dialect::Memcached, buf),
     }
 }
 
@@ -237,8 +242,21 @@ proptest! {
 
     #[test]
     fn meta_chunked_arbitrary_bytes_parse_as_whole(input in meta_fragments(), cuts in cuts()) {
-        let whole = feed(Dialect::Meta, &input, &[]);
-        prop_assert_eq!(feed(Dialect::Meta, &input, &cuts), whole);
+        for d in [Dialect::Meta, Dialect::MemcachedPort] {
+            let whole = feed(d, &input, &[]);
+            prop_assert_eq!(feed(d, &input, &cuts), whole);
+        }
+    }
+
+    #[test]
+    fn memcached_port_mixed_streams_parse_as_whole(
+        text in fragments(),
+        meta in meta_fragments(),
+        cuts in cuts(),
+    ) {
+        let input = [text, meta].concat();
+        let whole = feed(Dialect::MemcachedPort, &input, &[]);
+        prop_assert_eq!(feed(Dialect::MemcachedPort, &input, &cuts), whole);
     }
 
     #[test]
@@ -246,7 +264,7 @@ proptest! {
         input in proptest::collection::vec(any::<u8>(), 0..3000),
         cuts in cuts(),
     ) {
-        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta, Dialect::MemcachedPort] {
             let whole = feed(d, &input, &[]);
             prop_assert_eq!(feed(d, &input, &cuts), whole);
         }
@@ -263,7 +281,7 @@ proptest! {
     ) {
         let mut input = prefix.to_vec();
         input.resize(MAX_LINE_BYTES + extra + 2, b'a');
-        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta, Dialect::MemcachedPort] {
             let steps = feed(d, &input, &cuts);
             prop_assert_eq!(steps.len(), 1, "{:?}", steps);
             prop_assert!(steps[0].contains("Close"), "{:?}", steps);
@@ -288,7 +306,19 @@ fn drain(s: &mut TcpStream, quiet: Duration) -> Vec<u8> {
 }
 
 fn random_stream(rng: &mut StdRng) -> Vec<u8> {
-    let pieces: [&[u8]; 22] = [
+    let pieces: &[&[u8]] = &[
+        b"mg ",
+        b"ms ",
+        b"md ",
+        b"ma ",
+        b"mn",
+        b"me ",
+        b"v",
+        b"q",
+        b"N30",
+        b"I",
+        b"b",
+        b"Zm9v",
         b"set ",
         b"get ",
         b"gets ",
