@@ -1110,19 +1110,25 @@ impl Stats {
                 }
             }
             Command::Flush { .. } => bump(&c.cmd_flush),
+            // Counted as the text `get`/`gat` it replaces.
             Command::MetaGet { touch, .. } => {
                 bump(&c.cmd_get);
                 if touch.is_some() {
                     bump(&c.cmd_touch);
                 }
-                let (hits, misses) = if touch.is_some() {
-                    (&c.touch_hits, &c.touch_misses)
-                } else {
-                    (&c.get_hits, &c.get_misses)
-                };
                 match resp {
-                    Response::MetaHit { .. } => bump(hits),
-                    Response::Miss => bump(misses),
+                    Response::MetaHit { .. } => {
+                        bump(&c.get_hits);
+                        if touch.is_some() {
+                            bump(&c.touch_hits);
+                        }
+                    }
+                    Response::Miss => {
+                        bump(&c.get_misses);
+                        if touch.is_some() {
+                            bump(&c.touch_misses);
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -4,17 +4,21 @@
 //! own listener (the wire contract is `PROTOCOL.md`):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
-//! - the **memcached dialect**, memcached's ASCII protocol, so existing
-//!   memcached clients, tools and proxies work against a store that
-//!   survives restarts.
+//! - the **memcached dialect**, memcached's ASCII protocol and its meta
+//!   commands (`mg`, `ms`, `md`, `ma`, `mn`, `me`) on the same
+//!   connections, so existing memcached clients, tools and proxies work
+//!   against a store that survives restarts.
 //!
 //! ## Layout
 //!
 //! - [`protocol`]: pure functions over byte buffers, no sockets:
-//!   [`protocol::seed`] and [`protocol::memcached`] parse requests (a
+//!   [`protocol::seed`], [`protocol::memcached`] and [`protocol::meta`]
+//!   parse requests (a
 //!   request and the bytes it used, "need more", or a rejection carrying
 //!   the reply and how to resynchronize) and encode replies; the key rules
 //!   live in one function, [`protocol::validate_key`].
+//! - `marks` (private): the per-key state of the meta commands the store
+//!   does not keep (fetched, last access, stale, recache winner).
 //! - `connection` (private): one connection's buffers, limits, EOF and idle
 //!   timeout; one read and one write per batch of pipelined requests.
 //! - [`server`]: [`Server::start`] binds the listeners and returns a
