@@ -517,11 +517,13 @@ impl Executor {
                 bump,
             } => {
                 let _g = self.key_lock(key);
+                self.marks.activate();
                 if let Err(e) = self.meta_get(key, touch, vivify, recache, bump, &mut deliver) {
                     deliver(self.failed("mg", key, &e));
                 }
             }
             Command::MetaDebug { key } => {
+                self.marks.activate();
                 let before = self.marks.get(key);
                 let idle_secs = self.marks.idle_secs(&before);
                 let found = self.store.get_item_with(key, |item| {
@@ -548,6 +550,7 @@ impl Executor {
                 vivify,
             } => {
                 let _g = self.key_lock(key);
+                self.marks.activate();
                 match self.meta_store(mode, key, value, meta, cas, invalidate, vivify) {
                     Ok(resp) => deliver(resp),
                     Err(e) => deliver(self.failed("ms", key, &e)),
@@ -561,6 +564,7 @@ impl Executor {
                 expiry,
             } => {
                 let _g = self.key_lock(key);
+                self.marks.activate();
                 match self.meta_delete(key, cas, invalidate, clear_value, expiry) {
                     Ok(resp) => deliver(resp),
                     Err(e) => deliver(self.failed("md", key, &e)),
@@ -575,6 +579,7 @@ impl Executor {
                 touch,
             } => {
                 let _g = self.key_lock(key);
+                self.marks.activate();
                 match self.meta_arithmetic(key, incr, delta, initial, cas, touch) {
                     Ok(resp) => deliver(resp),
                     Err(e) => deliver(self.failed("ma", key, &e)),

@@ -10,12 +10,18 @@
 //! their key lives: losing one would serve invalidated data as fresh, or
 //! let a second client win a recache.
 //!
+//! The table stays off, and costs reads and writes one relaxed atomic
+//! load, until the first meta command: a server that only speaks the text
+//! or seed dialects keeps its throughput. Reads before that point are not
+//! recorded (their keys read as not fetched).
+//!
 //! Writers hold the executor's lock of the key when they change its marks,
 //! so a mark and the item it describes change together. A plain read
 //! (`get`) records its access without that lock, to keep reads lock-free:
 //! racing a write, its access may land on the value just written.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -47,6 +53,8 @@ impl Mark {
 /// The table of marks.
 pub(crate) struct Marks {
     started: Instant,
+    /// Set by the first meta command; until then nothing is recorded.
+    active: AtomicBool,
     shards: Vec<Mutex<HashMap<Box<[u8]>, Mark>>>,
 }
 
@@ -55,8 +63,21 @@ impl Marks {
     pub(crate) fn new() -> Marks {
         Marks {
             started: Instant::now(),
+            active: AtomicBool::new(false),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    /// Starts recording (called by every meta command, which are the only
+    /// readers of the marks).
+    pub(crate) fn activate(&self) {
+        if !self.active.load(Relaxed) {
+            self.active.store(true, Relaxed);
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(Relaxed)
     }
 
     /// Seconds since the server started.
@@ -113,6 +134,9 @@ impl Marks {
 
     /// Records a read of `key` (a hit that counts as an access).
     pub(crate) fn read(&self, key: &[u8]) {
+        if !self.is_active() {
+            return;
+        }
         let now = self.now();
         let mut shard = self.shard(key);
         if let Some(m) = shard.get_mut(key) {
@@ -133,6 +157,9 @@ impl Marks {
 
     /// Records a new value for `key`: not read yet, not stale, no winner.
     pub(crate) fn written(&self, key: &[u8]) {
+        if !self.is_active() {
+            return;
+        }
         self.set(
             key,
             Mark {
@@ -144,6 +171,9 @@ impl Marks {
 
     /// Forgets `key` (deleted, or found absent).
     pub(crate) fn remove(&self, key: &[u8]) {
+        if !self.is_active() {
+            return;
+        }
         self.shard(key).remove(key);
     }
 
@@ -171,6 +201,10 @@ mod tests {
     #[test]
     fn marks_follow_reads_and_writes() {
         let m = Marks::new();
+        // Off until a meta command: nothing is recorded.
+        m.read(b"k");
+        assert_eq!(m.len(), 0);
+        m.activate();
         assert_eq!(m.get(b"k"), Mark::default());
         m.written(b"k");
         assert!(!m.get(b"k").fetched);
@@ -198,6 +232,7 @@ mod tests {
     #[test]
     fn access_marks_are_bounded_but_stale_marks_are_kept() {
         let m = Marks::new();
+        m.activate();
         let stale = Mark {
             stale: true,
             ..Mark::default()
