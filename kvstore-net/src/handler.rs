@@ -239,8 +239,9 @@ fn remaining(expiry: Expiry, now: u64) -> Option<u64> {
 
 /// The meta commands' encoder: maps a response to the reply `request`
 /// asks for (`protocol::meta` writes its bytes).
-fn encode_meta(request: &meta::Request<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
-    let now = unix_now();
+/// `now` is the Unix time the request's own times were converted at, so a
+/// `T30 t` reports `t30`.
+fn encode_meta(request: &meta::Request<'_>, resp: Response<'_>, now: u64, out: &mut Vec<u8>) {
     let flags = match request {
         meta::Request::Get { flags, .. }
         | meta::Request::Set { flags, .. }
@@ -405,9 +406,9 @@ impl McHandler {
                     key: key.bytes(),
                     drop_old: true,
                 };
-                self.ctx
-                    .exec
-                    .execute(&cmd, &mut |resp| encode_meta(&request, resp, out.buf()));
+                self.ctx.exec.execute(&cmd, &mut |resp| {
+                    encode_meta(&request, resp, now, out.buf())
+                });
                 return Ok(Step::Discard((consumed as u64).saturating_add(*data_bytes)));
             }
             meta::Request::Get { key, flags } => Command::MetaGet {
@@ -462,9 +463,9 @@ impl McHandler {
                 touch: flags.ttl.map(exp),
             },
         };
-        self.ctx
-            .exec
-            .execute(&cmd, &mut |resp| encode_meta(&request, resp, out.buf()));
+        self.ctx.exec.execute(&cmd, &mut |resp| {
+            encode_meta(&request, resp, now, out.buf())
+        });
         Ok(Step::Consumed(consumed))
     }
 }

@@ -1,9 +1,15 @@
-//! The meta parser refuses malformed meta lines exactly as the real
-//! memcached does: the same error line, and the same bytes skipped (what
-//! follows is answered the same way). Each input is sent to a memcached
-//! child process (installed with apt when missing) followed by `mn`, and
-//! everything before `MN` is compared with the replies of the parser's
-//! rejections for the same bytes.
+//! kvstore-server answers meta commands as the real memcached does.
+//!
+//! - Malformed lines: the parser refuses them with the same error line and
+//!   skips the same bytes (what follows is answered the same way). Each
+//!   input is sent to a memcached child process (installed with apt when
+//!   missing) followed by `mn`, and everything before `MN` is compared
+//!   with the replies of the parser's rejections for the same bytes.
+//! - Flows of valid commands (stores, modes, leases, stale marks, quiet
+//!   pipelines, counters, base64 keys, mixed with text commands) get
+//!   byte-identical replies from memcached and from a kvstore server.
+//!   They leave out what differs by design: cas numbers (`c`), `ms ... s`,
+//!   and `l` (a second boundary may fall between the two servers).
 //!
 //! The deliberate differences (strict key bytes, strict base64, 32-bit
 //! `F`, the `ms` data block skipped after a bad key, one reply for a bad
@@ -55,8 +61,10 @@ fn ensure_memcached() {
 
 fn start_memcached() -> Memcached {
     ensure_memcached();
-    // memcached cannot report a port it picked: take a free one from the
-    // OS, release it, and retry on the rare race with another process.
+    // memcached cannot pick its own port (`-p 0` turns TCP off): take a
+    // free one from the OS, and make sure it is *this* child that listens
+    // there (its socket in /proc), not another test's memcached that won
+    // the same port; retry when the child could not bind.
     let start = Instant::now();
     loop {
         assert!(start.elapsed() < DEADLINE, "memcached did not start");
@@ -72,10 +80,12 @@ fn start_memcached() -> Memcached {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning memcached");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         loop {
-            if TcpStream::connect(addr).is_ok() {
-                return Memcached { child, addr };
+            if listening_port(child.id()) == Some(port) {
+                return Memcached {
+                    child,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                };
             }
             if child.try_wait().ok().flatten().is_some() || start.elapsed() > DEADLINE {
                 let _ = child.kill();
@@ -87,17 +97,48 @@ fn start_memcached() -> Memcached {
     }
 }
 
-/// What memcached answers to `input` followed by `mn`, up to its `MN`.
+/// The loopback TCP port process `pid` listens on, if any yet.
+fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|row| {
+        // sl local_address rem_address st ... inode
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let (local, state, inode) = (cols.get(1)?, cols.get(3)?, cols.get(9)?);
+        if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+            return None;
+        }
+        u16::from_str_radix(local.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// What the server at `addr` answers to `input` followed by `mn`, up to
+/// the `MN` of that `mn`.
 fn memcached_reply(addr: SocketAddr, input: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(input).unwrap();
     s.write_all(b"mn\r\n").unwrap();
+    // Every `mn` line of the input is answered `MN` too: read up to the
+    // one added here.
+    let mns = input
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"mn"))
+        .count()
+        + 1;
+    let count = |got: &[u8]| got.windows(4).filter(|w| w == b"MN\r\n").count();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    while !got.ends_with(b"MN\r\n") {
+    while count(&got) < mns || !got.ends_with(b"MN\r\n") {
         let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "memcached closed on {input:?}");
+        assert!(n > 0, "server closed on {input:?}");
         got.extend_from_slice(&buf[..n]);
     }
     got.truncate(got.len() - 4);
@@ -199,4 +240,67 @@ fn malformed_meta_lines_get_memcacheds_replies() {
             "{input:?}"
         );
     }
+}
+
+#[test]
+fn meta_flows_answer_as_memcached() {
+    let mc = start_memcached();
+    let dir = tempfile::tempdir().unwrap();
+    let kv = common::start(dir.path());
+    // Each flow uses its own keys: both servers keep state between flows.
+    let flows: &[&[u8]] = &[
+        b"ms k 2 T0 F5 k Oab\r\nhi\r\nmg k v t f s k Oxx h\r\n",
+        b"ms a 2 T100\r\nhi\r\nmg a t v\r\nmg a h\r\nmg a h u\r\nmg a h\r\n",
+        b"mg nn N30 s t v\r\nmg nn N30 s t v\r\nmg nn v\r\nms nn 3 T30\r\nnew\r\nmg nn v t\r\n",
+        b"ms r 1 T10\r\nx\r\nmg r R30 v\r\nmg r R30 v\r\nmg r v\r\n",
+        b"ms s 1\r\nx\r\nmd s I T30\r\nmg s v t\r\nmg s v\r\nmg s v\r\n",
+        b"md nothere\r\nmd nothere q\r\nmd nothere O1 k\r\nms d 1\r\nx\r\nmd d q\r\nmd d\r\nmn\r\n",
+        b"ma nope\r\nma nope q\r\nma nope N0 J10 v\r\nma nope v\r\nmn\r\n",
+        b"ms c 2\r\n10\r\nma c\r\nma c v\r\nma c MD D5 v t\r\nma c M- D100 v\r\nma c M+ v q\r\nmn\r\n",
+        b"ms c2 1\r\n5\r\nma c2 C1 v\r\nma c2 MX\r\nma c2 Dx\r\n",
+        b"ms nn2 2\r\nab\r\nma nn2 v\r\n",
+        b"ms c3 20\r\n18446744073709551615\r\nma c3 v\r\n",
+        b"ms Zm9v 2 b\r\nhi\r\nmg Zm9v b k v\r\nmd Zm9v b k q\r\nmg foo v\r\n",
+        b"ms k5 1\r\nx\r\nms k5 1 MA\r\ny\r\nms k5 1 MP\r\nz\r\nmg k5 v\r\n",
+        b"ms kz 1 MA\r\ny\r\nms kx 1 ME\r\ny\r\nms kx 1 ME\r\ny\r\nms ky 1 MR\r\ny\r\n",
+        b"ms kq 1 C1\r\nz\r\nms k6 1 q\r\nz\r\nms k6 1 q ME\r\nz\r\nms k6 1 q C1\r\nz\r\nmn\r\n",
+        b"ms k7 1\r\nz\r\nmg k7 q\r\nmg miss q k O5\r\nmg k7 q v k\r\nmn\r\n",
+        b"ms k8 1 T0\r\nz\r\nmg k8 T30\r\nmg k8 t\r\nma k9 N0 J5 T30 t v\r\n",
+        b"ms kk 1 F7\r\nx\r\nms kk 1 MA\r\ny\r\nmg kk f v\r\n",
+        b"set t 0 0 1\r\nx\r\nmg t v\r\nget t\r\nmn\r\nms t 5\r\nstats\r\nget t\r\n",
+        b"mg\r\nmn foo\r\nmx\r\nmg nokey O\r\n",
+        b"ms st 1 T0\r\nx\r\nmd st I\r\nmg st v\r\nms st 1\r\ny\r\nmg st v\r\n",
+        b"ms dc 1\r\nx\r\nmd dc C1\r\nmd dc C1 q\r\nmn\r\n",
+    ];
+    for flow in flows {
+        let want = memcached_reply(mc.addr, flow);
+        let got = memcached_reply(kv.mc, flow);
+        let (got, want) = (
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+        );
+        assert!(
+            same_but_ttl_tick(&got, &want),
+            "{:?}\nkvstore:   {got:?}\nmemcached: {want:?}",
+            String::from_utf8_lossy(flow)
+        );
+    }
+    kv.handle.shutdown().unwrap();
+}
+
+/// Equal, except that a remaining TTL (`t<n>`) may be one second apart: the
+/// two servers run a flow at different moments, and a second boundary may
+/// fall between its store and its read on one of them only.
+fn same_but_ttl_tick(a: &str, b: &str) -> bool {
+    let ttl = |t: &str| t.strip_prefix('t').and_then(|n| n.parse::<i64>().ok());
+    let ta: Vec<&str> = a.split([' ', '\r', '\n']).collect();
+    let tb: Vec<&str> = b.split([' ', '\r', '\n']).collect();
+    ta.len() == tb.len()
+        && ta.iter().zip(&tb).all(|(x, y)| {
+            x == y
+                || match (ttl(x), ttl(y)) {
+                    (Some(x), Some(y)) => (x - y).abs() <= 1,
+                    _ => false,
+                }
+        })
 }
