@@ -47,6 +47,11 @@
 //! under that lock, so it is atomic with respect to every other client of
 //! the server. (Code that writes to the same [`Store`] directly through the
 //! library, in the same process, bypasses these locks.)
+//!
+//! The meta commands (`Command::Meta*`) also read and change the key's
+//! marks (`marks.rs`: fetched, last access, stale, recache winner) under
+//! the same lock, so an item and its marks change together; every write
+//! of another dialect resets the marks of its key.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
