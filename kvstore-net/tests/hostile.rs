@@ -477,6 +477,8 @@ fn oversize_announcements_keep_memory_bounded() {
     for (addr, header) in [
         (srv.seed, &b"set big 4000000000\r\n"[..]),
         (srv.mc.unwrap(), &b"set big 0 0 4000000000\r\n"[..]),
+        // The largest length `ms` accepts (larger is a malformed line).
+        (srv.mc.unwrap(), &b"ms big 2147483645 T0\r\n"[..]),
     ] {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -523,7 +525,7 @@ fn oversize_announcements_keep_memory_bounded() {
     let peak = vm_hwm_kib(pid);
     let growth = peak.saturating_sub(base);
     println!(
-        "oversize: {} MiB of announced 4 GB values streamed, endless line closed {closed_line}, \
+        "oversize: {} MiB of announced 2-4 GB values streamed, endless line closed {closed_line}, \
          endless get closed {closed_get}; server VmHWM {base} KiB -> {peak} KiB (+{growth} KiB)",
         streamed >> 20
     );
