@@ -29,12 +29,46 @@
 //!
 //! 1. Write the parser in `protocol/<dialect>.rs` (pure, no sockets; the
 //!    same properties and fuzz target as the others).
-//! 2. Write a `connection::Handler` whose `step` parses one request, maps
-//!    it to [`Command`]s, calls [`Executor::execute`] for each, and encodes
-//!    each [`Response`] into the output buffer. Commands with no effect on
-//!    the store (quit, noop, a dialect's own framing) stay in the handler.
-//! 3. Route connections to it in `server.rs` (a listener of its own, or the
-//!    first-byte sniffing of the memcached port, `server::MemcachedProtocol`).
+//! 2. Write its `connection::Handler` in `handler/<dialect>.rs`: `step`
+//!    parses one request, maps it to [`Command`]s, calls
+//!    [`Executor::execute`] for each, and encodes each [`Response`] into
+//!    the output buffer (`handler/text.rs` is the model). Commands with no
+//!    effect on the store (quit, noop, a dialect's own framing) stay in
+//!    the handler; `Context::batch_done` keeps the socket figures.
+//! 3. Route connections to it: the binary protocol is picked on the
+//!    memcached port by a connection's first byte (`handler::binary_handler`
+//!    returns its handler, `handler::HAS_BINARY` says there is one); the
+//!    meta protocol shares the text handler's connections (its commands
+//!    start with `m`); another dialect gets a listener in `server.rs`.
+//!
+//! ## How the memcached dialects map
+//!
+//! - Text: `get`/`gets` are [`Command::Get`] per key, `gat`/`gats` the same
+//!   with `touch`; `cas` is [`Command::Store`] with `mode: Set` and `cas`;
+//!   a value over the limit is [`Command::StoreTooLarge`] (`drop_old` only
+//!   for `set`).
+//! - Binary: GET/GETK/GETQ/GETKQ are [`Command::Get`] (the key echo and the
+//!   quiet miss are the encoder's business); SET/ADD/REPLACE/APPEND/PREPEND
+//!   are [`Command::Store`] with `cas` when the header's cas is non-zero;
+//!   DELETE is [`Command::Delete`] with its cas; INCREMENT/DECREMENT are
+//!   [`Command::Counter`] with `initial` unless the expiry is `0xffffffff`
+//!   ([`Response::Counter`] carries the new cas for the header); TOUCH is
+//!   [`Command::Touch`], GAT/GATQ [`Command::Get`] with `touch`; FLUSH is
+//!   [`Command::Flush`]; VERSION and STAT (with or without a group key)
+//!   are [`Command::Version`] and [`Command::Stats`]. NOOP, QUIT, the
+//!   quiet variants' silence and SASL stay in the handler.
+//! - Meta (`handler/meta.rs`): `mg` is [`Command::MetaGet`] (`T` sets
+//!   `touch`, `N` `vivify`, `R` `recache`, `u` clears `bump`), `me`
+//!   [`Command::MetaDebug`], `ms` [`Command::MetaStore`] with its mode,
+//!   `C`, `I` and `N`, and an `ms` over the limit
+//!   [`Command::StoreTooLarge`] with `drop_old`; `md` is
+//!   [`Command::MetaDelete`] (`I` and `x` keep the item), `ma`
+//!   [`Command::MetaArithmetic`] (`N`/`J` give `initial`). The flags a
+//!   reply returns (`c`, `f`, `s`, `t` from [`ItemRef::expiry`], `k`, `O`,
+//!   `b`, `q`) are the encoder's; `mn` stays in the handler. What the core
+//!   does not keep (stale marks, win tokens, fetched, last access) is the
+//!   executor's per-key state (`marks.rs`), changed under [`KEY_LOCKS`],
+//!   so that every dialect sees it.
 //!
 //! ## Atomicity
 //!
@@ -53,17 +87,29 @@
 //! the same lock, so an item and its marks change together; every write
 //! of another dialect resets the marks of its key.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
-use kvstore_core::item::unix_now;
-
-use crate::marks::{Mark, Marks};
 use kvstore_core::{
-    CasOutcome, CounterOutcome, Error as StoreError, Expiry, ItemMeta, ItemRef, Store,
+    CasOutcome, CounterOutcome, Error as StoreError, Expiry, ItemMeta, ItemRef, ScanCursor, Store,
     StoreOutcome, TouchOutcome,
 };
+
+use crate::marks::{Mark, Marks};
+pub(crate) use crate::stats::{StatLine, Stats};
+
+/// Keys per chunk of [`Executor::for_each_item`].
+pub(crate) const SCAN_CHUNK: usize = 4096;
+
+/// Why [`Executor::for_each_item`] stopped early.
+#[derive(Debug)]
+pub(crate) enum ScanError<E> {
+    /// The store failed.
+    Store(StoreError),
+    /// The visitor failed.
+    Visit(E),
+}
 
 /// Number of striped key locks of the executor.
 pub(crate) const KEY_LOCKS: usize = 256;
@@ -156,8 +202,17 @@ pub(crate) enum Command<'a> {
         /// Seconds from now; 0 is now.
         delay_secs: u64,
     },
-    /// The general statistics (`stats`, binary STAT without a key).
-    Stats,
+    /// A group of statistics (`stats [<group>]`, binary STAT with or
+    /// without a key).
+    Stats(StatsGroup),
+    /// `cache_memlimit <megabytes>`: sets the value cache's budget.
+    CacheMemlimit {
+        /// The new budget in MiB.
+        megabytes: u64,
+    },
+    /// `shutdown`: stops the server, if it was started with shutdown
+    /// enabled.
+    Shutdown,
     /// The server's version (`version`, binary VERSION, meta `me`-less
     /// probes).
     Version,
@@ -239,6 +294,51 @@ pub(crate) enum Command<'a> {
     },
 }
 
+/// The groups of `stats <group>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatsGroup {
+    /// `stats`: the general statistics.
+    General,
+    /// `stats settings`: the configuration.
+    Settings,
+    /// `stats items`: per item class.
+    Items,
+    /// `stats slabs`: per slab class.
+    Slabs,
+    /// `stats sizes`: item size histogram (not tracked).
+    Sizes,
+    /// `stats conns`: the open connections.
+    Conns,
+    /// `stats reset`: zero the counters.
+    Reset,
+    /// `stats detail on`: count per key prefix.
+    DetailOn,
+    /// `stats detail off`.
+    DetailOff,
+    /// `stats detail dump`: the per-prefix counts.
+    DetailDump,
+}
+
+impl Command<'_> {
+    /// The key the command is about, if any.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        match *self {
+            Command::Get { key, .. }
+            | Command::Store { key, .. }
+            | Command::StoreTooLarge { key, .. }
+            | Command::Delete { key, .. }
+            | Command::Counter { key, .. }
+            | Command::Touch { key, .. }
+            | Command::MetaGet { key, .. }
+            | Command::MetaDebug { key }
+            | Command::MetaStore { key, .. }
+            | Command::MetaDelete { key, .. }
+            | Command::MetaArithmetic { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// Why a command failed.
 #[derive(Debug)]
 pub(crate) enum Failure<'a> {
@@ -292,7 +392,19 @@ pub(crate) enum Response<'a> {
     /// The version string.
     Version(&'static str),
     /// `(name, value)` pairs of a stats group, in order.
-    Stats(Vec<(&'static str, String)>),
+    Stats(Vec<StatLine>),
+    /// The counters were zeroed (`stats reset`).
+    Reset,
+    /// The lines of `stats detail dump`.
+    DetailDump(Vec<String>),
+    /// `cache_memlimit` below the smallest budget accepted.
+    MemlimitTooSmall,
+    /// `cache_memlimit` on a server whose cache is disabled.
+    CacheDisabled,
+    /// `shutdown` on a server started without shutdown enabled.
+    ShutdownRefused,
+    /// The shutdown was started: close the connection.
+    ShuttingDown,
     /// The command failed.
     Failed(Failure<'a>),
     /// A meta read (`mg`, `me`) found the item (or `mg` created it).
@@ -345,12 +457,19 @@ pub(crate) const VERSION: &str = "1.6.18";
 /// kvstore's own version (`STAT kvstore_version`).
 pub(crate) const KVSTORE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The smallest `cache_memlimit`, in MiB (memcached's own floor).
+pub(crate) const MIN_MEMLIMIT_MB: u64 = 8;
+
+/// Starts the server's shutdown (for `shutdown`).
+pub(crate) type ShutdownHook = Box<dyn Fn() + Send + Sync>;
+
 /// The executor: runs [`Command`]s against the store and keeps the
 /// statistics derived from them. Shared by every connection.
 pub(crate) struct Executor {
     store: Arc<Store>,
     stats: Arc<Stats>,
     locks: Vec<Mutex<()>>,
+    shutdown: OnceLock<ShutdownHook>,
     marks: Marks,
 }
 
@@ -361,8 +480,14 @@ impl Executor {
             store,
             stats,
             locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+            shutdown: OnceLock::new(),
             marks: Marks::new(),
         }
+    }
+
+    /// Sets what `shutdown` runs (once; later calls are ignored).
+    pub(crate) fn on_shutdown(&self, hook: ShutdownHook) {
+        let _ = self.shutdown.set(hook);
     }
 
     /// The statistics.
@@ -503,9 +628,31 @@ impl Executor {
                     Err(e) => deliver(self.failed("flush_all", b"", &e)),
                 }
             }
-            Command::Stats => deliver(Response::Stats(self.stats.general(&self.store))),
+            Command::Stats(group) => deliver(self.stats_group(group)),
+            Command::CacheMemlimit { megabytes } => {
+                if megabytes < MIN_MEMLIMIT_MB {
+                    deliver(Response::MemlimitTooSmall)
+                } else {
+                    let bytes =
+                        usize::try_from(megabytes.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+                    if self.store.set_cache_budget(bytes) {
+                        deliver(Response::Ok)
+                    } else {
+                        deliver(Response::CacheDisabled)
+                    }
+                }
+            }
+            Command::Shutdown => match self.shutdown.get() {
+                Some(hook) if self.stats.shutdown_enabled() => {
+                    log::warn!("shutdown requested by a client");
+                    hook();
+                    deliver(Response::ShuttingDown)
+                }
+                _ => deliver(Response::ShutdownRefused),
+            },
             Command::Version => deliver(Response::Version(VERSION)),
             Command::Verbosity { level } => {
+                self.stats.verbosity.store(level, Relaxed);
                 log::set_max_level(match level {
                     0 => log::LevelFilter::Warn,
                     1 => log::LevelFilter::Info,
@@ -591,6 +738,60 @@ impl Executor {
                 }
             }
         }
+    }
+
+    fn stats_group(&self, group: StatsGroup) -> Response<'static> {
+        let stats = &self.stats;
+        let store = &*self.store;
+        Response::Stats(match group {
+            StatsGroup::General => stats.general(store),
+            StatsGroup::Settings => stats.settings(store),
+            StatsGroup::Items => stats.items(store),
+            StatsGroup::Slabs => stats.slabs(store),
+            StatsGroup::Sizes => stats.sizes(),
+            StatsGroup::Conns => stats.conns(),
+            StatsGroup::Reset => {
+                stats.reset();
+                return Response::Reset;
+            }
+            StatsGroup::DetailOn | StatsGroup::DetailOff => {
+                stats.set_detail(group == StatsGroup::DetailOn);
+                return Response::Ok;
+            }
+            StatsGroup::DetailDump => return Response::DetailDump(stats.detail_dump()),
+        })
+    }
+
+    /// Calls `visit` with every item of the store, in chunks of
+    /// [`SCAN_CHUNK`] keys, so that memory stays bounded whatever the
+    /// store's size (`stats cachedump`, `lru_crawler metadump`). Keys
+    /// removed or expired during the walk are skipped. Stops at the first
+    /// error `visit` returns.
+    pub(crate) fn for_each_item<E>(
+        &self,
+        mut visit: impl FnMut(&[u8], ItemRef<'_>) -> Result<(), E>,
+    ) -> Result<(), ScanError<E>> {
+        let mut cursor = Some(ScanCursor::start());
+        while let Some(c) = cursor {
+            let (keys, next) = self
+                .store
+                .scan_keys(&c, SCAN_CHUNK)
+                .map_err(ScanError::Store)?;
+            for key in &keys {
+                let mut result = Ok(());
+                let found = self
+                    .store
+                    .get_item_with(key, |item| result = visit(key, item));
+                match found {
+                    Ok(_) => result.map_err(ScanError::Visit)?,
+                    // Removed or refused between the scan and the read.
+                    Err(StoreError::KeyTooLong { .. } | StoreError::InvalidKey { .. }) => {}
+                    Err(e) => return Err(ScanError::Store(e)),
+                }
+            }
+            cursor = next;
+        }
+        Ok(())
     }
 
     /// A failed store call as a response: limits are the client's
@@ -975,278 +1176,310 @@ impl Executor {
     }
 }
 
-/// Server-wide statistics: connection counters kept by the server, command
-/// counters derived by [`Stats::record`] from what was executed.
-#[derive(Debug)]
-pub(crate) struct Stats {
-    /// When the server started.
-    pub started: Instant,
-    /// The connection limit.
-    pub max_connections: usize,
-    /// Open connections.
-    pub curr_connections: AtomicUsize,
-    /// Connections accepted since start.
-    pub total_connections: AtomicU64,
-    /// Connections refused over the limit.
-    pub rejected_connections: AtomicU64,
-    /// `read` calls on client sockets.
-    pub read_calls: AtomicU64,
-    /// `write` calls on client sockets (one per batch of pipelined
-    /// requests, unless a reply is larger than the flush threshold).
-    pub write_calls: AtomicU64,
-    /// Bytes read from clients.
-    pub bytes_read: AtomicU64,
-    /// Bytes written to clients.
-    pub bytes_written: AtomicU64,
-    counters: Counters,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The counters [`Stats::record`] derives from executed commands; reset by
-/// `stats reset`.
-#[derive(Debug, Default)]
-struct Counters {
-    cmd_get: AtomicU64,
-    cmd_set: AtomicU64,
-    cmd_flush: AtomicU64,
-    cmd_touch: AtomicU64,
-    get_hits: AtomicU64,
-    get_misses: AtomicU64,
-    delete_hits: AtomicU64,
-    delete_misses: AtomicU64,
-    incr_hits: AtomicU64,
-    incr_misses: AtomicU64,
-    decr_hits: AtomicU64,
-    decr_misses: AtomicU64,
-    cas_hits: AtomicU64,
-    cas_misses: AtomicU64,
-    cas_badval: AtomicU64,
-    touch_hits: AtomicU64,
-    touch_misses: AtomicU64,
-    total_items: AtomicU64,
-    store_too_large: AtomicU64,
-    store_errors: AtomicU64,
-}
+    /// Runs `cmd` and describes its response (`Hit` with the value).
+    fn run(exec: &Executor, cmd: Command<'_>) -> String {
+        let mut got = String::new();
+        exec.execute(&cmd, &mut |resp| {
+            got = match resp {
+                Response::Hit(item) => format!("Hit({})", String::from_utf8_lossy(item.value)),
+                Response::Stored { .. } => "Stored".into(),
+                Response::Counter { value, .. } => format!("Counter({value})"),
+                other => format!("{other:?}"),
+            }
+        });
+        got
+    }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
-}
+    fn executor() -> (tempfile::TempDir, Executor) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(tmp.path()).unwrap());
+        (tmp, Executor::new(store, Arc::new(Stats::new())))
+    }
 
-impl Stats {
-    /// Fresh statistics for a server with this connection limit.
-    pub(crate) fn new(max_connections: usize) -> Stats {
-        Stats {
-            started: Instant::now(),
-            max_connections,
-            curr_connections: AtomicUsize::new(0),
-            total_connections: AtomicU64::new(0),
-            rejected_connections: AtomicU64::new(0),
-            read_calls: AtomicU64::new(0),
-            write_calls: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            counters: Counters::default(),
+    fn store<'a>(mode: StoreMode, key: &'a [u8], value: &'a [u8], cas: Option<u64>) -> Command<'a> {
+        Command::Store {
+            mode,
+            key,
+            value,
+            meta: ItemMeta::default(),
+            cas,
         }
     }
 
-    /// Counts one executed command by its response. The only place where
-    /// command counters change.
-    fn record(&self, cmd: &Command<'_>, resp: &Response<'_>) {
-        let c = &self.counters;
-        match cmd {
-            Command::Get { touch, .. } => {
-                bump(&c.cmd_get);
-                if touch.is_some() {
-                    bump(&c.cmd_touch);
-                }
-                match resp {
-                    Response::Hit(_) => {
-                        bump(&c.get_hits);
-                        if touch.is_some() {
-                            bump(&c.touch_hits);
-                        }
-                    }
-                    Response::Miss => {
-                        bump(&c.get_misses);
-                        if touch.is_some() {
-                            bump(&c.touch_misses);
-                        }
-                    }
-                    _ => {}
-                }
+    fn cas_of(exec: &Executor, key: &[u8]) -> u64 {
+        let mut cas = 0;
+        exec.execute(&Command::Get { key, touch: None }, &mut |resp| {
+            if let Response::Hit(item) = resp {
+                cas = item.cas;
             }
-            Command::Store { cas, mode, .. } => {
-                bump(&c.cmd_set);
-                let checked = cas.is_some() && *mode != StoreMode::Add;
-                match resp {
-                    Response::Stored { .. } => {
-                        bump(&c.total_items);
-                        if checked {
-                            bump(&c.cas_hits);
-                        }
-                    }
-                    Response::Exists if checked => bump(&c.cas_badval),
-                    Response::NotFound if checked => bump(&c.cas_misses),
-                    Response::Failed(Failure::TooLarge) => bump(&c.store_too_large),
-                    _ => {}
-                }
-            }
-            Command::StoreTooLarge { .. } => {
-                bump(&c.cmd_set);
-                bump(&c.store_too_large);
-            }
-            Command::Delete { .. } => match resp {
-                Response::Deleted => bump(&c.delete_hits),
-                Response::NotFound => bump(&c.delete_misses),
-                _ => {}
-            },
-            Command::Counter { incr, .. } => {
-                let (hits, misses) = if *incr {
-                    (&c.incr_hits, &c.incr_misses)
-                } else {
-                    (&c.decr_hits, &c.decr_misses)
-                };
-                match resp {
-                    Response::Counter { .. } => bump(hits),
-                    Response::NotFound => bump(misses),
-                    _ => {}
-                }
-            }
-            Command::Touch { .. } => {
-                bump(&c.cmd_touch);
-                match resp {
-                    Response::Touched => bump(&c.touch_hits),
-                    Response::NotFound => bump(&c.touch_misses),
-                    _ => {}
-                }
-            }
-            Command::Flush { .. } => bump(&c.cmd_flush),
-            // Counted as the text `get`/`gat` it replaces.
-            Command::MetaGet { touch, .. } => {
-                bump(&c.cmd_get);
-                if touch.is_some() {
-                    bump(&c.cmd_touch);
-                }
-                match resp {
-                    Response::MetaHit { .. } => {
-                        bump(&c.get_hits);
-                        if touch.is_some() {
-                            bump(&c.touch_hits);
-                        }
-                    }
-                    Response::Miss => {
-                        bump(&c.get_misses);
-                        if touch.is_some() {
-                            bump(&c.touch_misses);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Command::MetaStore { cas, mode, .. } => {
-                bump(&c.cmd_set);
-                let checked = cas.is_some() && *mode != StoreMode::Add;
-                match resp {
-                    Response::MetaStored { .. } => {
-                        bump(&c.total_items);
-                        if checked {
-                            bump(&c.cas_hits);
-                        }
-                    }
-                    Response::Exists if checked => bump(&c.cas_badval),
-                    Response::NotFound if checked => bump(&c.cas_misses),
-                    Response::Failed(Failure::TooLarge) => bump(&c.store_too_large),
-                    _ => {}
-                }
-            }
-            Command::MetaDelete { .. } => match resp {
-                Response::Deleted => bump(&c.delete_hits),
-                Response::NotFound | Response::Exists => bump(&c.delete_misses),
-                _ => {}
-            },
-            Command::MetaArithmetic { incr, .. } => {
-                let (hits, misses) = if *incr {
-                    (&c.incr_hits, &c.incr_misses)
-                } else {
-                    (&c.decr_hits, &c.decr_misses)
-                };
-                match resp {
-                    Response::MetaCounter { .. } => bump(hits),
-                    Response::NotFound => bump(misses),
-                    _ => {}
-                }
-            }
-            Command::Stats
-            | Command::Version
-            | Command::Verbosity { .. }
-            | Command::MetaDebug { .. } => {}
-        }
+        });
+        cas
     }
 
-    /// Logs and counts a failed store call.
-    pub(crate) fn store_failed(&self, what: &str, key: &[u8], err: &StoreError) {
-        bump(&self.counters.store_errors);
-        log::error!(
-            "{what} of key {:?} failed: {err}",
-            String::from_utf8_lossy(key)
+    #[test]
+    fn cas_applies_to_every_store_mode_and_to_delete() {
+        let (_tmp, exec) = executor();
+        assert_eq!(
+            run(&exec, store(StoreMode::Set, b"k", b"a", None)),
+            "Stored"
+        );
+        let cas = cas_of(&exec, b"k");
+        for mode in [
+            StoreMode::Set,
+            StoreMode::Replace,
+            StoreMode::Append,
+            StoreMode::Prepend,
+        ] {
+            assert_eq!(run(&exec, store(mode, b"k", b"x", Some(cas + 1))), "Exists");
+            assert_eq!(run(&exec, store(mode, b"nope", b"x", Some(1))), "NotFound");
+        }
+        assert_eq!(
+            run(&exec, store(StoreMode::Append, b"k", b"b", Some(cas))),
+            "Stored"
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Get {
+                    key: b"k",
+                    touch: None
+                }
+            ),
+            "Hit(ab)"
+        );
+        // Add ignores the cas: an absent key has none.
+        assert_eq!(
+            run(&exec, store(StoreMode::Add, b"new", b"n", Some(5))),
+            "Stored"
+        );
+        let cas = cas_of(&exec, b"k");
+        assert_eq!(
+            run(
+                &exec,
+                Command::Delete {
+                    key: b"k",
+                    cas: Some(cas + 1)
+                }
+            ),
+            "Exists"
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Delete {
+                    key: b"k",
+                    cas: Some(cas)
+                }
+            ),
+            "Deleted"
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Delete {
+                    key: b"k",
+                    cas: Some(cas)
+                }
+            ),
+            "NotFound"
         );
     }
 
-    /// Adds one batch's socket calls and bytes.
-    pub(crate) fn add_io(&self, reads: u64, bytes_read: u64, writes: u64, bytes_written: u64) {
-        if bytes_read > 0 {
-            self.bytes_read.fetch_add(bytes_read, Relaxed);
-            self.read_calls.fetch_add(reads, Relaxed);
-        }
-        if bytes_written > 0 {
-            self.bytes_written.fetch_add(bytes_written, Relaxed);
-            self.write_calls.fetch_add(writes, Relaxed);
-        }
+    #[test]
+    fn counters_create_with_an_initial_value_and_check_the_cas() {
+        let (_tmp, exec) = executor();
+        let counter = |delta, initial, cas| Command::Counter {
+            key: b"n",
+            incr: true,
+            delta,
+            initial,
+            cas,
+        };
+        assert_eq!(run(&exec, counter(5, None, None)), "NotFound");
+        let meta = ItemMeta::default();
+        // A missing counter takes the initial value, not initial + delta.
+        assert_eq!(
+            run(&exec, counter(5, Some((10, meta)), None)),
+            "Counter(10)"
+        );
+        assert_eq!(
+            run(&exec, counter(5, Some((10, meta)), None)),
+            "Counter(15)"
+        );
+        let cas = cas_of(&exec, b"n");
+        assert_eq!(run(&exec, counter(1, None, Some(cas + 1))), "Exists");
+        let mut new_cas = 0;
+        exec.execute(&counter(1, None, Some(cas)), &mut |resp| {
+            if let Response::Counter { value, cas } = resp {
+                assert_eq!(value, 16);
+                new_cas = cas;
+            }
+        });
+        assert_eq!(new_cas, cas_of(&exec, b"n"));
+        assert_ne!(new_cas, cas);
+        assert_eq!(
+            run(&exec, store(StoreMode::Set, b"t", b"text", None)),
+            "Stored"
+        );
+        let decr = Command::Counter {
+            key: b"t",
+            incr: false,
+            delta: 1,
+            initial: None,
+            cas: None,
+        };
+        assert_eq!(run(&exec, decr), "NonNumeric");
     }
 
-    /// The general statistics, in memcached's order where the field exists
-    /// there.
-    pub(crate) fn general(&self, store: &Store) -> Vec<(&'static str, String)> {
-        let c = &self.counters;
-        let n = |a: &AtomicU64| a.load(Relaxed).to_string();
-        vec![
-            ("pid", std::process::id().to_string()),
-            ("uptime", self.started.elapsed().as_secs().to_string()),
-            ("time", unix_now().to_string()),
-            ("version", VERSION.to_string()),
-            ("kvstore_version", KVSTORE_VERSION.to_string()),
-            ("pointer_size", usize::BITS.to_string()),
-            (
-                "curr_connections",
-                self.curr_connections.load(Relaxed).to_string(),
+    #[test]
+    fn statistics_come_from_what_was_executed() {
+        let (_tmp, exec) = executor();
+        run(&exec, store(StoreMode::Set, b"k", b"v", None));
+        run(
+            &exec,
+            Command::Get {
+                key: b"k",
+                touch: None,
+            },
+        );
+        run(
+            &exec,
+            Command::Get {
+                key: b"x",
+                touch: None,
+            },
+        );
+        run(&exec, store(StoreMode::Set, b"k", b"v", Some(1)));
+        run(
+            &exec,
+            Command::StoreTooLarge {
+                key: b"k",
+                drop_old: true,
+            },
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Get {
+                    key: b"k",
+                    touch: None
+                }
             ),
-            ("total_connections", n(&self.total_connections)),
-            ("rejected_connections", n(&self.rejected_connections)),
-            ("max_connections", self.max_connections.to_string()),
-            ("cmd_get", n(&c.cmd_get)),
-            ("cmd_set", n(&c.cmd_set)),
-            ("cmd_flush", n(&c.cmd_flush)),
-            ("cmd_touch", n(&c.cmd_touch)),
-            ("get_hits", n(&c.get_hits)),
-            ("get_misses", n(&c.get_misses)),
-            ("delete_hits", n(&c.delete_hits)),
-            ("delete_misses", n(&c.delete_misses)),
-            ("incr_hits", n(&c.incr_hits)),
-            ("incr_misses", n(&c.incr_misses)),
-            ("decr_hits", n(&c.decr_hits)),
-            ("decr_misses", n(&c.decr_misses)),
-            ("cas_hits", n(&c.cas_hits)),
-            ("cas_misses", n(&c.cas_misses)),
-            ("cas_badval", n(&c.cas_badval)),
-            ("touch_hits", n(&c.touch_hits)),
-            ("touch_misses", n(&c.touch_misses)),
-            ("store_too_large", n(&c.store_too_large)),
-            ("store_errors", n(&c.store_errors)),
-            ("bytes_read", n(&self.bytes_read)),
-            ("bytes_written", n(&self.bytes_written)),
-            ("read_calls", n(&self.read_calls)),
-            ("write_calls", n(&self.write_calls)),
-            ("curr_items", store.len().to_string()),
-            ("total_items", n(&c.total_items)),
-        ]
+            "Miss"
+        );
+        let general = |exec: &Executor| {
+            let mut lines = Vec::new();
+            exec.execute(&Command::Stats(StatsGroup::General), &mut |resp| {
+                if let Response::Stats(l) = resp {
+                    lines = l;
+                }
+            });
+            lines
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let stats = general(&exec);
+        for (name, want) in [
+            ("cmd_get", "3"),
+            ("get_hits", "1"),
+            ("get_misses", "2"),
+            ("cmd_set", "3"),
+            ("cas_badval", "1"),
+            ("store_too_large", "1"),
+            ("total_items", "1"),
+        ] {
+            assert_eq!(stats[name], want, "{name}");
+        }
+        assert_eq!(run(&exec, Command::Stats(StatsGroup::Reset)), "Reset");
+        assert_eq!(general(&exec)["cmd_get"], "0");
+    }
+
+    #[test]
+    fn meta_commands_count_as_the_text_commands_they_stand_for() {
+        let (_tmp, exec) = executor();
+        let stats = |exec: &Executor, group| {
+            let mut lines = Vec::new();
+            exec.execute(&Command::Stats(group), &mut |resp| match resp {
+                Response::Stats(l) => lines = l,
+                Response::DetailDump(l) => {
+                    lines = l.into_iter().map(|l| (l, String::new())).collect()
+                }
+                _ => {}
+            });
+            lines
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        run(&exec, Command::Stats(StatsGroup::DetailOn));
+        let meta_store = |cas| Command::MetaStore {
+            mode: StoreMode::Set,
+            key: b"p:k",
+            value: b"v",
+            meta: ItemMeta::default(),
+            cas,
+            invalidate: false,
+            vivify: None,
+        };
+        let meta_get = |key, touch| Command::MetaGet {
+            key,
+            touch,
+            vivify: None,
+            recache: None,
+            bump: true,
+        };
+        run(&exec, meta_store(None));
+        let cas = cas_of(&exec, b"p:k");
+        run(&exec, meta_store(Some(cas + 1)));
+        run(&exec, meta_store(Some(cas)));
+        run(&exec, meta_get(b"p:k", Some(Expiry::Never)));
+        run(&exec, meta_get(b"p:x", None));
+        run(&exec, Command::MetaDebug { key: b"p:k" });
+        let meta_delete = |cas| Command::MetaDelete {
+            key: b"p:k",
+            cas,
+            invalidate: false,
+            clear_value: None,
+            expiry: None,
+        };
+        run(&exec, meta_delete(Some(1)));
+        run(&exec, meta_delete(None));
+        run(
+            &exec,
+            Command::MetaArithmetic {
+                key: b"n",
+                incr: false,
+                delta: 1,
+                initial: None,
+                cas: None,
+                touch: None,
+            },
+        );
+        let general = stats(&exec, StatsGroup::General);
+        for (name, want) in [
+            ("cmd_set", "3"),
+            ("total_items", "2"),
+            ("cas_hits", "1"),
+            ("cas_badval", "1"),
+            // The cas_of read and the two meta reads; `me` counts nothing.
+            ("cmd_get", "3"),
+            ("get_hits", "2"),
+            ("get_misses", "1"),
+            ("cmd_touch", "1"),
+            ("touch_hits", "1"),
+            ("delete_hits", "1"),
+            ("delete_misses", "1"),
+            ("decr_misses", "1"),
+        ] {
+            assert_eq!(general[name], want, "{name}");
+        }
+        let detail = stats(&exec, StatsGroup::DetailDump);
+        assert!(
+            detail.contains_key("PREFIX p get 3 hit 2 set 3 del 2"),
+            "{detail:?}"
+        );
     }
 }

@@ -1,13 +1,17 @@
 //! # kvstore-net: the TCP server and clients
 //!
-//! Serves a [`kvstore_core::Store`] over TCP in two dialects, each on its
-//! own listener (the wire contract is `PROTOCOL.md`):
+//! Serves a [`kvstore_core::Store`] over TCP on two listeners (the wire
+//! contract, with every reply and error line, is the repository's
+//! `docs/PROTOCOL.md`):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
-//! - the **memcached dialect**, memcached's ASCII protocol and its meta
-//!   commands (`mg`, `ms`, `md`, `ma`, `mn`, `me`) on the same
-//!   connections, so existing memcached clients, tools and proxies work
-//!   against a store that survives restarts.
+//! - the **memcached port**, memcached's text protocol, its meta commands
+//!   (`mg`, `ms`, `md`, `ma`, `mn`, `me`) on the same connections, and its
+//!   operators' commands (stats groups, key dumps, `cache_memlimit`,
+//!   `shutdown`), so existing memcached clients, tools, proxies and
+//!   monitoring work against a store that survives restarts. Each
+//!   connection's first byte picks its protocol, as memcached does
+//!   ([`MemcachedProtocol`]).
 //!
 //! ## Layout
 //!
@@ -17,6 +21,12 @@
 //!   request and the bytes it used, "need more", or a rejection carrying
 //!   the reply and how to resynchronize) and encode replies; the key rules
 //!   live in one function, [`protocol::validate_key`].
+//! - `exec` (private): the executor every dialect shares. A dialect parses
+//!   a request, maps it to typed commands, the executor runs them against
+//!   the store and hands back typed responses, and the dialect encodes
+//!   them; statistics are derived there from what was executed (`stats`,
+//!   private). `handler` (private) holds each dialect's mapping and
+//!   encoder; `exec.rs` explains how a new dialect plugs in.
 //! - `marks` (private): the per-key state of the meta commands the store
 //!   does not keep (fetched, last access, stale, recache winner).
 //! - `connection` (private): one connection's buffers, limits, EOF and idle
@@ -27,6 +37,13 @@
 //! - [`client`]: [`Client`], the seed dialect's client; [`mcclient`]:
 //!   [`McClient`], the memcached dialect's client (flags, exptime, cas).
 //! - `src/bin/kvstore-server.rs`: the `kvstore-server` binary.
+//!
+//! ## Features
+//!
+//! - `server-bin` (default): builds the `kvstore-server` binary and pulls
+//!   in its own dependencies (clap, env_logger, signal-hook, rlimit). A
+//!   program that uses this crate as a library turns it off
+//!   (`default-features = false`); the `kvstore` facade does.
 //!
 //! ## Example
 //!
@@ -60,6 +77,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 mod connection;
@@ -70,9 +88,17 @@ mod marks;
 pub mod mcclient;
 pub mod protocol;
 pub mod server;
+mod stats;
+pub mod tls;
 
-pub use client::Client;
+pub use client::{Client, ConnectOptions};
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};
 pub use error::{Error, Result};
 pub use mcclient::{McCasOutcome, McClient, McItem};
 pub use server::{MemcachedProtocol, Server, ServerConfig, ServerHandle, ShutdownTrigger};
+
+/// The README's code blocks, compiled as doctests so that they keep up with
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -63,6 +63,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     memcached_protocol: ProtocolArg,
 
+    /// Honour the memcached `shutdown` command (memcached's -A); without
+    /// it, `shutdown` is refused.
+    #[arg(long)]
+    enable_shutdown: bool,
+
     /// What an acknowledged write survives: never (process crash only),
     /// periodic (at most --sync-interval-ms lost on power failure), always.
     #[arg(long, value_enum, default_value = "periodic")]
@@ -91,7 +96,7 @@ struct Args {
 
     /// Accept any key byte but space, CR and LF, as memcached itself does
     /// (for load generators such as memcaslap, whose keys start with
-    /// control bytes); by default keys follow PROTOCOL.md and may not hold
+    /// control bytes); by default keys follow docs/PROTOCOL.md and may not hold
     /// control bytes.
     #[arg(long)]
     lenient_keys: bool,
@@ -148,6 +153,7 @@ fn run(args: Args) -> Result<(), String> {
             ProtocolArg::Ascii => MemcachedProtocol::Ascii,
             ProtocolArg::Binary => MemcachedProtocol::Binary,
         },
+        enable_shutdown: args.enable_shutdown,
     };
     let keys = if args.lenient_keys {
         KeyPolicy::MemcachedCompatible
@@ -193,31 +199,7 @@ fn run(args: Args) -> Result<(), String> {
 /// Raises the soft limit of open files to the hard limit, so that many
 /// connections fit.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            log::warn!(
-                "cannot read the open-file limit: {}",
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                log::warn!(
-                    "cannot raise the open-file limit to {}: {}",
-                    lim.rlim_max,
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open-file limit: {err}");
     }
 }

@@ -1,5 +1,5 @@
-//! The meta commands of the memcached dialect (docs/PROTOCOL.md, "Meta
-//! commands"): `mg`, `ms`, `md`, `ma`, `mn` and `me`, as memcached 1.6
+//! The meta commands of the memcached port (docs/PROTOCOL.md, "Memcached
+//! meta commands"): `mg`, `ms`, `md`, `ma`, `mn` and `me`, as memcached 1.6
 //! defines them. Pure functions: the request parser and the reply encoder.
 //!
 //! A meta line is `<cm> <key> [<datalen>] <flag>*`: a two-byte command, one
@@ -715,7 +715,7 @@ pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         }))
     }
-    if text.is_empty() || text.len() % 4 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(4) {
         return None;
     }
     let pad = text.iter().rev().take_while(|&&c| c == b'=').count();
