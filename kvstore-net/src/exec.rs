@@ -57,13 +57,18 @@
 //!   [`Command::Flush`]; VERSION and STAT (with or without a group key)
 //!   are [`Command::Version`] and [`Command::Stats`]. NOOP, QUIT, the
 //!   quiet variants' silence and SASL stay in the handler.
-//! - Meta: `mg` is [`Command::Get`] (`T` sets `touch`); the flags it
-//!   returns (`c`, `f`, `s`, `t` from [`ItemRef::expiry`], `k`, `O`) are
-//!   the encoder's; `ms` is [`Command::Store`] with its mode and `C`;
-//!   `md` is [`Command::Delete`]; `ma` is [`Command::Counter`] (`N`/`J`
-//!   give `initial`); `mn` stays in the handler. What the core does not
-//!   keep (stale marks, win tokens, last access) belongs in the executor
-//!   as per-key state under [`KEY_LOCKS`], so that every dialect sees it.
+//! - Meta (`handler/meta.rs`): `mg` is [`Command::MetaGet`] (`T` sets
+//!   `touch`, `N` `vivify`, `R` `recache`, `u` clears `bump`), `me`
+//!   [`Command::MetaDebug`], `ms` [`Command::MetaStore`] with its mode,
+//!   `C`, `I` and `N`, and an `ms` over the limit
+//!   [`Command::StoreTooLarge`] with `drop_old`; `md` is
+//!   [`Command::MetaDelete`] (`I` and `x` keep the item), `ma`
+//!   [`Command::MetaArithmetic`] (`N`/`J` give `initial`). The flags a
+//!   reply returns (`c`, `f`, `s`, `t` from [`ItemRef::expiry`], `k`, `O`,
+//!   `b`, `q`) are the encoder's; `mn` stays in the handler. What the core
+//!   does not keep (stale marks, win tokens, fetched, last access) is the
+//!   executor's per-key state (`marks.rs`), changed under [`KEY_LOCKS`],
+//!   so that every dialect sees it.
 //!
 //! ## Atomicity
 //!
@@ -76,6 +81,11 @@
 //! under that lock, so it is atomic with respect to every other client of
 //! the server. (Code that writes to the same [`Store`] directly through the
 //! library, in the same process, bypasses these locks.)
+//!
+//! The meta commands (`Command::Meta*`) also read and change the key's
+//! marks (`marks.rs`: fetched, last access, stale, recache winner) under
+//! the same lock, so an item and its marks change together; every write
+//! of another dialect resets the marks of its key.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -86,6 +96,7 @@ use kvstore_core::{
     StoreOutcome, TouchOutcome,
 };
 
+use crate::marks::{Mark, Marks};
 pub(crate) use crate::stats::{StatLine, Stats};
 
 /// Keys per chunk of [`Executor::for_each_item`].
@@ -210,6 +221,77 @@ pub(crate) enum Command<'a> {
         /// memcached's level: 0 warnings, 1 info, 2 debug, 3+ trace.
         level: u64,
     },
+    /// Meta `mg`: a read that may also touch, create a placeholder on a
+    /// miss, and hand out the right to recache (the lease).
+    MetaGet {
+        /// The key.
+        key: &'a [u8],
+        /// A new expiry to set on a hit (`T`).
+        touch: Option<Expiry>,
+        /// On a miss, create an empty item with this expiry and win it
+        /// (`N`).
+        vivify: Option<Expiry>,
+        /// Win the recache if the item expires before this (`R`).
+        recache: Option<Expiry>,
+        /// Count the access (not `u`).
+        bump: bool,
+    },
+    /// Meta `me`: the item and its marks, changing nothing.
+    MetaDebug {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Meta `ms`.
+    MetaStore {
+        /// How to combine with the current item.
+        mode: StoreMode,
+        /// The key.
+        key: &'a [u8],
+        /// The data.
+        value: &'a [u8],
+        /// Flags and expiry of a new item.
+        meta: ItemMeta,
+        /// Store only if the item's cas is this (`C`).
+        cas: Option<u64>,
+        /// `I` with `C`: a cas lower than the item's also stores, and the
+        /// new value is marked stale (it keeps the item's expiry and
+        /// winner).
+        invalidate: bool,
+        /// Append/prepend on a miss create the item with this expiry
+        /// (`N`).
+        vivify: Option<Expiry>,
+    },
+    /// Meta `md`.
+    MetaDelete {
+        /// The key.
+        key: &'a [u8],
+        /// Act only if the item's cas is this (`C`).
+        cas: Option<u64>,
+        /// `I`: mark stale (new cas, expiry from `expiry`) instead of
+        /// removing.
+        invalidate: bool,
+        /// `x`: replace the value with an empty one with these flags,
+        /// keeping the item.
+        clear_value: Option<u32>,
+        /// `T`: the new expiry, with `I` or `x`.
+        expiry: Option<Expiry>,
+    },
+    /// Meta `ma`.
+    MetaArithmetic {
+        /// The key.
+        key: &'a [u8],
+        /// Add (else subtract, stopping at 0).
+        incr: bool,
+        /// The amount.
+        delta: u64,
+        /// Create a missing counter with this value and metadata (`N`,
+        /// `J`).
+        initial: Option<(u64, ItemMeta)>,
+        /// Change only if the item's cas is this (`C`).
+        cas: Option<u64>,
+        /// A new expiry on success (`T`).
+        touch: Option<Expiry>,
+    },
 }
 
 /// The groups of `stats <group>`.
@@ -246,7 +328,12 @@ impl Command<'_> {
             | Command::StoreTooLarge { key, .. }
             | Command::Delete { key, .. }
             | Command::Counter { key, .. }
-            | Command::Touch { key, .. } => Some(key),
+            | Command::Touch { key, .. }
+            | Command::MetaGet { key, .. }
+            | Command::MetaDebug { key }
+            | Command::MetaStore { key, .. }
+            | Command::MetaDelete { key, .. }
+            | Command::MetaArithmetic { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -320,6 +407,44 @@ pub(crate) enum Response<'a> {
     ShuttingDown,
     /// The command failed.
     Failed(Failure<'a>),
+    /// A meta read (`mg`, `me`) found the item (or `mg` created it).
+    MetaHit {
+        /// The item, after the command.
+        item: ItemRef<'a>,
+        /// Whether it had been read before the command (`h`).
+        fetched: bool,
+        /// Seconds since its last access before the command (`l`).
+        idle_secs: u64,
+        /// The recache marks of the reply.
+        lease: Lease,
+    },
+    /// A meta store (`ms`) stored: the new cas and the value's size.
+    MetaStored {
+        /// The new cas.
+        cas: u64,
+        /// The stored value's size (after an append or prepend).
+        size: usize,
+    },
+    /// A meta counter (`ma`) changed or was created.
+    MetaCounter {
+        /// The new value.
+        value: u64,
+        /// The new cas.
+        cas: u64,
+        /// The item's expiry.
+        expiry: Expiry,
+    },
+}
+
+/// The recache marks of an `mg` reply (`W`, `X`, `Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Lease {
+    /// `W`: this client won the right to recache.
+    pub won: bool,
+    /// `X`: the item is stale.
+    pub stale: bool,
+    /// `Z`: another client won it before.
+    pub already_won: bool,
 }
 
 /// The memcached-compatible version the server reports: clients and tools
@@ -345,6 +470,7 @@ pub(crate) struct Executor {
     stats: Arc<Stats>,
     locks: Vec<Mutex<()>>,
     shutdown: OnceLock<ShutdownHook>,
+    marks: Marks,
 }
 
 impl Executor {
@@ -355,6 +481,7 @@ impl Executor {
             stats,
             locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             shutdown: OnceLock::new(),
+            marks: Marks::new(),
         }
     }
 
@@ -392,7 +519,7 @@ impl Executor {
                     deliver(Response::Hit(item));
                 });
                 match found {
-                    Ok(Some(())) => {}
+                    Ok(Some(())) => self.marks.read(key),
                     Ok(None) => deliver(Response::Miss),
                     Err(e) => deliver(self.failed("get", key, &e)),
                 }
@@ -403,12 +530,15 @@ impl Executor {
             } => {
                 let _g = self.key_lock(key);
                 match self.store.get_and_touch(key, expiry) {
-                    Ok(Some(item)) => deliver(Response::Hit(ItemRef {
-                        value: &item.value,
-                        flags: item.flags,
-                        expiry: item.expiry,
-                        cas: item.cas,
-                    })),
+                    Ok(Some(item)) => {
+                        self.marks.read(key);
+                        deliver(Response::Hit(ItemRef {
+                            value: &item.value,
+                            flags: item.flags,
+                            expiry: item.expiry,
+                            cas: item.cas,
+                        }))
+                    }
                     Ok(None) => deliver(Response::Miss),
                     Err(e) => deliver(self.failed("gat", key, &e)),
                 }
@@ -422,13 +552,19 @@ impl Executor {
             } => {
                 let _g = self.key_lock(key);
                 match self.store_value(mode, key, value, meta, cas) {
-                    Ok(resp) => deliver(resp),
+                    Ok(resp) => {
+                        if let Response::Stored { .. } = resp {
+                            self.marks.written(key);
+                        }
+                        deliver(resp)
+                    }
                     Err(e) => deliver(self.failed("store", key, &e)),
                 }
             }
             Command::StoreTooLarge { key, drop_old } => {
                 if drop_old {
                     let _g = self.key_lock(key);
+                    self.marks.remove(key);
                     if let Err(e) = self.store.delete(key) {
                         // The refusal is the reply; the failed removal is
                         // logged and counted.
@@ -440,7 +576,12 @@ impl Executor {
             Command::Delete { key, cas } => {
                 let _g = self.key_lock(key);
                 match self.delete(key, cas) {
-                    Ok(resp) => deliver(resp),
+                    Ok(resp) => {
+                        if let Response::Deleted = resp {
+                            self.marks.remove(key);
+                        }
+                        deliver(resp)
+                    }
                     Err(e) => deliver(self.failed("delete", key, &e)),
                 }
             }
@@ -453,14 +594,22 @@ impl Executor {
             } => {
                 let _g = self.key_lock(key);
                 match self.counter(key, incr, delta, initial, cas) {
-                    Ok(resp) => deliver(resp),
+                    Ok(resp) => {
+                        if let Response::Counter { .. } = resp {
+                            self.marks.written(key);
+                        }
+                        deliver(resp)
+                    }
                     Err(e) => deliver(self.failed("incr/decr", key, &e)),
                 }
             }
             Command::Touch { key, expiry } => {
                 let _g = self.key_lock(key);
                 match self.store.touch(key, expiry) {
-                    Ok(TouchOutcome::Touched) => deliver(Response::Touched),
+                    Ok(TouchOutcome::Touched) => {
+                        self.marks.read(key);
+                        deliver(Response::Touched)
+                    }
                     Ok(TouchOutcome::NotFound) => deliver(Response::NotFound),
                     Err(e) => deliver(self.failed("touch", key, &e)),
                 }
@@ -472,7 +621,10 @@ impl Executor {
                     self.store.clear_after(Duration::from_secs(delay_secs))
                 };
                 match result {
-                    Ok(()) => deliver(Response::Ok),
+                    Ok(()) => {
+                        self.marks.clear();
+                        deliver(Response::Ok)
+                    }
                     Err(e) => deliver(self.failed("flush_all", b"", &e)),
                 }
             }
@@ -508,6 +660,82 @@ impl Executor {
                     _ => log::LevelFilter::Trace,
                 });
                 deliver(Response::Ok)
+            }
+            Command::MetaGet {
+                key,
+                touch,
+                vivify,
+                recache,
+                bump,
+            } => {
+                let _g = self.key_lock(key);
+                self.marks.activate();
+                if let Err(e) = self.meta_get(key, touch, vivify, recache, bump, &mut deliver) {
+                    deliver(self.failed("mg", key, &e));
+                }
+            }
+            Command::MetaDebug { key } => {
+                self.marks.activate();
+                let before = self.marks.get(key);
+                let idle_secs = self.marks.idle_secs(&before);
+                let found = self.store.get_item_with(key, |item| {
+                    deliver(Response::MetaHit {
+                        item,
+                        fetched: before.fetched,
+                        idle_secs,
+                        lease: Lease::default(),
+                    })
+                });
+                match found {
+                    Ok(Some(())) => {}
+                    Ok(None) => deliver(Response::Miss),
+                    Err(e) => deliver(self.failed("me", key, &e)),
+                }
+            }
+            Command::MetaStore {
+                mode,
+                key,
+                value,
+                meta,
+                cas,
+                invalidate,
+                vivify,
+            } => {
+                let _g = self.key_lock(key);
+                self.marks.activate();
+                match self.meta_store(mode, key, value, meta, cas, invalidate, vivify) {
+                    Ok(resp) => deliver(resp),
+                    Err(e) => deliver(self.failed("ms", key, &e)),
+                }
+            }
+            Command::MetaDelete {
+                key,
+                cas,
+                invalidate,
+                clear_value,
+                expiry,
+            } => {
+                let _g = self.key_lock(key);
+                self.marks.activate();
+                match self.meta_delete(key, cas, invalidate, clear_value, expiry) {
+                    Ok(resp) => deliver(resp),
+                    Err(e) => deliver(self.failed("md", key, &e)),
+                }
+            }
+            Command::MetaArithmetic {
+                key,
+                incr,
+                delta,
+                initial,
+                cas,
+                touch,
+            } => {
+                let _g = self.key_lock(key);
+                self.marks.activate();
+                match self.meta_arithmetic(key, incr, delta, initial, cas, touch) {
+                    Ok(resp) => deliver(resp),
+                    Err(e) => deliver(self.failed("ma", key, &e)),
+                }
             }
         }
     }
@@ -674,6 +902,277 @@ impl Executor {
             (CounterOutcome::NotFound, None) => Response::NotFound,
             (CounterOutcome::NotNumeric, _) => Response::NonNumeric,
         })
+    }
+}
+
+/// The meta commands. Each runs with the key's lock held, so the item and
+/// its marks change together.
+impl Executor {
+    /// `mg`: read (touching with `T`), or create a placeholder on a miss
+    /// (`N`); then work out the lease marks from the item's marks.
+    fn meta_get(
+        &self,
+        key: &[u8],
+        touch: Option<Expiry>,
+        vivify: Option<Expiry>,
+        recache: Option<Expiry>,
+        bump: bool,
+        deliver: &mut dyn FnMut(Response<'_>),
+    ) -> Result<(), StoreError> {
+        let before = self.marks.get(key);
+        let idle_secs = self.marks.idle_secs(&before);
+        // The lease: `Z` if a client won before; else `W` if the item
+        // expires before `R`, or is stale.
+        let lease_of = |expiry: Expiry| {
+            let early = match (expiry, recache) {
+                (Expiry::At(at), Some(Expiry::At(limit))) => at < limit,
+                _ => false,
+            };
+            Lease {
+                won: !before.won && (early || before.stale),
+                stale: before.stale,
+                already_won: before.won,
+            }
+        };
+        let mut won = false;
+        let found = match touch {
+            Some(expiry) => match self.store.get_and_touch(key, expiry)? {
+                Some(item) => {
+                    let lease = lease_of(item.expiry);
+                    won = lease.won;
+                    deliver(Response::MetaHit {
+                        item: ItemRef {
+                            value: &item.value,
+                            flags: item.flags,
+                            expiry: item.expiry,
+                            cas: item.cas,
+                        },
+                        fetched: before.fetched,
+                        idle_secs,
+                        lease,
+                    });
+                    true
+                }
+                None => false,
+            },
+            None => self
+                .store
+                .get_item_with(key, |item| {
+                    let lease = lease_of(item.expiry);
+                    won = lease.won;
+                    deliver(Response::MetaHit {
+                        item,
+                        fetched: before.fetched,
+                        idle_secs,
+                        lease,
+                    });
+                })?
+                .is_some(),
+        };
+        if found {
+            let mut after = before;
+            after.won |= won;
+            if bump {
+                after.fetched = true;
+                after.last_access = self.marks.now();
+            }
+            if after != before {
+                self.marks.set(key, after);
+            }
+            return Ok(());
+        }
+        let Some(expiry) = vivify else {
+            self.marks.remove(key);
+            deliver(Response::Miss);
+            return Ok(());
+        };
+        let meta = ItemMeta { flags: 0, expiry };
+        match self.store.add(key, b"", meta)? {
+            StoreOutcome::Stored { cas } => {
+                self.marks.set(
+                    key,
+                    Mark {
+                        last_access: self.marks.now(),
+                        won: true,
+                        ..Mark::default()
+                    },
+                );
+                deliver(Response::MetaHit {
+                    item: ItemRef {
+                        value: b"",
+                        flags: 0,
+                        expiry,
+                        cas,
+                    },
+                    fetched: false,
+                    idle_secs: 0,
+                    lease: Lease {
+                        won: true,
+                        ..Lease::default()
+                    },
+                });
+            }
+            // Written meanwhile by the library in this process (server
+            // clients wait for the key lock): a miss for this client.
+            StoreOutcome::NotStored => deliver(Response::Miss),
+        }
+        Ok(())
+    }
+
+    /// `ms`: a store with the meta extras (`I` stale stores, `N`
+    /// append-vivify, the stored size).
+    #[allow(clippy::too_many_arguments)]
+    fn meta_store(
+        &self,
+        mode: StoreMode,
+        key: &[u8],
+        value: &[u8],
+        meta: ItemMeta,
+        cas: Option<u64>,
+        invalidate: bool,
+        vivify: Option<Expiry>,
+    ) -> Result<Response<'static>, StoreError> {
+        let current = self
+            .store
+            .get_item_with(key, |item| (item.cas, item.expiry, item.value.len()))?;
+        let appending = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+        // `I` with an older cas: store over the item, keep its expiry and
+        // winner, mark it stale (set and replace modes, as memcached).
+        if let (true, Some(expected), Some((now_cas, expiry, _))) = (invalidate, cas, current) {
+            if expected < now_cas && matches!(mode, StoreMode::Set | StoreMode::Replace) {
+                let before = self.marks.get(key);
+                let new_cas = self.store.set_with(
+                    key,
+                    value,
+                    ItemMeta {
+                        flags: meta.flags,
+                        expiry,
+                    },
+                )?;
+                self.marks.set(
+                    key,
+                    Mark {
+                        last_access: self.marks.now(),
+                        stale: true,
+                        won: before.won,
+                        ..Mark::default()
+                    },
+                );
+                return Ok(Response::MetaStored {
+                    cas: new_cas,
+                    size: value.len(),
+                });
+            }
+        }
+        if let (Some(expiry), true, None) = (vivify, appending, current) {
+            let cas = self.store.set_with(
+                key,
+                value,
+                ItemMeta {
+                    flags: meta.flags,
+                    expiry,
+                },
+            )?;
+            self.marks.written(key);
+            return Ok(Response::MetaStored {
+                cas,
+                size: value.len(),
+            });
+        }
+        // An add ignores the cas (an absent key has none to compare).
+        let cas = if mode == StoreMode::Add { None } else { cas };
+        Ok(match self.store_value(mode, key, value, meta, cas)? {
+            Response::Stored { cas } => {
+                self.marks.written(key);
+                let size = match (appending, current) {
+                    (true, Some((_, _, old))) => old + value.len(),
+                    _ => value.len(),
+                };
+                Response::MetaStored { cas, size }
+            }
+            other => other,
+        })
+    }
+
+    /// `md`: delete, or with `I` mark stale, or with `x` empty the value.
+    fn meta_delete(
+        &self,
+        key: &[u8],
+        cas: Option<u64>,
+        invalidate: bool,
+        clear_value: Option<u32>,
+        expiry: Option<Expiry>,
+    ) -> Result<Response<'static>, StoreError> {
+        if !invalidate && clear_value.is_none() {
+            let resp = self.delete(key, cas)?;
+            if let Response::Deleted = resp {
+                self.marks.remove(key);
+            }
+            return Ok(resp);
+        }
+        let Some(item) = self.store.get_item(key)? else {
+            return Ok(Response::NotFound);
+        };
+        if cas.is_some_and(|c| c != item.cas) {
+            return Ok(Response::Exists);
+        }
+        let before = self.marks.get(key);
+        let (value, flags, expiry) = match clear_value {
+            Some(flags) => (&b""[..], flags, expiry.unwrap_or(Expiry::Never)),
+            None => (&item.value[..], item.flags, expiry.unwrap_or(item.expiry)),
+        };
+        // Rewriting the item gives it a new cas, as `I` asks.
+        self.store
+            .set_with(key, value, ItemMeta { flags, expiry })?;
+        self.marks.set(
+            key,
+            Mark {
+                stale: invalidate,
+                // A new value clears the marks; a stale mark lets the
+                // next reader win the recache.
+                won: false,
+                ..if clear_value.is_some() {
+                    Mark {
+                        last_access: self.marks.now(),
+                        ..Mark::default()
+                    }
+                } else {
+                    before
+                }
+            },
+        );
+        Ok(Response::Deleted)
+    }
+
+    /// `ma`: the counter, then `T`, and what `t`/`c` report.
+    fn meta_arithmetic(
+        &self,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        initial: Option<(u64, ItemMeta)>,
+        cas: Option<u64>,
+        touch: Option<Expiry>,
+    ) -> Result<Response<'static>, StoreError> {
+        let (value, mut cas) = match self.counter(key, incr, delta, initial, cas)? {
+            Response::Counter { value, cas } => (value, cas),
+            other => return Ok(other),
+        };
+        self.marks.written(key);
+        if let Some(expiry) = touch {
+            self.store.touch(key, expiry)?;
+        }
+        let Some((now_cas, expiry)) = self
+            .store
+            .get_item_with(key, |item| (item.cas, item.expiry))?
+        else {
+            // Expired between the calls.
+            return Ok(Response::NotFound);
+        };
+        if touch.is_some() {
+            cas = now_cas;
+        }
+        Ok(Response::MetaCounter { value, cas, expiry })
     }
 }
 
@@ -897,5 +1396,90 @@ mod tests {
         }
         assert_eq!(run(&exec, Command::Stats(StatsGroup::Reset)), "Reset");
         assert_eq!(general(&exec)["cmd_get"], "0");
+    }
+
+    #[test]
+    fn meta_commands_count_as_the_text_commands_they_stand_for() {
+        let (_tmp, exec) = executor();
+        let stats = |exec: &Executor, group| {
+            let mut lines = Vec::new();
+            exec.execute(&Command::Stats(group), &mut |resp| match resp {
+                Response::Stats(l) => lines = l,
+                Response::DetailDump(l) => {
+                    lines = l.into_iter().map(|l| (l, String::new())).collect()
+                }
+                _ => {}
+            });
+            lines
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        run(&exec, Command::Stats(StatsGroup::DetailOn));
+        let meta_store = |cas| Command::MetaStore {
+            mode: StoreMode::Set,
+            key: b"p:k",
+            value: b"v",
+            meta: ItemMeta::default(),
+            cas,
+            invalidate: false,
+            vivify: None,
+        };
+        let meta_get = |key, touch| Command::MetaGet {
+            key,
+            touch,
+            vivify: None,
+            recache: None,
+            bump: true,
+        };
+        run(&exec, meta_store(None));
+        let cas = cas_of(&exec, b"p:k");
+        run(&exec, meta_store(Some(cas + 1)));
+        run(&exec, meta_store(Some(cas)));
+        run(&exec, meta_get(b"p:k", Some(Expiry::Never)));
+        run(&exec, meta_get(b"p:x", None));
+        run(&exec, Command::MetaDebug { key: b"p:k" });
+        let meta_delete = |cas| Command::MetaDelete {
+            key: b"p:k",
+            cas,
+            invalidate: false,
+            clear_value: None,
+            expiry: None,
+        };
+        run(&exec, meta_delete(Some(1)));
+        run(&exec, meta_delete(None));
+        run(
+            &exec,
+            Command::MetaArithmetic {
+                key: b"n",
+                incr: false,
+                delta: 1,
+                initial: None,
+                cas: None,
+                touch: None,
+            },
+        );
+        let general = stats(&exec, StatsGroup::General);
+        for (name, want) in [
+            ("cmd_set", "3"),
+            ("total_items", "2"),
+            ("cas_hits", "1"),
+            ("cas_badval", "1"),
+            // The cas_of read and the two meta reads; `me` counts nothing.
+            ("cmd_get", "3"),
+            ("get_hits", "2"),
+            ("get_misses", "1"),
+            ("cmd_touch", "1"),
+            ("touch_hits", "1"),
+            ("delete_hits", "1"),
+            ("delete_misses", "1"),
+            ("decr_misses", "1"),
+        ] {
+            assert_eq!(general[name], want, "{name}");
+        }
+        let detail = stats(&exec, StatsGroup::DetailDump);
+        assert!(
+            detail.contains_key("PREFIX p get 3 hit 2 set 3 del 2"),
+            "{detail:?}"
+        );
     }
 }

@@ -5,16 +5,19 @@
 //! `docs/PROTOCOL.md`):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
-//! - the **memcached port**, memcached's text protocol with its operators'
-//!   commands (stats groups, key dumps, `cache_memlimit`, `shutdown`), so
-//!   existing memcached clients, tools, proxies and monitoring work against
-//!   a store that survives restarts. Each connection's first byte picks its
-//!   protocol, as memcached does ([`MemcachedProtocol`]).
+//! - the **memcached port**, memcached's text protocol, its meta commands
+//!   (`mg`, `ms`, `md`, `ma`, `mn`, `me`) on the same connections, and its
+//!   operators' commands (stats groups, key dumps, `cache_memlimit`,
+//!   `shutdown`), so existing memcached clients, tools, proxies and
+//!   monitoring work against a store that survives restarts. Each
+//!   connection's first byte picks its protocol, as memcached does
+//!   ([`MemcachedProtocol`]).
 //!
 //! ## Layout
 //!
 //! - [`protocol`]: pure functions over byte buffers, no sockets:
-//!   [`protocol::seed`] and [`protocol::memcached`] parse requests (a
+//!   [`protocol::seed`], [`protocol::memcached`] and [`protocol::meta`]
+//!   parse requests (a
 //!   request and the bytes it used, "need more", or a rejection carrying
 //!   the reply and how to resynchronize) and encode replies; the key rules
 //!   live in one function, [`protocol::validate_key`].
@@ -24,6 +27,8 @@
 //!   them; statistics are derived there from what was executed (`stats`,
 //!   private). `handler` (private) holds each dialect's mapping and
 //!   encoder; `exec.rs` explains how a new dialect plugs in.
+//! - `marks` (private): the per-key state of the meta commands the store
+//!   does not keep (fetched, last access, stale, recache winner).
 //! - `connection` (private): one connection's buffers, limits, EOF and idle
 //!   timeout; one read and one write per batch of pipelined requests.
 //! - [`server`]: [`Server::start`] binds the listeners and returns a
@@ -79,6 +84,7 @@ mod connection;
 pub mod error;
 mod exec;
 mod handler;
+mod marks;
 pub mod mcclient;
 pub mod protocol;
 pub mod server;

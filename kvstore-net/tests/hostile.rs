@@ -1,4 +1,4 @@
-//! Hostile input, for both dialects.
+//! Hostile input, for every dialect (seed, memcached text, memcached meta).
 //!
 //! - Parser properties (pure, proptest): arbitrary bytes (random, and
 //!   random sequences of protocol fragments), fed in arbitrary chunks the
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{server_command, spawn, ChildServer, DEADLINE};
 use kvstore_net::protocol::{
-    memcached, seed, KeyPolicy, Parsed, Recovery, MAX_LINE_BYTES, MAX_RETRIEVAL_LINE_BYTES,
+    memcached, meta, seed, KeyPolicy, Parsed, Recovery, MAX_LINE_BYTES, MAX_RETRIEVAL_LINE_BYTES,
 };
 use kvstore_net::{Client, McClient};
 use proptest::prelude::*;
@@ -35,6 +35,10 @@ const MAX_VALUE: usize = 64;
 enum Dialect {
     Seed,
     Memcached,
+    Meta,
+    /// What the memcached port runs: meta lines to the meta parser, the
+    /// rest to the text parser (the handler's rule).
+    MemcachedPort,
 }
 
 /// One parse step: a description, the bytes it used (or skips), whether the
@@ -71,6 +75,15 @@ fn step(d: Dialect, buf: &[u8]) -> Option<(String, u64, bool)> {
                 keys: KeyPolicy::Strict,
             },
         )),
+        Dialect::Meta => conv(meta::parse(
+            buf,
+            &memcached::Limits {
+                max_value_bytes: MAX_VALUE,
+                keys: KeyPolicy::Strict,
+            },
+        )),
+        Dialect::MemcachedPort if meta::is_meta(buf) => step(Dialect::Meta, buf),
+        Dialect::MemcachedPort => step(Dialect::Memcached, buf),
     }
 }
 
@@ -178,6 +191,40 @@ fn fragments() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(frag, 0..60).prop_map(|v| v.concat())
 }
 
+fn meta_fragments() -> impl Strategy<Value = Vec<u8>> {
+    let frag = prop_oneof![
+        Just(b"mg ".to_vec()),
+        Just(b"ms ".to_vec()),
+        Just(b"md ".to_vec()),
+        Just(b"ma ".to_vec()),
+        Just(b"mn".to_vec()),
+        Just(b"me ".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"k".to_vec()),
+        Just(b"5".to_vec()),
+        Just(b"64".to_vec()),
+        Just(b"65".to_vec()),
+        Just(b"2147483646".to_vec()),
+        Just(b"b".to_vec()),
+        Just(b"Zm9v".to_vec()),
+        Just(b"v".to_vec()),
+        Just(b"q".to_vec()),
+        Just(b"O".to_vec()),
+        Just(b"T-1".to_vec()),
+        Just(b"N30".to_vec()),
+        Just(b"MA".to_vec()),
+        Just(b"MX".to_vec()),
+        Just(b"C18446744073709551616".to_vec()),
+        Just(b"\x00".to_vec()),
+        Just(b"\xff".to_vec()),
+        Just(vec![b'x'; 300]),
+        proptest::collection::vec(any::<u8>(), 1..8),
+    ];
+    proptest::collection::vec(frag, 0..60).prop_map(|v| v.concat())
+}
+
 fn cuts() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(0usize..5000, 0..12)
 }
@@ -198,11 +245,30 @@ proptest! {
     }
 
     #[test]
+    fn meta_chunked_arbitrary_bytes_parse_as_whole(input in meta_fragments(), cuts in cuts()) {
+        for d in [Dialect::Meta, Dialect::MemcachedPort] {
+            let whole = feed(d, &input, &[]);
+            prop_assert_eq!(feed(d, &input, &cuts), whole);
+        }
+    }
+
+    #[test]
+    fn memcached_port_mixed_streams_parse_as_whole(
+        text in fragments(),
+        meta in meta_fragments(),
+        cuts in cuts(),
+    ) {
+        let input = [text, meta].concat();
+        let whole = feed(Dialect::MemcachedPort, &input, &[]);
+        prop_assert_eq!(feed(Dialect::MemcachedPort, &input, &cuts), whole);
+    }
+
+    #[test]
     fn random_bytes_in_random_chunks(
         input in proptest::collection::vec(any::<u8>(), 0..3000),
         cuts in cuts(),
     ) {
-        for d in [Dialect::Seed, Dialect::Memcached] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta, Dialect::MemcachedPort] {
             let whole = feed(d, &input, &[]);
             prop_assert_eq!(feed(d, &input, &cuts), whole);
         }
@@ -210,13 +276,16 @@ proptest! {
 
     #[test]
     fn lines_past_the_cap_close(
-        prefix in prop_oneof![Just(&b"set k"[..]), Just(&b"delete "[..]), Just(&b"incr "[..]), Just(&b"x"[..])],
+        prefix in prop_oneof![
+            Just(&b"set k"[..]), Just(&b"delete "[..]), Just(&b"incr "[..]), Just(&b"x"[..]),
+            Just(&b"mg k"[..]), Just(&b"ms k 5 "[..]),
+        ],
         extra in 1usize..200,
         cuts in cuts(),
     ) {
         let mut input = prefix.to_vec();
         input.resize(MAX_LINE_BYTES + extra + 2, b'a');
-        for d in [Dialect::Seed, Dialect::Memcached] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta, Dialect::MemcachedPort] {
             let steps = feed(d, &input, &cuts);
             prop_assert_eq!(steps.len(), 1, "{:?}", steps);
             prop_assert!(steps[0].contains("Close"), "{:?}", steps);
@@ -241,7 +310,19 @@ fn drain(s: &mut TcpStream, quiet: Duration) -> Vec<u8> {
 }
 
 fn random_stream(rng: &mut StdRng) -> Vec<u8> {
-    let pieces: [&[u8]; 30] = [
+    let pieces: &[&[u8]] = &[
+        b"mg ",
+        b"ms ",
+        b"md ",
+        b"ma ",
+        b"mn",
+        b"me ",
+        b"v",
+        b"q",
+        b"N30",
+        b"I",
+        b"b",
+        b"Zm9v",
         b"set ",
         b"get ",
         b"gets ",
@@ -408,6 +489,8 @@ fn oversize_announcements_keep_memory_bounded() {
     for (addr, header) in [
         (srv.seed, &b"set big 4000000000\r\n"[..]),
         (srv.mc.unwrap(), &b"set big 0 0 4000000000\r\n"[..]),
+        // The largest length `ms` accepts (larger is a malformed line).
+        (srv.mc.unwrap(), &b"ms big 2147483645 T0\r\n"[..]),
     ] {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -454,7 +537,7 @@ fn oversize_announcements_keep_memory_bounded() {
     let peak = vm_hwm_kib(pid);
     let growth = peak.saturating_sub(base);
     println!(
-        "oversize: {} MiB of announced 4 GB values streamed, endless line closed {closed_line}, \
+        "oversize: {} MiB of announced 2-4 GB values streamed, endless line closed {closed_line}, \
          endless get closed {closed_get}; server VmHWM {base} KiB -> {peak} KiB (+{growth} KiB)",
         streamed >> 20
     );

@@ -2,11 +2,13 @@
 //! [`Command`](crate::exec::Command)s for the [`Executor`], and encodes the
 //! [`Response`](crate::exec::Response)s (see `exec.rs` for the shape every
 //! dialect follows), one file per dialect: `seed.rs`, `text.rs` (memcached's
-//! text protocol). This file holds what they share and the memcached port's
+//! text protocol), `meta.rs` (memcached's meta commands, which share the
+//! text protocol's connections: `text.rs` hands them their lines). This file holds what they share and the memcached port's
 //! choice of dialect by the first byte of a connection. Client mistakes get
 //! the dialect's error reply; store failures get `NOT-STORED` (seed) or
 //! `SERVER_ERROR <reason>` (memcached) and are logged by the executor.
 
+mod meta;
 mod seed;
 mod text;
 

@@ -1,6 +1,7 @@
 //! The memcached text dialect's handler: requests map to commands, one
 //! encoder writes the replies; the key dumps (`stats cachedump`,
-//! `lru_crawler metadump`) stream their lines here.
+//! `lru_crawler metadump`) stream their lines here. Meta command lines
+//! (`mg`, `ms`, ...) go to `meta.rs`.
 
 use std::io;
 
@@ -11,7 +12,7 @@ use super::{reject_step, Context};
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::exec::{self, Command, Failure, Response, StatsGroup};
 use crate::protocol::memcached::{self as mc, StoreMode};
-use crate::protocol::{push_u64, Parsed};
+use crate::protocol::{meta, push_u64, Parsed};
 
 /// The memcached text dialect.
 pub(crate) struct McHandler {
@@ -32,11 +33,12 @@ struct TextReply<'a> {
 /// The memcached text dialect's encoder.
 fn encode_text(r: TextReply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
     let line: &[u8] = match resp {
-        Response::Hit(item) => {
+        Response::Hit(item) | Response::MetaHit { item, .. } => {
             let cas = r.with_cas.then_some(item.cas);
             mc::encode_value(out, r.key, item.flags, item.value, cas);
             return;
         }
+        Response::MetaStored { .. } => mc::STORED,
         Response::Miss => return,
         Response::Stored { .. } => mc::STORED,
         Response::NotStored => mc::NOT_STORED,
@@ -45,7 +47,7 @@ fn encode_text(r: TextReply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
         Response::Deleted => mc::DELETED,
         Response::Touched => mc::TOUCHED,
         Response::Ok => mc::OK,
-        Response::Counter { value, .. } => {
+        Response::Counter { value, .. } | Response::MetaCounter { value, .. } => {
             if !r.noreply {
                 push_u64(out, value);
                 out.extend_from_slice(b"\r\n");
@@ -96,6 +98,18 @@ fn encode_text(r: TextReply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
     if !r.noreply {
         out.extend_from_slice(line);
     }
+}
+
+/// Encodes a response that echoes no key and is never silenced, as the
+/// text dialect does: the meta encoder's answer to error responses and to
+/// responses no meta command produces.
+pub(super) fn encode_plain(resp: Response<'_>, out: &mut Vec<u8>) {
+    let r = TextReply {
+        key: b"",
+        with_cas: false,
+        noreply: false,
+    };
+    encode_text(r, resp, out);
 }
 
 impl McHandler {
@@ -252,6 +266,11 @@ impl McHandler {
 
 impl Handler for McHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
+        // Meta commands arrive mixed with text commands (see
+        // `meta::is_meta` for how a line is told apart).
+        if meta::is_meta(buf) {
+            return super::meta::step(&self.ctx, buf, out);
+        }
         let limits = mc::Limits {
             max_value_bytes: self.ctx.max_value_bytes,
             keys: self.ctx.keys,

@@ -12,6 +12,7 @@
 //! carries the reply and how the connection resynchronizes.
 
 pub mod memcached;
+pub mod meta;
 pub mod seed;
 
 use std::fmt;
