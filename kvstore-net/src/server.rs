@@ -22,7 +22,8 @@ use kvstore_core::Store;
 
 use crate::connection::{self, End, Handler};
 use crate::error::{Error, Result};
-use crate::handler::{Context, McHandler, SeedHandler, Stats};
+use crate::exec::{Executor, Stats};
+use crate::handler::{Context, McPortHandler, SeedHandler};
 use crate::protocol::{memcached, seed, KeyPolicy};
 
 /// Stack size of a connection thread: parsing works on heap buffers, so a
@@ -80,6 +81,23 @@ pub struct ServerConfig {
     pub max_value_bytes: usize,
     /// Close connections idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Which protocols the memcached port speaks (default: both, told
+    /// apart by each connection's first byte).
+    pub memcached_protocol: MemcachedProtocol,
+}
+
+/// Which of memcached's protocols the memcached port speaks (memcached's
+/// `-B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemcachedProtocol {
+    /// Both: a connection whose first byte is `0x80` speaks the binary
+    /// protocol, any other the text protocol.
+    #[default]
+    Auto,
+    /// The text protocol only (binary bytes get text errors).
+    Ascii,
+    /// The binary protocol only.
+    Binary,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +109,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_value_bytes: 1 << 20,
             idle_timeout: None,
+            memcached_protocol: MemcachedProtocol::Auto,
         }
     }
 }
@@ -142,6 +161,7 @@ struct Shared {
     config: ServerConfig,
     keys: KeyPolicy,
     stats: Arc<Stats>,
+    exec: Arc<Executor>,
     stopping: AtomicBool,
     /// Set once shutdown is triggered; `wait` blocks on it.
     triggered: Mutex<bool>,
@@ -249,6 +269,11 @@ impl Server {
             );
             config.max_value_bytes = MAX_VALUE_BYTES_LIMIT;
         }
+        if config.memcached_protocol == MemcachedProtocol::Binary && !crate::handler::HAS_BINARY {
+            return Err(Error::InvalidRequest(
+                "this build has no binary memcached protocol".into(),
+            ));
+        }
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);
             bind_listener(addr).map_err(|source| Error::Bind {
@@ -267,9 +292,12 @@ impl Server {
         let seed_addr = seed_listener.as_ref().map(local).transpose()?;
         let memcached_addr = mc_listener.as_ref().map(local).transpose()?;
 
+        let stats = Arc::new(Stats::new(config.max_connections));
+        let exec = Arc::new(Executor::new(Arc::clone(&store), Arc::clone(&stats)));
         let shared = Arc::new(Shared {
             store,
-            stats: Arc::new(Stats::new(config.max_connections)),
+            stats,
+            exec,
             config,
             keys,
             stopping: AtomicBool::new(false),
@@ -401,8 +429,7 @@ fn refuse(mut stream: TcpStream, dialect: Dialect) {
 fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: ConnGuard) {
     let shared = &guard.shared;
     let ctx = Context {
-        store: Arc::clone(&shared.store),
-        stats: Arc::clone(&shared.stats),
+        exec: Arc::clone(&shared.exec),
         max_value_bytes: shared.config.max_value_bytes,
         keys: shared.keys,
     };
@@ -414,7 +441,7 @@ fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: 
             &mut seed_handler
         }
         Dialect::Memcached => {
-            mc_handler = McHandler { ctx };
+            mc_handler = McPortHandler::new(ctx, shared.config.memcached_protocol);
             &mut mc_handler
         }
     };

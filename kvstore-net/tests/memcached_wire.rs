@@ -88,10 +88,10 @@ fn counters_touch_flush_version_verbosity() {
     s.write_all(b"version\r\n").unwrap();
     let v = line(&mut s);
     let v = v.strip_prefix("VERSION ").unwrap().trim_end();
-    assert!(
-        !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'),
-        "version {v:?} is not digits and dots"
-    );
+    // `<major>.<minor>.<micro>`, major >= 1: libmemcached refuses a major
+    // version 0 and stops at once.
+    let parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap()).collect();
+    assert!(parts.len() == 3 && parts[0] >= 1, "version {v:?}");
     round_trip(&mut s, b"flush_all\r\n", b"OK\r\n");
     round_trip(&mut s, b"get t n\r\n", b"END\r\n");
     srv.handle.shutdown().unwrap();
@@ -105,13 +105,15 @@ fn noreply_sends_nothing_but_errors() {
     s.write_all(
         b"set a 0 0 1 noreply\r\n1\r\nadd a 0 0 1 noreply\r\n2\r\nincr a 1 noreply\r\n\
           touch a 0 noreply\r\ndelete zz noreply\r\nverbosity 0 noreply\r\nflush_all 0 noreply\r\n\
-          set b 0 0 1 noreply\r\nx\r\nincr b 1 noreply\r\nget a b\r\n",
+          set b 0 0 1 noreply\r\nx\r\nincr b 1 noreply\r\ndelete k 10 noreply\r\n\
+          incr b x noreply\r\ntouch b x noreply\r\nset c 0 0 1 noreply\r\nabc\r\n\
+          set d 0 x 1 noreply\r\nget a b\r\n",
     )
     .unwrap();
-    expect(
-        &mut s,
-        b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\nVALUE b 0 1\r\nx\r\nEND\r\n",
-    );
+    // As memcached 1.6: `noreply` silences the client errors too (a
+    // non-numeric counter, a bad delta or exptime, a bad data chunk, a
+    // malformed line), so no later reply shifts by one.
+    expect(&mut s, b"VALUE b 0 1\r\nx\r\nEND\r\n");
     srv.handle.shutdown().unwrap();
 }
 
@@ -125,8 +127,9 @@ fn errors_keep_the_connection_usable() {
         (b"bogus\r\n", b"ERROR\r\n"),
         (b"get\r\n", b"ERROR\r\n"),
         (b"stats noreply\r\n", b"ERROR\r\n"),
+        (b"set k 0 0\r\n", b"ERROR\r\n"),
         (
-            b"set k 0 0\r\n",
+            b"set k 0 0 4294967295\r\n",
             b"CLIENT_ERROR bad command line format\r\n",
         ),
         (
@@ -141,7 +144,19 @@ fn errors_keep_the_connection_usable() {
             b"set k 0 0 99999999999999999999999\r\n",
             b"CLIENT_ERROR bad command line format\r\n",
         ),
-        (b"delete\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+        (b"delete\r\n", b"ERROR\r\n"),
+        (
+            b"delete k 10\r\n",
+            b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        ),
+        (
+            b"touch k x\r\n",
+            b"CLIENT_ERROR invalid exptime argument\r\n",
+        ),
+        (
+            b"verbosity x\r\n",
+            b"CLIENT_ERROR bad command line format\r\n",
+        ),
         (
             b"get bad\x01\r\n",
             b"CLIENT_ERROR bad command line format\r\n",
@@ -154,10 +169,7 @@ fn errors_keep_the_connection_usable() {
             b"set k 0 0 3\r\nhello\r\n",
             b"CLIENT_ERROR bad data chunk\r\n",
         ),
-        (
-            b"set k 0 0 3 noreply\r\nhello\r\n",
-            b"CLIENT_ERROR bad data chunk\r\n",
-        ),
+        (b"set k 0 0 3 noreply\r\nhello\r\n", b""),
         (
             b"set big 0 0 2000000\r\n",
             b"SERVER_ERROR object too large for cache\r\n",
@@ -367,4 +379,70 @@ fn key_policy_strict_by_default_lenient_on_request() {
     );
     drop(s);
     handle.shutdown().unwrap();
+}
+
+#[test]
+fn refused_set_removes_the_old_value_in_the_memcached_dialect_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config();
+    cfg.max_value_bytes = 100;
+    let srv = common::start_with(tmp.path(), cfg);
+    let mut s = raw(srv.mc);
+    round_trip(&mut s, b"set k 0 0 3\r\nold\r\n", b"STORED\r\n");
+    round_trip(&mut s, b"set a 0 0 3\r\nold\r\n", b"STORED\r\n");
+    let big = [b"set k 0 0 101\r\n".as_slice(), &[b'x'; 101], b"\r\n"].concat();
+    round_trip(&mut s, &big, b"SERVER_ERROR object too large for cache\r\n");
+    // An append over the limit leaves the value alone, as memcached does.
+    let big = [b"append a 0 0 101\r\n".as_slice(), &[b'x'; 101], b"\r\n"].concat();
+    round_trip(&mut s, &big, b"SERVER_ERROR object too large for cache\r\n");
+    round_trip(&mut s, b"get k a\r\n", b"VALUE a 0 3\r\nold\r\nEND\r\n");
+    // With noreply the refusal is silent, and the old value still goes.
+    round_trip(&mut s, b"set a 0 0 3\r\nold\r\n", b"STORED\r\n");
+    let big = [
+        b"set a 0 0 101 noreply\r\n".as_slice(),
+        &[b'x'; 101],
+        b"\r\n",
+    ]
+    .concat();
+    s.write_all(&big).unwrap();
+    round_trip(&mut s, b"get a\r\n", b"END\r\n");
+    s.write_all(b"stats\r\n").unwrap();
+    let mut too_large = None;
+    loop {
+        let l = line(&mut s);
+        if l == "END\r\n" {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("STAT store_too_large ") {
+            too_large = Some(v.trim_end().to_string());
+        }
+    }
+    assert_eq!(too_large.as_deref(), Some("3"));
+
+    // The seed dialect keeps the old value.
+    let mut s = raw(srv.seed);
+    round_trip(&mut s, b"set k 3\r\nold\r\n", b"STORED\r\n");
+    let big = [b"set k 101\r\n".as_slice(), &[b'x'; 101], b"\r\n"].concat();
+    round_trip(&mut s, &big, b"NOT-STORED\r\n");
+    round_trip(&mut s, b"get k\r\n", b"VALUE k 3\r\nold\r\nEND\r\n");
+    srv.handle.shutdown().unwrap();
+}
+
+#[test]
+fn lengths_memcached_refuses_do_not_swallow_what_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(tmp.path());
+    let mut s = raw(srv.mc);
+    // Past i32::MAX - 2: a malformed line, and the next bytes are
+    // commands (before, they were swallowed as the announced block and the
+    // connection hung).
+    for len in ["4294967295", "2147483646", "-1", "18446744073709551615"] {
+        let req = format!("set k 0 0 {len}\r\nset k 0 0 1\r\nv\r\n");
+        round_trip(
+            &mut s,
+            req.as_bytes(),
+            b"CLIENT_ERROR bad command line format\r\nSTORED\r\n",
+        );
+    }
+    srv.handle.shutdown().unwrap();
 }

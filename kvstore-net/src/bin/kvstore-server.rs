@@ -16,7 +16,17 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kvstore_core::{Durability, Options, Store};
 use kvstore_net::protocol::KeyPolicy;
-use kvstore_net::{Server, ServerConfig};
+use kvstore_net::{MemcachedProtocol, Server, ServerConfig};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    /// Both, told apart by each connection's first byte (0x80: binary).
+    Auto,
+    /// The text protocol only.
+    Ascii,
+    /// The binary protocol only.
+    Binary,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DurabilityArg {
@@ -48,6 +58,10 @@ struct Args {
     /// Port of the memcached dialect (0: the OS picks one; off unless given).
     #[arg(long, value_name = "N")]
     memcached_port: Option<u16>,
+
+    /// Which memcached protocols the memcached port speaks (memcached's -B).
+    #[arg(long, value_enum, default_value = "auto")]
+    memcached_protocol: ProtocolArg,
 
     /// What an acknowledged write survives: never (process crash only),
     /// periodic (at most --sync-interval-ms lost on power failure), always.
@@ -129,6 +143,11 @@ fn run(args: Args) -> Result<(), String> {
         max_connections: args.max_connections,
         max_value_bytes: args.max_value_bytes,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        memcached_protocol: match args.memcached_protocol {
+            ProtocolArg::Auto => MemcachedProtocol::Auto,
+            ProtocolArg::Ascii => MemcachedProtocol::Ascii,
+            ProtocolArg::Binary => MemcachedProtocol::Binary,
+        },
     };
     let keys = if args.lenient_keys {
         KeyPolicy::MemcachedCompatible

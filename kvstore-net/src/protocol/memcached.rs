@@ -39,8 +39,18 @@ pub const BAD_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
 pub const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
 /// A value over the server's limit (its block is skipped).
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
-/// A connection over `max_connections`.
-pub const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many connections\r\n";
+/// A connection over `max_connections` (memcached's own line).
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
+/// An `exptime` (of `touch`, `gat`, `gats`) or a `flush_all` delay that is
+/// not a decimal number.
+pub const INVALID_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
+/// A `delete` with arguments memcached does not accept.
+pub const DELETE_USAGE: &[u8] =
+    b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+/// The largest data block length a storage command may announce; larger
+/// (or negative) lengths are a malformed line, as in memcached, whose
+/// lengths are 32-bit signed numbers with room for the `\r\n`.
+pub const MAX_ANNOUNCED_BYTES: u64 = i32::MAX as u64 - 2;
 
 /// Largest relative `exptime`: 30 days; larger values are Unix times.
 pub const MAX_RELATIVE_EXPTIME: i64 = 60 * 60 * 24 * 30;
@@ -132,6 +142,19 @@ pub enum Request<'a> {
         /// The keys.
         keys: Keys<'a>,
     },
+    /// A storage command whose announced value is over the limit: the
+    /// line was read, the `data_bytes` after it (block and `\r\n`) are to
+    /// be skipped as they arrive, never buffered.
+    TooLarge {
+        /// Which command.
+        mode: StoreMode,
+        /// The key.
+        key: &'a [u8],
+        /// Bytes to skip after the line.
+        data_bytes: u64,
+        /// Send no reply.
+        noreply: bool,
+    },
     /// `delete <key>`.
     Delete {
         /// The key.
@@ -172,6 +195,8 @@ pub enum Request<'a> {
     Version,
     /// `verbosity <n>`.
     Verbosity {
+        /// The level.
+        level: u64,
         /// Send no reply.
         noreply: bool,
     },
@@ -276,8 +301,27 @@ impl Request<'_> {
             }
             Request::Stats => out.extend_from_slice(b"stats\r\n"),
             Request::Version => out.extend_from_slice(b"version\r\n"),
-            Request::Verbosity { noreply } => {
-                out.extend_from_slice(b"verbosity 0");
+            Request::TooLarge {
+                mode,
+                key,
+                data_bytes,
+                noreply,
+            } => {
+                // The line only: the data block was never held.
+                out.extend_from_slice(mode.name());
+                out.push(b' ');
+                out.extend_from_slice(key);
+                out.extend_from_slice(b" 0 0 ");
+                push_u64(out, data_bytes.saturating_sub(2));
+                if let StoreMode::Cas(cas) = mode {
+                    out.push(b' ');
+                    push_u64(out, *cas);
+                }
+                noreply_crlf(out, *noreply);
+            }
+            Request::Verbosity { level, noreply } => {
+                out.extend_from_slice(b"verbosity ");
+                push_u64(out, *level);
                 noreply_crlf(out, *noreply);
             }
             Request::Quit => out.extend_from_slice(b"quit\r\n"),
@@ -302,22 +346,17 @@ const fn reject(reply: &'static [u8], discard: usize) -> Parsed<Request<'static>
     })
 }
 
-/// Splits a trailing `noreply` off the tokens.
-fn strip_noreply<'t, 'a>(toks: &'t [&'a [u8]]) -> (&'t [&'a [u8]], bool) {
-    match toks.split_last() {
-        Some((&last, rest)) if last == b"noreply" => (rest, true),
-        _ => (toks, false),
-    }
-}
-
 /// Parses the first request in `buf`.
 ///
-/// Unknown commands get [`ERROR`], malformed lines [`BAD_FORMAT`] (the
-/// line is skipped; a storage command whose numbers parsed also skips its
-/// data block), a block without `\r\n` after it [`BAD_CHUNK`], a value over
-/// the limit [`TOO_LARGE`] (its block is skipped as it arrives). A line
-/// over the cap closes the connection after [`LINE_TOO_LONG`]; a line that
-/// looks like HTTP closes it at once.
+/// Unknown commands, and known ones with a token count memcached does not
+/// accept, get [`ERROR`]; malformed arguments get [`BAD_FORMAT`],
+/// [`BAD_DELTA`], [`INVALID_EXPTIME`] or [`DELETE_USAGE`], silenced by
+/// `noreply` as memcached does (the line is skipped; a storage command
+/// whose numbers parsed also skips its data block); a block without `\r\n`
+/// after it gets [`BAD_CHUNK`]. A value over the limit is
+/// [`Request::TooLarge`], for the server to answer (its block is skipped as
+/// it arrives). A line over the cap closes the connection after
+/// [`LINE_TOO_LONG`]; a line that looks like HTTP closes it at once.
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
     let (line, n) = match split_line(buf) {
         Line::Complete(line, used) => (line, used),
@@ -336,22 +375,23 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
         });
     }
     let Some((toks, count)) = tokens::<8>(line) else {
-        // Only the retrieval commands take more than eight tokens.
+        // Only the retrieval commands take more than eight tokens; memcached
+        // answers `ERROR` to any other command with that many.
         return match line.trim_ascii_start().split(|&b| b == b' ').next() {
             Some(b"get") => parse_get(line, n, false, None, limits.keys),
             Some(b"gets") => parse_get(line, n, true, None, limits.keys),
             Some(b"gat") => parse_gat(line, n, false, limits.keys),
             Some(b"gats") => parse_gat(line, n, true, limits.keys),
-            Some(
-                b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" | b"delete"
-                | b"incr" | b"decr" | b"touch" | b"flush_all" | b"verbosity",
-            ) => reject(BAD_FORMAT, n),
             _ => reject(ERROR, n),
         };
     };
     let toks = &toks[..count];
     let Some((&cmd, args)) = toks.split_first() else {
         return reject(ERROR, n);
+    };
+    let request = |request| Parsed::Request {
+        request,
+        consumed: n,
     };
     match cmd {
         b"get" => parse_get(line, n, false, None, limits.keys),
@@ -365,102 +405,103 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
         b"prepend" => parse_store(buf, n, StoreMode::Prepend, args, limits),
         b"cas" => parse_store(buf, n, StoreMode::Cas(0), args, limits),
         b"delete" => {
-            let (args, noreply) = strip_noreply(args);
+            if args.is_empty() || args.len() > 3 {
+                return reject(ERROR, n);
+            }
+            let noreply = args.last() == Some(&&b"noreply"[..]);
             match args {
                 // `delete <key> 0` is an old form memcached still accepts.
-                [key] | [key, b"0"] if validate_key_with(key, limits.keys).is_ok() => {
-                    Parsed::Request {
-                        request: Request::Delete { key, noreply },
-                        consumed: n,
-                    }
+                [key] | [key, b"0"] | [key, b"noreply"] | [key, b"0", b"noreply"]
+                    if validate_key_with(key, limits.keys).is_ok() =>
+                {
+                    request(Request::Delete { key, noreply })
                 }
-                _ => reject(BAD_FORMAT, n),
+                [key, ..] if validate_key_with(key, limits.keys).is_err() => {
+                    reject_unless(noreply, BAD_FORMAT, n)
+                }
+                _ => reject_unless(noreply, DELETE_USAGE, n),
             }
         }
         b"incr" | b"decr" => {
-            let (args, noreply) = strip_noreply(args);
-            match args {
-                [key, delta] if validate_key_with(key, limits.keys).is_ok() => {
-                    match parse_u64(delta) {
-                        Some(delta) => Parsed::Request {
-                            request: Request::Counter {
-                                incr: cmd == b"incr",
-                                key,
-                                delta,
-                                noreply,
-                            },
-                            consumed: n,
-                        },
-                        None => reject(BAD_DELTA, n),
-                    }
-                }
-                _ => reject(BAD_FORMAT, n),
+            let (args, noreply) = match args.len() {
+                2 => (args, false),
+                3 => (&args[..2], args[2] == b"noreply"),
+                _ => return reject(ERROR, n),
+            };
+            let (key, delta) = (args[0], args[1]);
+            if validate_key_with(key, limits.keys).is_err() {
+                return reject_unless(noreply, BAD_FORMAT, n);
+            }
+            match parse_u64(delta) {
+                Some(delta) => request(Request::Counter {
+                    incr: cmd == b"incr",
+                    key,
+                    delta,
+                    noreply,
+                }),
+                None => reject_unless(noreply, BAD_DELTA, n),
             }
         }
         b"touch" => {
-            let (args, noreply) = strip_noreply(args);
-            match args {
-                [key, exptime] if validate_key_with(key, limits.keys).is_ok() => {
-                    match parse_i64(exptime) {
-                        Some(exptime) => Parsed::Request {
-                            request: Request::Touch {
-                                key,
-                                exptime,
-                                noreply,
-                            },
-                            consumed: n,
-                        },
-                        None => reject(BAD_FORMAT, n),
-                    }
-                }
-                _ => reject(BAD_FORMAT, n),
+            let (args, noreply) = match args.len() {
+                2 => (args, false),
+                3 => (&args[..2], args[2] == b"noreply"),
+                _ => return reject(ERROR, n),
+            };
+            let (key, exptime) = (args[0], args[1]);
+            if validate_key_with(key, limits.keys).is_err() {
+                return reject_unless(noreply, BAD_FORMAT, n);
+            }
+            match parse_i64(exptime) {
+                Some(exptime) => request(Request::Touch {
+                    key,
+                    exptime,
+                    noreply,
+                }),
+                None => reject_unless(noreply, INVALID_EXPTIME, n),
             }
         }
         b"flush_all" => {
-            let (args, noreply) = strip_noreply(args);
-            let delay = match args {
-                [] => Some(0),
-                [delay] => parse_i64(delay),
-                _ => None,
+            if args.len() > 2 {
+                return reject(ERROR, n);
+            }
+            let noreply = args.last() == Some(&&b"noreply"[..]);
+            // memcached reads the delay from the first argument unless it
+            // is the `noreply`, and ignores a second one.
+            let delay = match args.first() {
+                None => Some(0),
+                Some(&b"noreply") => Some(0),
+                Some(delay) => parse_i64(delay),
             };
             match delay {
-                Some(delay) => Parsed::Request {
-                    request: Request::FlushAll { delay, noreply },
-                    consumed: n,
-                },
-                None => reject(BAD_FORMAT, n),
+                Some(delay) => request(Request::FlushAll { delay, noreply }),
+                None => reject_unless(noreply, INVALID_EXPTIME, n),
             }
         }
-        b"stats" if args.is_empty() => Parsed::Request {
-            request: Request::Stats,
-            consumed: n,
-        },
-        b"version" if args.is_empty() => Parsed::Request {
-            request: Request::Version,
-            consumed: n,
-        },
-        b"quit" if args.is_empty() => Parsed::Request {
-            request: Request::Quit,
-            consumed: n,
-        },
+        b"stats" if args.is_empty() => request(Request::Stats),
+        b"version" if args.is_empty() => request(Request::Version),
+        b"quit" if args.is_empty() => request(Request::Quit),
         b"verbosity" => {
-            let (args, noreply) = strip_noreply(args);
-            match args {
-                [level] if parse_u64(level).is_some() => Parsed::Request {
-                    request: Request::Verbosity { noreply },
-                    consumed: n,
-                },
-                // memcached's `ERROR` for a bad level is silenced by
+            let (level, noreply) = match args {
+                [level] => (*level, *level == b"noreply"),
+                [level, last] => (*level, *last == b"noreply"),
+                _ => return reject(ERROR, n),
+            };
+            match parse_u64(level) {
+                Some(level) => request(Request::Verbosity { level, noreply }),
+                // memcached's error for a bad level is silenced by
                 // `noreply`, and clients (memcapable) rely on that.
-                [] | [_] if noreply => Parsed::Request {
-                    request: Request::Verbosity { noreply },
-                    consumed: n,
-                },
-                _ => reject(ERROR, n),
+                None => reject_unless(noreply, BAD_FORMAT, n),
             }
         }
         _ => reject(ERROR, n),
     }
+}
+
+/// The error reply of a malformed line, or none when it said `noreply`
+/// (memcached silences the errors of the commands that take `noreply`).
+fn reject_unless(noreply: bool, reply: &'static [u8], line_len: usize) -> Parsed<Request<'static>> {
+    reject(if noreply { b"" } else { reply }, line_len)
 }
 
 fn parse_store<'a>(
@@ -470,44 +511,53 @@ fn parse_store<'a>(
     args: &[&'a [u8]],
     limits: &Limits,
 ) -> Parsed<Request<'a>> {
-    let (args, noreply) = strip_noreply(args);
-    let (key, flags, exptime, size, cas) = match (mode, args) {
-        (StoreMode::Cas(_), [key, flags, exptime, size, cas]) => {
-            (*key, *flags, *exptime, *size, Some(*cas))
-        }
-        (StoreMode::Cas(_), _) => return reject(BAD_FORMAT, line_len),
-        (_, [key, flags, exptime, size]) => (*key, *flags, *exptime, *size, None),
-        _ => return reject(BAD_FORMAT, line_len),
+    // memcached takes the arguments it needs plus one more token, which is
+    // `noreply` or ignored (its proxy sends `noreplY`, for example); a
+    // different count is not a storage command at all.
+    let needed = if matches!(mode, StoreMode::Cas(_)) {
+        5
+    } else {
+        4
     };
+    let noreply = match args.len() {
+        len if len == needed => false,
+        len if len == needed + 1 => args[needed] == b"noreply",
+        _ => return reject(ERROR, line_len),
+    };
+    let (key, flags, exptime, size) = (args[0], args[1], args[2], args[3]);
     let flags = parse_u64(flags).and_then(|f| u32::try_from(f).ok());
     let exptime = parse_i64(exptime);
-    let size = parse_u64(size);
-    let cas = match cas {
-        Some(tok) => parse_u64(tok).map(Some),
-        None => Some(None),
+    let size = parse_u64(size).filter(|&s| s <= MAX_ANNOUNCED_BYTES);
+    let cas = match mode {
+        StoreMode::Cas(_) => parse_u64(args[4]).map(StoreMode::Cas),
+        mode => Some(mode),
     };
-    let (Some(flags), Some(exptime), Some(size), Some(cas)) = (flags, exptime, size, cas) else {
-        return reject(BAD_FORMAT, line_len);
+    let (Some(flags), Some(exptime), Some(size), Some(mode)) = (flags, exptime, size, cas) else {
+        // Nothing after the line is skipped: with a length that did not
+        // parse, the data block's end is unknown (memcached reads the
+        // following bytes as commands too).
+        return reject_unless(noreply, BAD_FORMAT, line_len);
     };
     let block_end = (line_len as u64).saturating_add(size).saturating_add(2);
     if validate_key_with(key, limits.keys).is_err() {
         return Parsed::Reject(Reject {
-            reply: BAD_FORMAT,
+            reply: if noreply { b"" } else { BAD_FORMAT },
             recovery: Recovery::Discard(block_end),
         });
     }
     if size > limits.max_value_bytes as u64 {
-        return Parsed::Reject(Reject {
-            reply: TOO_LARGE,
-            recovery: Recovery::Discard(block_end),
-        });
+        return Parsed::Request {
+            request: Request::TooLarge {
+                mode,
+                key,
+                data_bytes: size + 2,
+                noreply,
+            },
+            consumed: line_len,
+        };
     }
     let size = size as usize;
-    let mode = match (mode, cas) {
-        (StoreMode::Cas(_), Some(cas)) => StoreMode::Cas(cas),
-        (mode, _) => mode,
-    };
-    match data_block(buf, line_len, size, BAD_CHUNK) {
+    match data_block(buf, line_len, size, if noreply { b"" } else { BAD_CHUNK }) {
         Ok(consumed) => Parsed::Request {
             request: Request::Store {
                 mode,
@@ -542,7 +592,8 @@ fn parse_get(
         }
         count += 1;
     }
-    if count == 0 {
+    // `gat <exptime>` without keys is answered `END`, as memcached does.
+    if count == 0 && exptime.is_none() {
         return reject(ERROR, line_len);
     }
     let request = match exptime {
@@ -569,7 +620,7 @@ fn parse_gat(
     toks.next();
     match toks.next().map(parse_i64) {
         Some(Some(exptime)) => parse_get(line, line_len, with_cas, Some(exptime), policy),
-        Some(None) => reject(BAD_FORMAT, line_len),
+        Some(None) => reject(INVALID_EXPTIME, line_len),
         None => reject(ERROR, line_len),
     }
 }
@@ -880,17 +931,23 @@ mod tests {
         assert_eq!(req(b"quit\r\n").0, Request::Quit);
         assert_eq!(
             req(b"verbosity 1\r\n").0,
-            Request::Verbosity { noreply: false }
+            Request::Verbosity {
+                level: 1,
+                noreply: false
+            }
         );
         assert_eq!(
             req(b"verbosity 0 noreply\r\n").0,
-            Request::Verbosity { noreply: true }
+            Request::Verbosity {
+                level: 0,
+                noreply: true
+            }
         );
-        // memcached sends nothing here (its ERROR is silenced by noreply),
+        // memcached sends nothing here (its error is silenced by noreply),
         // and memcapable relies on it.
         assert_eq!(
-            req(b"verbosity noreply\r\n").0,
-            Request::Verbosity { noreply: true }
+            reply_of(b"verbosity noreply\r\n"),
+            (&b""[..], Recovery::Discard(19))
         );
     }
 
@@ -920,39 +977,56 @@ mod tests {
 
     #[test]
     fn malformed_lines() {
+        // Each reply as memcached 1.6.18 gives it for the same bytes.
         let cases: &[(&[u8], &[u8])] = &[
             (b"bogus\r\n", ERROR),
             (b"\r\n", ERROR),
             (b"SET k 0 0 1\r\n", ERROR),
-            (b"set k 0 0\r\n", BAD_FORMAT),
-            (b"set k 0 0 1 2\r\n", BAD_FORMAT),
+            (b"set k 0 0\r\n", ERROR),
+            (b"set k 0 0 1 2 3\r\n", ERROR),
             (b"set k x 0 1\r\n", BAD_FORMAT),
             (b"set k -1 0 1\r\n", BAD_FORMAT),
             (b"set k 4294967296 0 1\r\n", BAD_FORMAT),
             (b"set k 0 x 1\r\n", BAD_FORMAT),
             (b"set k 0 0 -1\r\n", BAD_FORMAT),
+            (b"set k 0 0 4294967295\r\n", BAD_FORMAT),
+            (b"set k 0 0 2147483646\r\n", BAD_FORMAT),
             (b"set k 0 0 99999999999999999999999\r\n", BAD_FORMAT),
-            (b"cas k 0 0 1\r\n", BAD_FORMAT),
+            (b"set k 0 x 1 noreply\r\n", b""),
+            (b"cas k 0 0 1\r\n", ERROR),
+            (b"cas k 0 0 1 \r\n", ERROR),
             (b"cas k 0 0 1 x\r\n", BAD_FORMAT),
-            (b"set a b c d e f g h i\r\n", BAD_FORMAT),
+            (b"set a b c d e f g h i\r\n", ERROR),
             (b"incr k x\r\n", BAD_DELTA),
             (b"incr k -1\r\n", BAD_DELTA),
-            (b"incr k\r\n", BAD_FORMAT),
-            (b"touch k\r\n", BAD_FORMAT),
-            (b"touch k x\r\n", BAD_FORMAT),
-            (b"flush_all x\r\n", BAD_FORMAT),
-            (b"flush_all 1 2\r\n", BAD_FORMAT),
+            (b"incr k x noreply\r\n", b""),
+            (b"incr k\r\n", ERROR),
+            (b"incr k 1 2 3\r\n", ERROR),
+            (b"delete\r\n", ERROR),
+            (b"delete k 10\r\n", DELETE_USAGE),
+            (b"delete k noreplY\r\n", DELETE_USAGE),
+            (b"delete k 10 noreply\r\n", b""),
+            (b"delete k x noreply\r\n", b""),
+            (b"touch k\r\n", ERROR),
+            (b"touch k x\r\n", INVALID_EXPTIME),
+            (b"touch k x noreply\r\n", b""),
+            (b"flush_all x\r\n", INVALID_EXPTIME),
+            (b"flush_all x noreply\r\n", b""),
+            (b"flush_all 1 2 3\r\n", ERROR),
+            (b"verbosity\r\n", ERROR),
+            (b"verbosity x\r\n", BAD_FORMAT),
+            (b"verbosity 1 2 noreply\r\n", ERROR),
             (b"get a\x01\r\n", BAD_FORMAT),
-            (b"gat x a\r\n", BAD_FORMAT),
+            (b"gat x a\r\n", INVALID_EXPTIME),
             (b"gat\r\n", ERROR),
-            (b"gat 10\r\n", ERROR),
-            (b"stats items\r\n", ERROR),
+            (b"stats items x\r\n", ERROR),
         ];
         for (line, reply) in cases {
             assert_eq!(
                 reply_of(line),
                 (*reply, Recovery::Discard(line.len() as u64)),
-                "{line:?}"
+                "{}",
+                String::from_utf8_lossy(line)
             );
         }
         let long_key = [b"get ".as_slice(), &[b'k'; 251], b"\r\n"].concat();
@@ -988,13 +1062,72 @@ mod tests {
 
     #[test]
     fn oversized_values_are_skipped_not_buffered() {
-        let buf = b"set k 0 0 1000000000000 noreply\r\n";
+        let buf = b"set k 0 0 2000000 noreply\r\n";
         assert_eq!(
-            reply_of(buf),
+            req(buf),
             (
-                TOO_LARGE,
-                Recovery::Discard(buf.len() as u64 + 1_000_000_000_002)
+                Request::TooLarge {
+                    mode: StoreMode::Set,
+                    key: b"k",
+                    data_bytes: 2_000_002,
+                    noreply: true
+                },
+                buf.len()
             )
+        );
+        let (r, _) = req(b"cas k 0 0 2147483645 7\r\n");
+        assert!(matches!(
+            r,
+            Request::TooLarge {
+                mode: StoreMode::Cas(7),
+                data_bytes: 2147483647,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tolerated_tokens() {
+        // memcached ignores one token after a storage command's arguments
+        // (its proxy rewrites `noreply` as `noreplY`), and the old
+        // `delete <key> 0`.
+        for line in [
+            &b"set k 0 0 1 noreplY\r\na\r\n"[..],
+            b"set k 0 0 1 P\r\na\r\n",
+            b"cas k 0 0 1 5 foo\r\na\r\n",
+        ] {
+            let (r, n) = req(line);
+            assert_eq!(n, line.len());
+            assert!(matches!(r, Request::Store { noreply: false, .. }), "{r:?}");
+        }
+        for (line, noreply) in [
+            (&b"incr k 1 noreplY\r\n"[..], false),
+            (b"touch k 1 noreplY\r\n", false),
+            (b"flush_all 0 noreplY\r\n", false),
+            (b"flush_all 1 2\r\n", false),
+            (b"verbosity 1 noreplY\r\n", false),
+            (b"delete k 0 noreply\r\n", true),
+            (b"delete k noreply\r\n", true),
+        ] {
+            let (r, _) = req(line);
+            let got = matches!(
+                r,
+                Request::Counter { noreply: true, .. }
+                    | Request::Touch { noreply: true, .. }
+                    | Request::FlushAll { noreply: true, .. }
+                    | Request::Verbosity { noreply: true, .. }
+                    | Request::Delete { noreply: true, .. }
+            );
+            assert_eq!(got, noreply, "{r:?}");
+        }
+        // `gat <exptime>` with no key is an empty reply, not an error.
+        assert_eq!(
+            req(b"gat 10\r\n").0,
+            Request::GetAndTouch {
+                with_cas: false,
+                exptime: 10,
+                keys: Keys::from_raw(b"")
+            }
         );
     }
 
@@ -1193,8 +1326,16 @@ mod tests {
             .encode(out),
             Owned::Simple(0) => Request::Stats.encode(out),
             Owned::Simple(1) => Request::Version.encode(out),
-            Owned::Simple(2) => Request::Verbosity { noreply: false }.encode(out),
-            Owned::Simple(_) => Request::Verbosity { noreply: true }.encode(out),
+            Owned::Simple(2) => Request::Verbosity {
+                level: 1,
+                noreply: false,
+            }
+            .encode(out),
+            Owned::Simple(_) => Request::Verbosity {
+                level: 0,
+                noreply: true,
+            }
+            .encode(out),
         }
     }
 

@@ -1,0 +1,704 @@
+//! The executor: one place where every dialect's requests meet the store.
+//!
+//! A request goes through four steps, and only the first and the last
+//! belong to a dialect:
+//!
+//! ```text
+//! bytes --parse--> dialect request --map--> Command --execute--> Response --encode--> bytes
+//!        (protocol::<dialect>)       (handler)         (Executor)           (handler)
+//! ```
+//!
+//! - **parse** is a pure function over the buffered bytes
+//!   (`protocol::seed`, `protocol::memcached`, and so on): a request, "need
+//!   more", or a rejection with its reply.
+//! - **map** turns one request into one or more [`Command`]s (a text `get`
+//!   of ten keys is ten [`Command::Get`]s); what only the dialect needs to
+//!   answer (`noreply`, whether to print the cas, an opaque) stays in the
+//!   handler and never reaches the executor.
+//! - **execute** ([`Executor::execute`]) runs the command against the
+//!   store and hands a typed [`Response`] to a sink. A hit borrows the
+//!   cached value ([`ItemRef`]), so a `get` is encoded straight from the
+//!   cache into the output buffer, with no copy.
+//! - **encode** appends the dialect's bytes for that response.
+//!
+//! Statistics are derived here, once, from the command and its response
+//! ([`Stats::record`]): no handler counts anything by hand, so every
+//! dialect's traffic shows up in `stats` the same way.
+//!
+//! ## Adding a dialect
+//!
+//! 1. Write the parser in `protocol/<dialect>.rs` (pure, no sockets; the
+//!    same properties and fuzz target as the others).
+//! 2. Write a `connection::Handler` whose `step` parses one request, maps
+//!    it to [`Command`]s, calls [`Executor::execute`] for each, and encodes
+//!    each [`Response`] into the output buffer. Commands with no effect on
+//!    the store (quit, noop, a dialect's own framing) stay in the handler.
+//! 3. Route connections to it in `server.rs` (a listener of its own, or the
+//!    first-byte sniffing of the memcached port, `server::MemcachedProtocol`).
+//!
+//! ## Atomicity
+//!
+//! The core has atomic primitives for set, add, replace, append, prepend,
+//! compare-and-swap, incr/decr, touch and delete, but not for every
+//! combination the memcached dialects can ask for (a delete, an append or
+//! an incr that must match a cas, an incr that creates a missing counter).
+//! The executor serializes its writes to a key through its own striped
+//! locks ([`KEY_LOCKS`]); a combined command reads, checks and writes
+//! under that lock, so it is atomic with respect to every other client of
+//! the server. (Code that writes to the same [`Store`] directly through the
+//! library, in the same process, bypasses these locks.)
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kvstore_core::item::unix_now;
+use kvstore_core::{
+    CasOutcome, CounterOutcome, Error as StoreError, Expiry, ItemMeta, ItemRef, Store,
+    StoreOutcome, TouchOutcome,
+};
+
+/// Number of striped key locks of the executor.
+pub(crate) const KEY_LOCKS: usize = 256;
+
+/// How a storage command combines the new data with the current item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreMode {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key is absent.
+    Add,
+    /// Store only if the key is present.
+    Replace,
+    /// Add the data after the current value (flags and expiry kept).
+    Append,
+    /// Add the data before the current value (flags and expiry kept).
+    Prepend,
+}
+
+/// A typed command, what every dialect's requests map to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command<'a> {
+    /// Read one key (`get`, `gets`, `mg`, binary GET/GETK...), and with
+    /// `touch` also set its expiry (`gat`, `gats`, binary GAT).
+    Get {
+        /// The key.
+        key: &'a [u8],
+        /// A new expiry to set on a hit.
+        touch: Option<Expiry>,
+    },
+    /// Store a value (`set`/`add`/`replace`/`append`/`prepend`/`cas`, meta
+    /// `ms` with its modes, binary SET/ADD/REPLACE/APPEND/PREPEND).
+    Store {
+        /// How to combine with the current item.
+        mode: StoreMode,
+        /// The key.
+        key: &'a [u8],
+        /// The data.
+        value: &'a [u8],
+        /// Flags and expiry of the new item (ignored by append/prepend,
+        /// which keep the item's own).
+        meta: ItemMeta,
+        /// Store only if the item's cas is this (text `cas`, meta `C`,
+        /// binary's non-zero cas). `Add` ignores it (an absent key has no
+        /// cas).
+        cas: Option<u64>,
+    },
+    /// A storage command whose value is over the limit: its data was
+    /// skipped, not buffered. The dialect says whether the key's current
+    /// value goes too (memcached removes it on a refused `set`, so a client
+    /// never reads the value it meant to replace; the seed dialect and the
+    /// library keep it).
+    StoreTooLarge {
+        /// The key.
+        key: &'a [u8],
+        /// Remove the key's current value.
+        drop_old: bool,
+    },
+    /// Remove a key (`delete`, meta `md`, binary DELETE).
+    Delete {
+        /// The key.
+        key: &'a [u8],
+        /// Remove only if the item's cas is this.
+        cas: Option<u64>,
+    },
+    /// `incr`/`decr` (meta `ma`, binary INCREMENT/DECREMENT).
+    Counter {
+        /// The key.
+        key: &'a [u8],
+        /// Add (else subtract, stopping at 0).
+        incr: bool,
+        /// The amount.
+        delta: u64,
+        /// Create a missing counter with this value and metadata (binary's
+        /// initial value, meta's `N` autovivify) instead of answering
+        /// "not found".
+        initial: Option<(u64, ItemMeta)>,
+        /// Change only if the item's cas is this.
+        cas: Option<u64>,
+    },
+    /// Set a new expiry (`touch`, binary TOUCH, meta `mg` with `T` only).
+    Touch {
+        /// The key.
+        key: &'a [u8],
+        /// The new expiry.
+        expiry: Expiry,
+    },
+    /// Remove every key now or after a delay (`flush_all`, binary FLUSH).
+    Flush {
+        /// Seconds from now; 0 is now.
+        delay_secs: u64,
+    },
+    /// The general statistics (`stats`, binary STAT without a key).
+    Stats,
+    /// The server's version (`version`, binary VERSION, meta `me`-less
+    /// probes).
+    Version,
+    /// `verbosity <level>`: sets the log level of the server.
+    Verbosity {
+        /// memcached's level: 0 warnings, 1 info, 2 debug, 3+ trace.
+        level: u64,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+pub(crate) enum Failure<'a> {
+    /// The value (or the result of an append) is over the limit.
+    TooLarge,
+    /// The key breaks the key rules.
+    BadKey,
+    /// The store failed (an I/O error, read-only after a failed flush);
+    /// already logged and counted.
+    Store(&'a StoreError),
+}
+
+/// What a command did, handed to the dialect's encoder.
+#[derive(Debug)]
+pub(crate) enum Response<'a> {
+    /// A read found the item.
+    Hit(ItemRef<'a>),
+    /// A read found nothing (absent or expired).
+    Miss,
+    /// The value was stored; the item's new cas.
+    Stored {
+        /// The new cas.
+        // Read by the encoders that return it (meta `c`, binary headers).
+        #[allow(dead_code)]
+        cas: u64,
+    },
+    /// An add on a present key, or a replace/append/prepend on an absent
+    /// one: nothing changed.
+    NotStored,
+    /// The cas did not match: nothing changed.
+    Exists,
+    /// The key is absent (cas store, delete, counter, touch).
+    NotFound,
+    /// The key was removed.
+    Deleted,
+    /// The expiry was set.
+    Touched,
+    /// The counter's new value and the item's new cas.
+    Counter {
+        /// The new value.
+        value: u64,
+        /// The new cas.
+        // Read by the encoders that return it (meta `c`, binary headers).
+        #[allow(dead_code)]
+        cas: u64,
+    },
+    /// The counter's value is not a decimal number that fits 64 bits.
+    NonNumeric,
+    /// Done (flush, verbosity).
+    Ok,
+    /// The version string.
+    Version(&'static str),
+    /// `(name, value)` pairs of a stats group, in order.
+    Stats(Vec<(&'static str, String)>),
+    /// The command failed.
+    Failed(Failure<'a>),
+}
+
+/// The memcached-compatible version the server reports: clients and tools
+/// (libmemcached, pymemcache) parse `VERSION <major>.<minor>.<micro>` and
+/// refuse a major version 0, so the server reports the memcached protocol
+/// level it implements; kvstore's own version is the `kvstore_version`
+/// field of `stats`.
+pub(crate) const VERSION: &str = "1.6.18";
+
+/// kvstore's own version (`STAT kvstore_version`).
+pub(crate) const KVSTORE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The executor: runs [`Command`]s against the store and keeps the
+/// statistics derived from them. Shared by every connection.
+pub(crate) struct Executor {
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    locks: Vec<Mutex<()>>,
+}
+
+impl Executor {
+    /// An executor over `store`, counting into `stats`.
+    pub(crate) fn new(store: Arc<Store>, stats: Arc<Stats>) -> Executor {
+        Executor {
+            store,
+            stats,
+            locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// The statistics.
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn key_lock(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        // FNV-1a: cheap and spreads short keys well enough for striping.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let lock = &self.locks[(h as usize) % self.locks.len()];
+        // A poisoned lock guards no data: the store holds the state.
+        lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `cmd` and hands its response to `sink` (exactly once). The
+    /// statistics are updated before `sink` runs.
+    pub(crate) fn execute(&self, cmd: &Command<'_>, sink: &mut dyn FnMut(Response<'_>)) {
+        let mut deliver = |resp: Response<'_>| {
+            self.stats.record(cmd, &resp);
+            sink(resp);
+        };
+        match *cmd {
+            Command::Get { key, touch: None } => {
+                let found = self.store.get_item_with(key, |item| {
+                    deliver(Response::Hit(item));
+                });
+                match found {
+                    Ok(Some(())) => {}
+                    Ok(None) => deliver(Response::Miss),
+                    Err(e) => deliver(self.failed("get", key, &e)),
+                }
+            }
+            Command::Get {
+                key,
+                touch: Some(expiry),
+            } => {
+                let _g = self.key_lock(key);
+                match self.store.get_and_touch(key, expiry) {
+                    Ok(Some(item)) => deliver(Response::Hit(ItemRef {
+                        value: &item.value,
+                        flags: item.flags,
+                        expiry: item.expiry,
+                        cas: item.cas,
+                    })),
+                    Ok(None) => deliver(Response::Miss),
+                    Err(e) => deliver(self.failed("gat", key, &e)),
+                }
+            }
+            Command::Store {
+                mode,
+                key,
+                value,
+                meta,
+                cas,
+            } => {
+                let _g = self.key_lock(key);
+                match self.store_value(mode, key, value, meta, cas) {
+                    Ok(resp) => deliver(resp),
+                    Err(e) => deliver(self.failed("store", key, &e)),
+                }
+            }
+            Command::StoreTooLarge { key, drop_old } => {
+                if drop_old {
+                    let _g = self.key_lock(key);
+                    if let Err(e) = self.store.delete(key) {
+                        // The refusal is the reply; the failed removal is
+                        // logged and counted.
+                        self.stats.store_failed("delete", key, &e);
+                    }
+                }
+                deliver(Response::Failed(Failure::TooLarge));
+            }
+            Command::Delete { key, cas } => {
+                let _g = self.key_lock(key);
+                match self.delete(key, cas) {
+                    Ok(resp) => deliver(resp),
+                    Err(e) => deliver(self.failed("delete", key, &e)),
+                }
+            }
+            Command::Counter {
+                key,
+                incr,
+                delta,
+                initial,
+                cas,
+            } => {
+                let _g = self.key_lock(key);
+                match self.counter(key, incr, delta, initial, cas) {
+                    Ok(resp) => deliver(resp),
+                    Err(e) => deliver(self.failed("incr/decr", key, &e)),
+                }
+            }
+            Command::Touch { key, expiry } => {
+                let _g = self.key_lock(key);
+                match self.store.touch(key, expiry) {
+                    Ok(TouchOutcome::Touched) => deliver(Response::Touched),
+                    Ok(TouchOutcome::NotFound) => deliver(Response::NotFound),
+                    Err(e) => deliver(self.failed("touch", key, &e)),
+                }
+            }
+            Command::Flush { delay_secs } => {
+                let result = if delay_secs == 0 {
+                    self.store.clear()
+                } else {
+                    self.store.clear_after(Duration::from_secs(delay_secs))
+                };
+                match result {
+                    Ok(()) => deliver(Response::Ok),
+                    Err(e) => deliver(self.failed("flush_all", b"", &e)),
+                }
+            }
+            Command::Stats => deliver(Response::Stats(self.stats.general(&self.store))),
+            Command::Version => deliver(Response::Version(VERSION)),
+            Command::Verbosity { level } => {
+                log::set_max_level(match level {
+                    0 => log::LevelFilter::Warn,
+                    1 => log::LevelFilter::Info,
+                    2 => log::LevelFilter::Debug,
+                    _ => log::LevelFilter::Trace,
+                });
+                deliver(Response::Ok)
+            }
+        }
+    }
+
+    /// A failed store call as a response: limits are the client's
+    /// mistake; anything else is logged and counted.
+    fn failed<'e>(&self, what: &str, key: &[u8], err: &'e StoreError) -> Response<'e> {
+        Response::Failed(match err {
+            StoreError::ValueTooLarge { .. } => Failure::TooLarge,
+            StoreError::KeyTooLong { .. } | StoreError::InvalidKey { .. } => Failure::BadKey,
+            _ => {
+                self.stats.store_failed(what, key, err);
+                Failure::Store(err)
+            }
+        })
+    }
+
+    /// The current cas of `key`, `None` if absent. Called with the key's
+    /// lock held.
+    fn current_cas(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        self.store.get_item_with(key, |item| item.cas)
+    }
+
+    fn store_value(
+        &self,
+        mode: StoreMode,
+        key: &[u8],
+        value: &[u8],
+        meta: ItemMeta,
+        cas: Option<u64>,
+    ) -> Result<Response<'static>, StoreError> {
+        let stored = |o: StoreOutcome| match o {
+            StoreOutcome::Stored { cas } => Response::Stored { cas },
+            StoreOutcome::NotStored => Response::NotStored,
+        };
+        if let (Some(expected), StoreMode::Set) = (cas, mode) {
+            return Ok(
+                match self.store.compare_and_swap(key, value, meta, expected)? {
+                    CasOutcome::Stored { cas } => Response::Stored { cas },
+                    CasOutcome::Exists => Response::Exists,
+                    CasOutcome::NotFound => Response::NotFound,
+                },
+            );
+        }
+        if let (Some(expected), StoreMode::Replace | StoreMode::Append | StoreMode::Prepend) =
+            (cas, mode)
+        {
+            match self.current_cas(key)? {
+                None => return Ok(Response::NotFound),
+                Some(current) if current != expected => return Ok(Response::Exists),
+                Some(_) => {}
+            }
+        }
+        Ok(match mode {
+            StoreMode::Set => Response::Stored {
+                cas: self.store.set_with(key, value, meta)?,
+            },
+            StoreMode::Add => stored(self.store.add(key, value, meta)?),
+            StoreMode::Replace => stored(self.store.replace(key, value, meta)?),
+            StoreMode::Append => stored(self.store.append(key, value)?),
+            StoreMode::Prepend => stored(self.store.prepend(key, value)?),
+        })
+    }
+
+    fn delete(&self, key: &[u8], cas: Option<u64>) -> Result<Response<'static>, StoreError> {
+        if let Some(expected) = cas {
+            match self.current_cas(key)? {
+                None => return Ok(Response::NotFound),
+                Some(current) if current != expected => return Ok(Response::Exists),
+                Some(_) => {}
+            }
+        }
+        Ok(if self.store.delete(key)? {
+            Response::Deleted
+        } else {
+            Response::NotFound
+        })
+    }
+
+    fn counter(
+        &self,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        initial: Option<(u64, ItemMeta)>,
+        cas: Option<u64>,
+    ) -> Result<Response<'static>, StoreError> {
+        if let Some(expected) = cas {
+            match self.current_cas(key)? {
+                None if initial.is_none() => return Ok(Response::NotFound),
+                Some(current) if current != expected => return Ok(Response::Exists),
+                _ => {}
+            }
+        }
+        let outcome = if incr {
+            self.store.incr(key, delta)?
+        } else {
+            self.store.decr(key, delta)?
+        };
+        Ok(match (outcome, initial) {
+            (CounterOutcome::Value(value), _) => match self.current_cas(key)? {
+                Some(cas) => Response::Counter { value, cas },
+                // Expired between the two calls.
+                None => Response::NotFound,
+            },
+            (CounterOutcome::NotFound, Some((value, meta))) => {
+                let cas = self.store.set_with(key, value.to_string(), meta)?;
+                Response::Counter { value, cas }
+            }
+            (CounterOutcome::NotFound, None) => Response::NotFound,
+            (CounterOutcome::NotNumeric, _) => Response::NonNumeric,
+        })
+    }
+}
+
+/// Server-wide statistics: connection counters kept by the server, command
+/// counters derived by [`Stats::record`] from what was executed.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    /// When the server started.
+    pub started: Instant,
+    /// The connection limit.
+    pub max_connections: usize,
+    /// Open connections.
+    pub curr_connections: AtomicUsize,
+    /// Connections accepted since start.
+    pub total_connections: AtomicU64,
+    /// Connections refused over the limit.
+    pub rejected_connections: AtomicU64,
+    /// `read` calls on client sockets.
+    pub read_calls: AtomicU64,
+    /// `write` calls on client sockets (one per batch of pipelined
+    /// requests, unless a reply is larger than the flush threshold).
+    pub write_calls: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_read: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_written: AtomicU64,
+    counters: Counters,
+}
+
+/// The counters [`Stats::record`] derives from executed commands; reset by
+/// `stats reset`.
+#[derive(Debug, Default)]
+struct Counters {
+    cmd_get: AtomicU64,
+    cmd_set: AtomicU64,
+    cmd_flush: AtomicU64,
+    cmd_touch: AtomicU64,
+    get_hits: AtomicU64,
+    get_misses: AtomicU64,
+    delete_hits: AtomicU64,
+    delete_misses: AtomicU64,
+    incr_hits: AtomicU64,
+    incr_misses: AtomicU64,
+    decr_hits: AtomicU64,
+    decr_misses: AtomicU64,
+    cas_hits: AtomicU64,
+    cas_misses: AtomicU64,
+    cas_badval: AtomicU64,
+    touch_hits: AtomicU64,
+    touch_misses: AtomicU64,
+    total_items: AtomicU64,
+    store_too_large: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+impl Stats {
+    /// Fresh statistics for a server with this connection limit.
+    pub(crate) fn new(max_connections: usize) -> Stats {
+        Stats {
+            started: Instant::now(),
+            max_connections,
+            curr_connections: AtomicUsize::new(0),
+            total_connections: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            read_calls: AtomicU64::new(0),
+            write_calls: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Counts one executed command by its response. The only place where
+    /// command counters change.
+    fn record(&self, cmd: &Command<'_>, resp: &Response<'_>) {
+        let c = &self.counters;
+        match cmd {
+            Command::Get { touch, .. } => {
+                bump(&c.cmd_get);
+                if touch.is_some() {
+                    bump(&c.cmd_touch);
+                }
+                match resp {
+                    Response::Hit(_) => {
+                        bump(&c.get_hits);
+                        if touch.is_some() {
+                            bump(&c.touch_hits);
+                        }
+                    }
+                    Response::Miss => {
+                        bump(&c.get_misses);
+                        if touch.is_some() {
+                            bump(&c.touch_misses);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Command::Store { cas, mode, .. } => {
+                bump(&c.cmd_set);
+                let checked = cas.is_some() && *mode != StoreMode::Add;
+                match resp {
+                    Response::Stored { .. } => {
+                        bump(&c.total_items);
+                        if checked {
+                            bump(&c.cas_hits);
+                        }
+                    }
+                    Response::Exists if checked => bump(&c.cas_badval),
+                    Response::NotFound if checked => bump(&c.cas_misses),
+                    Response::Failed(Failure::TooLarge) => bump(&c.store_too_large),
+                    _ => {}
+                }
+            }
+            Command::StoreTooLarge { .. } => {
+                bump(&c.cmd_set);
+                bump(&c.store_too_large);
+            }
+            Command::Delete { .. } => match resp {
+                Response::Deleted => bump(&c.delete_hits),
+                Response::NotFound => bump(&c.delete_misses),
+                _ => {}
+            },
+            Command::Counter { incr, .. } => {
+                let (hits, misses) = if *incr {
+                    (&c.incr_hits, &c.incr_misses)
+                } else {
+                    (&c.decr_hits, &c.decr_misses)
+                };
+                match resp {
+                    Response::Counter { .. } => bump(hits),
+                    Response::NotFound => bump(misses),
+                    _ => {}
+                }
+            }
+            Command::Touch { .. } => {
+                bump(&c.cmd_touch);
+                match resp {
+                    Response::Touched => bump(&c.touch_hits),
+                    Response::NotFound => bump(&c.touch_misses),
+                    _ => {}
+                }
+            }
+            Command::Flush { .. } => bump(&c.cmd_flush),
+            Command::Stats | Command::Version | Command::Verbosity { .. } => {}
+        }
+    }
+
+    /// Logs and counts a failed store call.
+    pub(crate) fn store_failed(&self, what: &str, key: &[u8], err: &StoreError) {
+        bump(&self.counters.store_errors);
+        log::error!(
+            "{what} of key {:?} failed: {err}",
+            String::from_utf8_lossy(key)
+        );
+    }
+
+    /// Adds one batch's socket calls and bytes.
+    pub(crate) fn add_io(&self, reads: u64, bytes_read: u64, writes: u64, bytes_written: u64) {
+        if bytes_read > 0 {
+            self.bytes_read.fetch_add(bytes_read, Relaxed);
+            self.read_calls.fetch_add(reads, Relaxed);
+        }
+        if bytes_written > 0 {
+            self.bytes_written.fetch_add(bytes_written, Relaxed);
+            self.write_calls.fetch_add(writes, Relaxed);
+        }
+    }
+
+    /// The general statistics, in memcached's order where the field exists
+    /// there.
+    pub(crate) fn general(&self, store: &Store) -> Vec<(&'static str, String)> {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Relaxed).to_string();
+        vec![
+            ("pid", std::process::id().to_string()),
+            ("uptime", self.started.elapsed().as_secs().to_string()),
+            ("time", unix_now().to_string()),
+            ("version", VERSION.to_string()),
+            ("kvstore_version", KVSTORE_VERSION.to_string()),
+            ("pointer_size", usize::BITS.to_string()),
+            (
+                "curr_connections",
+                self.curr_connections.load(Relaxed).to_string(),
+            ),
+            ("total_connections", n(&self.total_connections)),
+            ("rejected_connections", n(&self.rejected_connections)),
+            ("max_connections", self.max_connections.to_string()),
+            ("cmd_get", n(&c.cmd_get)),
+            ("cmd_set", n(&c.cmd_set)),
+            ("cmd_flush", n(&c.cmd_flush)),
+            ("cmd_touch", n(&c.cmd_touch)),
+            ("get_hits", n(&c.get_hits)),
+            ("get_misses", n(&c.get_misses)),
+            ("delete_hits", n(&c.delete_hits)),
+            ("delete_misses", n(&c.delete_misses)),
+            ("incr_hits", n(&c.incr_hits)),
+            ("incr_misses", n(&c.incr_misses)),
+            ("decr_hits", n(&c.decr_hits)),
+            ("decr_misses", n(&c.decr_misses)),
+            ("cas_hits", n(&c.cas_hits)),
+            ("cas_misses", n(&c.cas_misses)),
+            ("cas_badval", n(&c.cas_badval)),
+            ("touch_hits", n(&c.touch_hits)),
+            ("touch_misses", n(&c.touch_misses)),
+            ("store_too_large", n(&c.store_too_large)),
+            ("store_errors", n(&c.store_errors)),
+            ("bytes_read", n(&self.bytes_read)),
+            ("bytes_written", n(&self.bytes_written)),
+            ("read_calls", n(&self.read_calls)),
+            ("write_calls", n(&self.write_calls)),
+            ("curr_items", store.len().to_string()),
+            ("total_items", n(&c.total_items)),
+        ]
+    }
+}
