@@ -4,6 +4,8 @@
 //! dialect's error reply; store failures get `NOT-STORED` (seed) or
 //! `SERVER_ERROR <reason>` (memcached) and are logged by the executor.
 
+mod binary;
+
 use std::io;
 use std::sync::Arc;
 
@@ -12,9 +14,11 @@ use kvstore_core::ItemMeta;
 
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::exec::{self, Command, Executor, Failure, Response};
+use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::memcached::{self as mc, StoreMode};
 use crate::protocol::{push_u64, seed, KeyPolicy, Parsed, Recovery, Reject};
 use crate::server::MemcachedProtocol;
+use binary::BinaryHandler;
 
 /// What every dialect's handler shares.
 #[derive(Clone)]
@@ -351,21 +355,6 @@ impl Handler for McHandler {
     }
 }
 
-/// The first byte of every request of memcached's binary protocol.
-pub(crate) const BINARY_MAGIC: u8 = 0x80;
-
-/// Whether [`binary_handler`] returns a handler.
-pub(crate) const HAS_BINARY: bool = false;
-
-/// The handler of the binary dialect, if this build has one.
-///
-/// The binary dialect plugs in here: once `protocol::binary` and its
-/// handler exist, this returns it, and the memcached port routes every
-/// connection whose first byte is [`BINARY_MAGIC`] to it.
-pub(crate) fn binary_handler(_ctx: &Context) -> Option<Box<dyn Handler + Send>> {
-    None
-}
-
 /// A connection of the memcached port: its first byte picks the dialect,
 /// as memcached does (`0x80` is the binary protocol, anything else text),
 /// unless the server was told to speak only one of them.
@@ -378,7 +367,7 @@ enum McPortState {
     /// No byte seen yet.
     Sniffing(Context),
     Text(McHandler),
-    Binary(Box<dyn Handler + Send>),
+    Binary(BinaryHandler),
 }
 
 impl McPortHandler {
@@ -394,17 +383,19 @@ impl McPortHandler {
 impl Handler for McPortHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
         if let McPortState::Sniffing(ctx) = &self.state {
+            // `Ascii` reads binary bytes as text, as a memcached started
+            // with `-B ascii` does; `Binary` closes a text connection at its
+            // first byte (not the binary magic), as `-B binary` does.
             let binary = match self.protocol {
                 MemcachedProtocol::Ascii => false,
                 MemcachedProtocol::Binary => true,
-                MemcachedProtocol::Auto => buf.first() == Some(&BINARY_MAGIC),
+                MemcachedProtocol::Auto => buf.first() == Some(&REQUEST_MAGIC),
             };
-            self.state = match binary.then(|| binary_handler(ctx)).flatten() {
-                Some(handler) => McPortState::Binary(handler),
-                // Without a binary dialect (the server refuses to start
-                // with `Binary` then), binary bytes are read as text, as a
-                // memcached started with `-B ascii` does.
-                None => McPortState::Text(McHandler { ctx: ctx.clone() }),
+            let ctx = ctx.clone();
+            self.state = if binary {
+                McPortState::Binary(BinaryHandler { ctx })
+            } else {
+                McPortState::Text(McHandler { ctx })
             };
         }
         match &mut self.state {

@@ -636,7 +636,7 @@ impl ErrorReply {
 }
 
 /// A refused request: the reply, how the connection goes on, and for a
-/// `set` refused for size the key whose old value must go.
+/// storage packet refused for size what the server still has to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reject<'a> {
     /// The error response; `None` closes without one (a packet that does
@@ -645,9 +645,20 @@ pub struct Reject<'a> {
     /// Skip the packet (counted from the start of the buffer, possibly
     /// past what is buffered) or close the connection.
     pub recovery: Recovery,
-    /// The key of a `set`/`setq` refused for size: memcached removes its
-    /// old value so that no client reads a value the set meant to replace.
-    pub remove_key: Option<&'a [u8]>,
+    /// Set when a storage packet with a valid key was refused for the
+    /// size of its value.
+    pub too_large: Option<TooLarge<'a>>,
+}
+
+/// A storage packet refused for the size of its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge<'a> {
+    /// Its key.
+    pub key: &'a [u8],
+    /// Whether the key's old value goes: memcached removes it on a refused
+    /// `set`/`setq` (and only then), so that no client reads the value the
+    /// set meant to replace.
+    pub drop_old: bool,
 }
 
 impl Rejection for Reject<'_> {
@@ -849,7 +860,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>, Reject<'
             return Parsed::Reject(Reject {
                 reply: None,
                 recovery: Recovery::Close,
-                remove_key: None,
+                too_large: None,
             })
         }
     }
@@ -857,7 +868,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>, Reject<'
         return Parsed::Incomplete;
     };
     let h = Header::decode(head);
-    let refuse = |status, recovery, remove_key| {
+    let refuse = |status, recovery, too_large| {
         Parsed::Reject(Reject {
             reply: Some(ErrorReply {
                 opcode: h.opcode,
@@ -865,7 +876,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>, Reject<'
                 status,
             }),
             recovery,
-            remove_key,
+            too_large,
         })
     };
     let (extras_len, key_len) = (usize::from(h.extras_len), usize::from(h.key_len));
@@ -887,21 +898,23 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>, Reject<'
     let value_len = body_len - extras_len - key_len;
     if value_len > limits.max_value_bytes {
         // Only storage and SASL packets carry a value (see `shape_fits`).
-        // The key is within the first bytes; wait for it when the old
-        // value must be removed.
-        let key_end = HEADER_BYTES + extras_len + key_len;
-        return match op {
-            Opcode::Set | Opcode::SetQ => match buf.get(key_end - key_len..key_end) {
-                Some(key) => {
-                    let valid = validate_key_with(key, limits.keys).is_ok();
-                    refuse(Status::TooLarge, skip, valid.then_some(key))
-                }
-                None => Parsed::Incomplete,
-            },
+        if matches!(op, Opcode::SaslAuth | Opcode::SaslStep) {
             // Without SASL memcached answers every SASL packet this way.
-            Opcode::SaslAuth | Opcode::SaslStep => refuse(Status::UnknownCommand, skip, None),
-            _ => refuse(Status::TooLarge, skip, None),
+            return refuse(Status::UnknownCommand, skip, None);
+        }
+        // The key is within the first bytes: wait for it (the executor
+        // counts the refusal, and may remove the old value).
+        let key_end = HEADER_BYTES + extras_len + key_len;
+        let Some(key) = buf.get(key_end - key_len..key_end) else {
+            return Parsed::Incomplete;
         };
+        let too_large = validate_key_with(key, limits.keys)
+            .is_ok()
+            .then_some(TooLarge {
+                key,
+                drop_old: matches!(op, Opcode::Set | Opcode::SetQ),
+            });
+        return refuse(Status::TooLarge, skip, too_large);
     }
     let Some(body) = buf.get(HEADER_BYTES..packet_len) else {
         return Parsed::Incomplete;
@@ -1325,7 +1338,7 @@ mod tests {
                 Reject {
                     reply: None,
                     recovery: Recovery::Close,
-                    remove_key: None
+                    too_large: None
                 }
             );
         }
@@ -1340,7 +1353,7 @@ mod tests {
             Reject {
                 reply: error(0x00, Status::UnknownCommand),
                 recovery: Recovery::Close,
-                remove_key: None
+                too_large: None
             }
         );
         // A body over 1 GiB, refused from the header alone.
@@ -1391,7 +1404,7 @@ mod tests {
                 Reject {
                     reply: error(opcode, Status::InvalidArguments),
                     recovery: Recovery::Close,
-                    remove_key: None
+                    too_large: None
                 },
                 "opcode {opcode:#04x}"
             );
@@ -1408,7 +1421,7 @@ mod tests {
                 Reject {
                     reply: error(opcode, Status::UnknownCommand),
                     recovery: Recovery::Discard(buf.len() as u64),
-                    remove_key: None
+                    too_large: None
                 }
             );
         }
@@ -1420,34 +1433,41 @@ mod tests {
             max_value_bytes: 4,
             keys: KeyPolicy::Strict,
         };
-        let big = packet(0x11, &[0; 8], b"key", b"12345", 0);
-        // A set waits for its key only, to remove the old value.
-        let head = &big[..HEADER_BYTES + 8 + 3];
-        assert_eq!(parse(&head[..head.len() - 1], &limits), Parsed::Incomplete);
-        assert_eq!(
-            parse(head, &limits),
-            Parsed::Reject(Reject {
-                reply: error(0x11, Status::TooLarge),
-                recovery: Recovery::Discard(big.len() as u64),
-                remove_key: Some(b"key")
-            })
-        );
-        for (opcode, extras) in [
-            (0x02, &[0u8; 8][..]),
-            (0x13, &[0; 8]),
-            (0x0e, b""),
-            (0x1a, b""),
+        // A storage packet waits for its key only: the executor counts the
+        // refusal and, for a set, removes the old value.
+        for (opcode, extras, drop_old) in [
+            (0x11, &[0u8; 8][..], true),
+            (0x01, &[0; 8], true),
+            (0x02, &[0; 8], false),
+            (0x13, &[0; 8], false),
+            (0x0e, b"", false),
+            (0x1a, b"", false),
         ] {
             let buf = packet(opcode, extras, b"key", b"12345", 0);
+            let head = &buf[..HEADER_BYTES + extras.len() + 3];
+            assert_eq!(parse(&head[..head.len() - 1], &limits), Parsed::Incomplete);
             assert_eq!(
-                parse(&buf[..HEADER_BYTES], &limits),
+                parse(head, &limits),
                 Parsed::Reject(Reject {
                     reply: error(opcode, Status::TooLarge),
                     recovery: Recovery::Discard(buf.len() as u64),
-                    remove_key: None
+                    too_large: Some(TooLarge {
+                        key: b"key",
+                        drop_old
+                    })
                 })
             );
         }
+        // A key the policy refuses is not handed on.
+        let buf = packet(0x01, &[0; 8], b"a b", b"12345", 0);
+        assert_eq!(
+            parse(&buf, &limits),
+            Parsed::Reject(Reject {
+                reply: error(0x01, Status::TooLarge),
+                recovery: Recovery::Discard(buf.len() as u64),
+                too_large: None
+            })
+        );
         // Without SASL, an authentication of any size is an unknown command.
         let buf = packet(0x21, b"", b"PLAIN", b"12345", 0);
         assert_eq!(
@@ -1455,7 +1475,7 @@ mod tests {
             Parsed::Reject(Reject {
                 reply: error(0x21, Status::UnknownCommand),
                 recovery: Recovery::Discard(buf.len() as u64),
-                remove_key: None
+                too_large: None
             })
         );
         // A value at the limit is accepted.
@@ -1471,7 +1491,7 @@ mod tests {
             Reject {
                 reply: error(0x00, Status::InvalidArguments),
                 recovery: Recovery::Discard(buf.len() as u64),
-                remove_key: None
+                too_large: None
             }
         );
         let lenient = Limits {

@@ -102,8 +102,6 @@ async function main() {
     check(name in stats, 'stats has ' + name);
   }
   check(Number(stats.cmd_set) > 0, 'stats counts sets');
-  const settings = await statsOf('settings');
-  check('maxconns' in settings, 'stats settings has maxconns');
 
   check(await client.flush(), 'flush');
   check((await client.get('js:new')).value === null, 'get after flush');
