@@ -4,17 +4,19 @@
 //! own listener (the wire contract is `PROTOCOL.md`):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
-//! - the **memcached dialect**, memcached's ASCII protocol, so existing
-//!   memcached clients, tools and proxies work against a store that
-//!   survives restarts.
+//! - the **memcached dialect**, memcached's text protocol and, on the same
+//!   port, its binary protocol (told apart by each connection's first
+//!   byte, docs/PROTOCOL.md), so existing memcached clients, tools and
+//!   proxies work against a store that survives restarts.
 //!
 //! ## Layout
 //!
 //! - [`protocol`]: pure functions over byte buffers, no sockets:
-//!   [`protocol::seed`] and [`protocol::memcached`] parse requests (a
-//!   request and the bytes it used, "need more", or a rejection carrying
-//!   the reply and how to resynchronize) and encode replies; the key rules
-//!   live in one function, [`protocol::validate_key`].
+//!   [`protocol::seed`], [`protocol::memcached`] and [`protocol::binary`]
+//!   parse requests (a request and the bytes it used, "need more", or a
+//!   rejection carrying the reply and how to resynchronize) and encode
+//!   replies; the key rules live in one function,
+//!   [`protocol::validate_key`].
 //! - `connection` (private): one connection's buffers, limits, EOF and idle
 //!   timeout; one read and one write per batch of pipelined requests.
 //! - [`server`]: [`Server::start`] binds the listeners and returns a
