@@ -183,8 +183,6 @@ pub(crate) enum Response<'a> {
     /// The value was stored; the item's new cas.
     Stored {
         /// The new cas.
-        // Read by the encoders that return it (meta `c`, binary headers).
-        #[allow(dead_code)]
         cas: u64,
     },
     /// An add on a present key, or a replace/append/prepend on an absent
@@ -203,8 +201,6 @@ pub(crate) enum Response<'a> {
         /// The new value.
         value: u64,
         /// The new cas.
-        // Read by the encoders that return it (meta `c`, binary headers).
-        #[allow(dead_code)]
         cas: u64,
     },
     /// The counter's value is not a decimal number that fits 64 bits.
