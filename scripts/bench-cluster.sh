@@ -29,7 +29,7 @@ need_package nutcracker nutcracker
 need_package memcaslap libmemcached-tools
 [ "$BACKEND" = memcached ] && need_package memcached memcached
 build_binaries
-# memcaslap's keys start with eight 0x10 bytes, which PROTOCOL.md's key rule
+# memcaslap's keys start with eight 0x10 bytes, which docs/PROTOCOL.md's key rule
 # (the server's default) refuses; --lenient-keys accepts them as memcached
 # does. Without it every request is a CLIENT_ERROR and nothing is measured.
 KVSTORE_ARGS=(--durability periodic --lenient-keys)

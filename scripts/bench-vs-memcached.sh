@@ -18,7 +18,7 @@
 # deletes at the end (that takes a while on this disk). OVERWRITE=0.9 passes
 # -o 0.9 (90% of sets overwrite a key already set) for a cache-like mix with
 # far fewer files. kvstore-server runs with --lenient-keys: memcaslap puts eight
-# 0x10 bytes at the start of every key, which PROTOCOL.md (and so the default
+# 0x10 bytes at the start of every key, which docs/PROTOCOL.md (and so the default
 # server) refuses as control bytes; memcached itself accepts them.
 set -euo pipefail
 cd "$(dirname "$0")/.."

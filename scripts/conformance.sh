@@ -5,7 +5,10 @@
 #      27 binary-protocol tests must pass on the same port;
 #   2. a cross-check with a real client library from another language
 #      (Python's pymemcache): set/get/gets/cas/incr/delete/flags;
-#   3. when nutcracker (twemproxy) is installed, the same client through it.
+#   3. libmemcached's memcping, memcstat and memcdump, Debian's memcached-tool
+#      (stats, settings, dump) and a scrape of the stats groups the
+#      Prometheus memcached_exporter reads;
+#   4. when nutcracker (twemproxy) is installed, the same client through it.
 # Installs what is missing, builds the release server, starts it on free
 # ports in a temporary directory, and stops it by PID. Exits non-zero on any
 # failure. Run from anywhere: scripts/conformance.sh
@@ -22,6 +25,12 @@ if ! command -v memccapable >/dev/null 2>&1 && ! command -v memcapable >/dev/nul
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmemcached-tools >/dev/null
 fi
 MEMCAPABLE=$(command -v memccapable || command -v memcapable)
+MEMCACHED_TOOL=/usr/share/memcached/scripts/memcached-tool
+if [ ! -f "$MEMCACHED_TOOL" ]; then
+    echo "conformance: installing memcached (for memcached-tool)" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached >/dev/null
+fi
 
 if ! python3 -c 'import pymemcache' >/dev/null 2>&1; then
     echo "conformance: installing pymemcache" >&2
@@ -126,6 +135,55 @@ for name in [b"pid", b"uptime", b"time", b"version", b"curr_connections", b"tota
 check(c.flush_all() is True and c.get("py:n") is None, "flush_all")
 c.close()
 print("conformance: pymemcache: all checks passed")
+PY
+
+echo "== libmemcached tools, memcached-tool, exporter-style scrape"
+SERVERS="--servers=127.0.0.1:$PORT"
+python3 -c 'import sys
+from pymemcache.client.base import Client
+c = Client(("127.0.0.1", int(sys.argv[1])), default_noreply=False)
+c.set("tool:a", b"a", flags=4); c.set("tool:b", b"b", expire=100000)' "$PORT"
+memcping "$SERVERS"
+memcstat "$SERVERS" | grep -q "version: 1.6.18" || { echo "conformance: memcstat: no version" >&2; exit 1; }
+[ "$(memcdump "$SERVERS" | sort | tr '\n' ' ')" = "tool:a tool:b " ] \
+    || { echo "conformance: memcdump: wrong keys" >&2; exit 1; }
+perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" stats | tr -d "\r" | grep -Eq '^ +curr_items +2$' \
+    || { echo "conformance: memcached-tool stats: no curr_items" >&2; exit 1; }
+perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" settings | tr -d "\r" | grep -Eq '^ +maxconns +[0-9]+$' \
+    || { echo "conformance: memcached-tool settings: no maxconns" >&2; exit 1; }
+perl "$MEMCACHED_TOOL" "127.0.0.1:$PORT" dump 2>/dev/null | grep -q "^add tool:a 4 0 1" \
+    || { echo "conformance: memcached-tool dump: tool:a missing" >&2; exit 1; }
+python3 - "$PORT" <<'PY'
+# What memcached_exporter reads; a value it cannot parse marks the server down.
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+f = s.makefile("rb")
+def group(cmd):
+    s.sendall(cmd + b"\r\n")
+    out = {}
+    for line in f:
+        if line == b"END\r\n":
+            return out
+        _, name, value = line.decode().split()
+        out[name] = value
+def check(cond, what):
+    if not cond:
+        raise SystemExit("scrape: FAILED: " + what)
+stats = group(b"stats")
+for name in ["uptime", "time", "cmd_set", "cmd_flush", "cas_badval", "bytes", "limit_maxbytes",
+             "curr_items", "total_items", "bytes_read", "bytes_written", "curr_connections",
+             "total_connections", "rejected_connections", "evictions", "store_too_large",
+             "accepting_conns"] + [op + "_" + r for op in ["get", "delete", "incr", "decr", "cas", "touch"]
+                                   for r in ["hits", "misses"]]:
+    check(name in stats, "stats lacks " + name)
+    float(stats[name])
+for name in ["rusage_user", "rusage_system"]:
+    sec, usec = stats[name].split(".")
+    check(len(usec) == 6, name + " is not sec.usec")
+float(group(b"stats settings")["maxconns"])
+for name, value in list(group(b"stats items").items()) + list(group(b"stats slabs").items()):
+    float(value)
+print("conformance: exporter-style scrape: all checks passed")
 PY
 
 # A proxy in front of the server (twemproxy/nutcracker), when installed:

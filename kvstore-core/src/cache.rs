@@ -5,6 +5,7 @@
 //! costs one mutex, one lookup and an `Arc` clone.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::item::Expiry;
@@ -44,7 +45,8 @@ struct Shard {
 /// The cache. A budget of 0 disables it (every call is a cheap no-op).
 pub struct Cache {
     shards: Box<[Mutex<Shard>]>,
-    shard_budget: usize,
+    /// Budget of one shard; changed at run time by [`Cache::set_budget`].
+    shard_budget: AtomicUsize,
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -59,7 +61,7 @@ impl Cache {
         let shards = if budget == 0 { 0 } else { SHARDS };
         Cache {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_budget: budget / SHARDS,
+            shard_budget: AtomicUsize::new(budget / SHARDS),
         }
     }
 
@@ -109,7 +111,7 @@ impl Cache {
 
     fn insert_locked(&self, shard: &mut Shard, key: &[u8], item: Arc<CachedItem>) {
         let size = key.len() + item.value.len() + ENTRY_OVERHEAD;
-        if size > self.shard_budget / 4 {
+        if size > self.shard_budget.load(Ordering::Relaxed) / 4 {
             remove_locked(shard, key);
             return;
         }
@@ -150,7 +152,7 @@ impl Cache {
 
     fn evict(&self, shard: &mut Shard) {
         let mut steps = shard.fifo.len() * 2 + 2;
-        while shard.bytes > self.shard_budget && steps > 0 {
+        while shard.bytes > self.shard_budget.load(Ordering::Relaxed) && steps > 0 {
             steps -= 1;
             let Some((k, id)) = shard.fifo.pop_front() else {
                 break;
@@ -192,8 +194,32 @@ impl Cache {
         }
     }
 
-    /// Bytes currently accounted (for tests).
-    #[cfg(test)]
+    /// Whether the cache is enabled (a cache created with a budget of 0
+    /// stays disabled).
+    pub fn enabled(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// The budget, in bytes.
+    pub fn budget(&self) -> usize {
+        self.shard_budget.load(Ordering::Relaxed) * self.shards.len()
+    }
+
+    /// Changes the budget of an enabled cache, evicting down to a smaller
+    /// one at once. Returns `false`, changing nothing, if the cache is
+    /// disabled.
+    pub fn set_budget(&self, budget: usize) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        self.shard_budget.store(budget / SHARDS, Ordering::Relaxed);
+        for shard in self.shards.iter() {
+            self.evict(&mut lock(shard));
+        }
+        true
+    }
+
+    /// Bytes currently accounted.
     pub fn bytes(&self) -> usize {
         self.shards.iter().map(|s| lock(s).bytes).sum()
     }

@@ -36,6 +36,30 @@
 //! 3. Route connections to it in `server.rs` (a listener of its own, or the
 //!    first-byte sniffing of the memcached port, `server::MemcachedProtocol`).
 //!
+//! ## How the memcached dialects map
+//!
+//! - Text: `get`/`gets` are [`Command::Get`] per key, `gat`/`gats` the same
+//!   with `touch`; `cas` is [`Command::Store`] with `mode: Set` and `cas`;
+//!   a value over the limit is [`Command::StoreTooLarge`] (`drop_old` only
+//!   for `set`).
+//! - Binary: GET/GETK/GETQ/GETKQ are [`Command::Get`] (the key echo and the
+//!   quiet miss are the encoder's business); SET/ADD/REPLACE/APPEND/PREPEND
+//!   are [`Command::Store`] with `cas` when the header's cas is non-zero;
+//!   DELETE is [`Command::Delete`] with its cas; INCREMENT/DECREMENT are
+//!   [`Command::Counter`] with `initial` unless the expiry is `0xffffffff`
+//!   ([`Response::Counter`] carries the new cas for the header); TOUCH is
+//!   [`Command::Touch`], GAT/GATQ [`Command::Get`] with `touch`; FLUSH is
+//!   [`Command::Flush`]; VERSION and STAT (with or without a group key)
+//!   are [`Command::Version`] and [`Command::Stats`]. NOOP, QUIT, the
+//!   quiet variants' silence and SASL stay in the handler.
+//! - Meta: `mg` is [`Command::Get`] (`T` sets `touch`); the flags it
+//!   returns (`c`, `f`, `s`, `t` from [`ItemRef::expiry`], `k`, `O`) are
+//!   the encoder's; `ms` is [`Command::Store`] with its mode and `C`;
+//!   `md` is [`Command::Delete`]; `ma` is [`Command::Counter`] (`N`/`J`
+//!   give `initial`); `mn` stays in the handler. What the core does not
+//!   keep (stale marks, win tokens, last access) belongs in the executor
+//!   as per-key state under [`KEY_LOCKS`], so that every dialect sees it.
+//!
 //! ## Atomicity
 //!
 //! The core has atomic primitives for set, add, replace, append, prepend,
@@ -48,15 +72,28 @@
 //! the server. (Code that writes to the same [`Store`] directly through the
 //! library, in the same process, bypasses these locks.)
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
-use kvstore_core::item::unix_now;
 use kvstore_core::{
-    CasOutcome, CounterOutcome, Error as StoreError, Expiry, ItemMeta, ItemRef, Store,
+    CasOutcome, CounterOutcome, Error as StoreError, Expiry, ItemMeta, ItemRef, ScanCursor, Store,
     StoreOutcome, TouchOutcome,
 };
+
+pub(crate) use crate::stats::{StatLine, Stats};
+
+/// Keys per chunk of [`Executor::for_each_item`].
+pub(crate) const SCAN_CHUNK: usize = 4096;
+
+/// Why [`Executor::for_each_item`] stopped early.
+#[derive(Debug)]
+pub(crate) enum ScanError<E> {
+    /// The store failed.
+    Store(StoreError),
+    /// The visitor failed.
+    Visit(E),
+}
 
 /// Number of striped key locks of the executor.
 pub(crate) const KEY_LOCKS: usize = 256;
@@ -149,8 +186,17 @@ pub(crate) enum Command<'a> {
         /// Seconds from now; 0 is now.
         delay_secs: u64,
     },
-    /// The general statistics (`stats`, binary STAT without a key).
-    Stats,
+    /// A group of statistics (`stats [<group>]`, binary STAT with or
+    /// without a key).
+    Stats(StatsGroup),
+    /// `cache_memlimit <megabytes>`: sets the value cache's budget.
+    CacheMemlimit {
+        /// The new budget in MiB.
+        megabytes: u64,
+    },
+    /// `shutdown`: stops the server, if it was started with shutdown
+    /// enabled.
+    Shutdown,
     /// The server's version (`version`, binary VERSION, meta `me`-less
     /// probes).
     Version,
@@ -159,6 +205,46 @@ pub(crate) enum Command<'a> {
         /// memcached's level: 0 warnings, 1 info, 2 debug, 3+ trace.
         level: u64,
     },
+}
+
+/// The groups of `stats <group>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatsGroup {
+    /// `stats`: the general statistics.
+    General,
+    /// `stats settings`: the configuration.
+    Settings,
+    /// `stats items`: per item class.
+    Items,
+    /// `stats slabs`: per slab class.
+    Slabs,
+    /// `stats sizes`: item size histogram (not tracked).
+    Sizes,
+    /// `stats conns`: the open connections.
+    Conns,
+    /// `stats reset`: zero the counters.
+    Reset,
+    /// `stats detail on`: count per key prefix.
+    DetailOn,
+    /// `stats detail off`.
+    DetailOff,
+    /// `stats detail dump`: the per-prefix counts.
+    DetailDump,
+}
+
+impl Command<'_> {
+    /// The key the command is about, if any.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        match *self {
+            Command::Get { key, .. }
+            | Command::Store { key, .. }
+            | Command::StoreTooLarge { key, .. }
+            | Command::Delete { key, .. }
+            | Command::Counter { key, .. }
+            | Command::Touch { key, .. } => Some(key),
+            _ => None,
+        }
+    }
 }
 
 /// Why a command failed.
@@ -210,7 +296,19 @@ pub(crate) enum Response<'a> {
     /// The version string.
     Version(&'static str),
     /// `(name, value)` pairs of a stats group, in order.
-    Stats(Vec<(&'static str, String)>),
+    Stats(Vec<StatLine>),
+    /// The counters were zeroed (`stats reset`).
+    Reset,
+    /// The lines of `stats detail dump`.
+    DetailDump(Vec<String>),
+    /// `cache_memlimit` below the smallest budget accepted.
+    MemlimitTooSmall,
+    /// `cache_memlimit` on a server whose cache is disabled.
+    CacheDisabled,
+    /// `shutdown` on a server started without shutdown enabled.
+    ShutdownRefused,
+    /// The shutdown was started: close the connection.
+    ShuttingDown,
     /// The command failed.
     Failed(Failure<'a>),
 }
@@ -225,12 +323,19 @@ pub(crate) const VERSION: &str = "1.6.18";
 /// kvstore's own version (`STAT kvstore_version`).
 pub(crate) const KVSTORE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The smallest `cache_memlimit`, in MiB (memcached's own floor).
+pub(crate) const MIN_MEMLIMIT_MB: u64 = 8;
+
+/// Starts the server's shutdown (for `shutdown`).
+pub(crate) type ShutdownHook = Box<dyn Fn() + Send + Sync>;
+
 /// The executor: runs [`Command`]s against the store and keeps the
 /// statistics derived from them. Shared by every connection.
 pub(crate) struct Executor {
     store: Arc<Store>,
     stats: Arc<Stats>,
     locks: Vec<Mutex<()>>,
+    shutdown: OnceLock<ShutdownHook>,
 }
 
 impl Executor {
@@ -240,7 +345,13 @@ impl Executor {
             store,
             stats,
             locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+            shutdown: OnceLock::new(),
         }
+    }
+
+    /// Sets what `shutdown` runs (once; later calls are ignored).
+    pub(crate) fn on_shutdown(&self, hook: ShutdownHook) {
+        let _ = self.shutdown.set(hook);
     }
 
     /// The statistics.
@@ -356,9 +467,31 @@ impl Executor {
                     Err(e) => deliver(self.failed("flush_all", b"", &e)),
                 }
             }
-            Command::Stats => deliver(Response::Stats(self.stats.general(&self.store))),
+            Command::Stats(group) => deliver(self.stats_group(group)),
+            Command::CacheMemlimit { megabytes } => {
+                if megabytes < MIN_MEMLIMIT_MB {
+                    deliver(Response::MemlimitTooSmall)
+                } else {
+                    let bytes =
+                        usize::try_from(megabytes.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+                    if self.store.set_cache_budget(bytes) {
+                        deliver(Response::Ok)
+                    } else {
+                        deliver(Response::CacheDisabled)
+                    }
+                }
+            }
+            Command::Shutdown => match self.shutdown.get() {
+                Some(hook) if self.stats.shutdown_enabled() => {
+                    log::warn!("shutdown requested by a client");
+                    hook();
+                    deliver(Response::ShuttingDown)
+                }
+                _ => deliver(Response::ShutdownRefused),
+            },
             Command::Version => deliver(Response::Version(VERSION)),
             Command::Verbosity { level } => {
+                self.stats.verbosity.store(level, Relaxed);
                 log::set_max_level(match level {
                     0 => log::LevelFilter::Warn,
                     1 => log::LevelFilter::Info,
@@ -368,6 +501,60 @@ impl Executor {
                 deliver(Response::Ok)
             }
         }
+    }
+
+    fn stats_group(&self, group: StatsGroup) -> Response<'static> {
+        let stats = &self.stats;
+        let store = &*self.store;
+        Response::Stats(match group {
+            StatsGroup::General => stats.general(store),
+            StatsGroup::Settings => stats.settings(store),
+            StatsGroup::Items => stats.items(store),
+            StatsGroup::Slabs => stats.slabs(store),
+            StatsGroup::Sizes => stats.sizes(),
+            StatsGroup::Conns => stats.conns(),
+            StatsGroup::Reset => {
+                stats.reset();
+                return Response::Reset;
+            }
+            StatsGroup::DetailOn | StatsGroup::DetailOff => {
+                stats.set_detail(group == StatsGroup::DetailOn);
+                return Response::Ok;
+            }
+            StatsGroup::DetailDump => return Response::DetailDump(stats.detail_dump()),
+        })
+    }
+
+    /// Calls `visit` with every item of the store, in chunks of
+    /// [`SCAN_CHUNK`] keys, so that memory stays bounded whatever the
+    /// store's size (`stats cachedump`, `lru_crawler metadump`). Keys
+    /// removed or expired during the walk are skipped. Stops at the first
+    /// error `visit` returns.
+    pub(crate) fn for_each_item<E>(
+        &self,
+        mut visit: impl FnMut(&[u8], ItemRef<'_>) -> Result<(), E>,
+    ) -> Result<(), ScanError<E>> {
+        let mut cursor = Some(ScanCursor::start());
+        while let Some(c) = cursor {
+            let (keys, next) = self
+                .store
+                .scan_keys(&c, SCAN_CHUNK)
+                .map_err(ScanError::Store)?;
+            for key in &keys {
+                let mut result = Ok(());
+                let found = self
+                    .store
+                    .get_item_with(key, |item| result = visit(key, item));
+                match found {
+                    Ok(_) => result.map_err(ScanError::Visit)?,
+                    // Removed or refused between the scan and the read.
+                    Err(StoreError::KeyTooLong { .. } | StoreError::InvalidKey { .. }) => {}
+                    Err(e) => return Err(ScanError::Store(e)),
+                }
+            }
+            cursor = next;
+        }
+        Ok(())
     }
 
     /// A failed store call as a response: limits are the client's
@@ -478,223 +665,5 @@ impl Executor {
             (CounterOutcome::NotFound, None) => Response::NotFound,
             (CounterOutcome::NotNumeric, _) => Response::NonNumeric,
         })
-    }
-}
-
-/// Server-wide statistics: connection counters kept by the server, command
-/// counters derived by [`Stats::record`] from what was executed.
-#[derive(Debug)]
-pub(crate) struct Stats {
-    /// When the server started.
-    pub started: Instant,
-    /// The connection limit.
-    pub max_connections: usize,
-    /// Open connections.
-    pub curr_connections: AtomicUsize,
-    /// Connections accepted since start.
-    pub total_connections: AtomicU64,
-    /// Connections refused over the limit.
-    pub rejected_connections: AtomicU64,
-    /// `read` calls on client sockets.
-    pub read_calls: AtomicU64,
-    /// `write` calls on client sockets (one per batch of pipelined
-    /// requests, unless a reply is larger than the flush threshold).
-    pub write_calls: AtomicU64,
-    /// Bytes read from clients.
-    pub bytes_read: AtomicU64,
-    /// Bytes written to clients.
-    pub bytes_written: AtomicU64,
-    counters: Counters,
-}
-
-/// The counters [`Stats::record`] derives from executed commands; reset by
-/// `stats reset`.
-#[derive(Debug, Default)]
-struct Counters {
-    cmd_get: AtomicU64,
-    cmd_set: AtomicU64,
-    cmd_flush: AtomicU64,
-    cmd_touch: AtomicU64,
-    get_hits: AtomicU64,
-    get_misses: AtomicU64,
-    delete_hits: AtomicU64,
-    delete_misses: AtomicU64,
-    incr_hits: AtomicU64,
-    incr_misses: AtomicU64,
-    decr_hits: AtomicU64,
-    decr_misses: AtomicU64,
-    cas_hits: AtomicU64,
-    cas_misses: AtomicU64,
-    cas_badval: AtomicU64,
-    touch_hits: AtomicU64,
-    touch_misses: AtomicU64,
-    total_items: AtomicU64,
-    store_too_large: AtomicU64,
-    store_errors: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
-}
-
-impl Stats {
-    /// Fresh statistics for a server with this connection limit.
-    pub(crate) fn new(max_connections: usize) -> Stats {
-        Stats {
-            started: Instant::now(),
-            max_connections,
-            curr_connections: AtomicUsize::new(0),
-            total_connections: AtomicU64::new(0),
-            rejected_connections: AtomicU64::new(0),
-            read_calls: AtomicU64::new(0),
-            write_calls: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            counters: Counters::default(),
-        }
-    }
-
-    /// Counts one executed command by its response. The only place where
-    /// command counters change.
-    fn record(&self, cmd: &Command<'_>, resp: &Response<'_>) {
-        let c = &self.counters;
-        match cmd {
-            Command::Get { touch, .. } => {
-                bump(&c.cmd_get);
-                if touch.is_some() {
-                    bump(&c.cmd_touch);
-                }
-                match resp {
-                    Response::Hit(_) => {
-                        bump(&c.get_hits);
-                        if touch.is_some() {
-                            bump(&c.touch_hits);
-                        }
-                    }
-                    Response::Miss => {
-                        bump(&c.get_misses);
-                        if touch.is_some() {
-                            bump(&c.touch_misses);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Command::Store { cas, mode, .. } => {
-                bump(&c.cmd_set);
-                let checked = cas.is_some() && *mode != StoreMode::Add;
-                match resp {
-                    Response::Stored { .. } => {
-                        bump(&c.total_items);
-                        if checked {
-                            bump(&c.cas_hits);
-                        }
-                    }
-                    Response::Exists if checked => bump(&c.cas_badval),
-                    Response::NotFound if checked => bump(&c.cas_misses),
-                    Response::Failed(Failure::TooLarge) => bump(&c.store_too_large),
-                    _ => {}
-                }
-            }
-            Command::StoreTooLarge { .. } => {
-                bump(&c.cmd_set);
-                bump(&c.store_too_large);
-            }
-            Command::Delete { .. } => match resp {
-                Response::Deleted => bump(&c.delete_hits),
-                Response::NotFound => bump(&c.delete_misses),
-                _ => {}
-            },
-            Command::Counter { incr, .. } => {
-                let (hits, misses) = if *incr {
-                    (&c.incr_hits, &c.incr_misses)
-                } else {
-                    (&c.decr_hits, &c.decr_misses)
-                };
-                match resp {
-                    Response::Counter { .. } => bump(hits),
-                    Response::NotFound => bump(misses),
-                    _ => {}
-                }
-            }
-            Command::Touch { .. } => {
-                bump(&c.cmd_touch);
-                match resp {
-                    Response::Touched => bump(&c.touch_hits),
-                    Response::NotFound => bump(&c.touch_misses),
-                    _ => {}
-                }
-            }
-            Command::Flush { .. } => bump(&c.cmd_flush),
-            Command::Stats | Command::Version | Command::Verbosity { .. } => {}
-        }
-    }
-
-    /// Logs and counts a failed store call.
-    pub(crate) fn store_failed(&self, what: &str, key: &[u8], err: &StoreError) {
-        bump(&self.counters.store_errors);
-        log::error!(
-            "{what} of key {:?} failed: {err}",
-            String::from_utf8_lossy(key)
-        );
-    }
-
-    /// Adds one batch's socket calls and bytes.
-    pub(crate) fn add_io(&self, reads: u64, bytes_read: u64, writes: u64, bytes_written: u64) {
-        if bytes_read > 0 {
-            self.bytes_read.fetch_add(bytes_read, Relaxed);
-            self.read_calls.fetch_add(reads, Relaxed);
-        }
-        if bytes_written > 0 {
-            self.bytes_written.fetch_add(bytes_written, Relaxed);
-            self.write_calls.fetch_add(writes, Relaxed);
-        }
-    }
-
-    /// The general statistics, in memcached's order where the field exists
-    /// there.
-    pub(crate) fn general(&self, store: &Store) -> Vec<(&'static str, String)> {
-        let c = &self.counters;
-        let n = |a: &AtomicU64| a.load(Relaxed).to_string();
-        vec![
-            ("pid", std::process::id().to_string()),
-            ("uptime", self.started.elapsed().as_secs().to_string()),
-            ("time", unix_now().to_string()),
-            ("version", VERSION.to_string()),
-            ("kvstore_version", KVSTORE_VERSION.to_string()),
-            ("pointer_size", usize::BITS.to_string()),
-            (
-                "curr_connections",
-                self.curr_connections.load(Relaxed).to_string(),
-            ),
-            ("total_connections", n(&self.total_connections)),
-            ("rejected_connections", n(&self.rejected_connections)),
-            ("max_connections", self.max_connections.to_string()),
-            ("cmd_get", n(&c.cmd_get)),
-            ("cmd_set", n(&c.cmd_set)),
-            ("cmd_flush", n(&c.cmd_flush)),
-            ("cmd_touch", n(&c.cmd_touch)),
-            ("get_hits", n(&c.get_hits)),
-            ("get_misses", n(&c.get_misses)),
-            ("delete_hits", n(&c.delete_hits)),
-            ("delete_misses", n(&c.delete_misses)),
-            ("incr_hits", n(&c.incr_hits)),
-            ("incr_misses", n(&c.incr_misses)),
-            ("decr_hits", n(&c.decr_hits)),
-            ("decr_misses", n(&c.decr_misses)),
-            ("cas_hits", n(&c.cas_hits)),
-            ("cas_misses", n(&c.cas_misses)),
-            ("cas_badval", n(&c.cas_badval)),
-            ("touch_hits", n(&c.touch_hits)),
-            ("touch_misses", n(&c.touch_misses)),
-            ("store_too_large", n(&c.store_too_large)),
-            ("store_errors", n(&c.store_errors)),
-            ("bytes_read", n(&self.bytes_read)),
-            ("bytes_written", n(&self.bytes_written)),
-            ("read_calls", n(&self.read_calls)),
-            ("write_calls", n(&self.write_calls)),
-            ("curr_items", store.len().to_string()),
-            ("total_items", n(&c.total_items)),
-        ]
     }
 }

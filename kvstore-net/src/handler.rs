@@ -7,13 +7,14 @@
 mod binary;
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use kvstore_core::item::unix_now;
-use kvstore_core::ItemMeta;
+use kvstore_core::{Expiry, ItemMeta};
 
 use crate::connection::{Handler, IoCounts, Output, Step};
-use crate::exec::{self, Command, Executor, Failure, Response};
+use crate::exec::{self, Command, Executor, Failure, Response, StatsGroup};
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::memcached::{self as mc, StoreMode};
 use crate::protocol::{push_u64, seed, KeyPolicy, Parsed, Recovery, Reject};
@@ -29,10 +30,15 @@ pub(crate) struct Context {
     pub max_value_bytes: usize,
     /// Which bytes keys may hold.
     pub keys: KeyPolicy,
+    /// When the connection last received bytes (`stats conns`).
+    pub last_active: Arc<AtomicU64>,
 }
 
 impl Context {
     fn batch_done(&self, io: &IoCounts) {
+        if io.bytes_read > 0 {
+            self.last_active.store(unix_now(), Relaxed);
+        }
         self.exec
             .stats()
             .add_io(io.reads, io.bytes_read, io.writes, io.bytes_written);
@@ -175,6 +181,23 @@ fn encode_text(r: TextReply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(mc::END);
             return;
         }
+        Response::DetailDump(lines) => {
+            for l in &lines {
+                out.extend_from_slice(l.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(mc::END);
+            return;
+        }
+        Response::Reset => mc::RESET,
+        Response::MemlimitTooSmall => mc::MEMLIMIT_TOO_SMALL,
+        Response::CacheDisabled => {
+            // Sent even with `noreply`: the setting did not change.
+            mc::encode_server_error(out, "the value cache is disabled (--cache-bytes 0)");
+            return;
+        }
+        Response::ShutdownRefused => mc::SHUTDOWN_NOT_ENABLED,
+        Response::ShuttingDown => return,
         // memcached silences these with `noreply` too.
         Response::NonNumeric => mc::NON_NUMERIC,
         Response::Failed(Failure::TooLarge) => mc::TOO_LARGE,
@@ -204,9 +227,9 @@ impl McHandler {
         &self,
         keys: crate::protocol::Keys<'_>,
         with_cas: bool,
-        touch: Option<kvstore_core::Expiry>,
+        touch: Option<Expiry>,
         out: &mut Output<'_>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<()> {
         for key in keys {
             let r = TextReply {
                 key,
@@ -222,12 +245,124 @@ impl McHandler {
                 });
             if failed {
                 // A SERVER_ERROR ends the reply, without END.
-                return Ok(false);
+                return Ok(());
             }
             out.flush_if_large()?;
         }
         out.buf().extend_from_slice(mc::END);
-        Ok(true)
+        Ok(())
+    }
+}
+
+/// Appends `key` as memcached's metadump prints it: URI-encoded, every
+/// byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+fn push_uri_encoded(out: &mut Vec<u8>, key: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in key {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// Memory an item is reported to take in dumps: key, value and the
+/// record header on disk.
+fn item_size(key: &[u8], value_len: usize) -> u64 {
+    (key.len() + value_len + RECORD_OVERHEAD) as u64
+}
+
+/// Bytes of a record on disk besides its key and value.
+const RECORD_OVERHEAD: usize = 48;
+
+impl McHandler {
+    /// `stats cachedump <class> <limit>`: `ITEM <key> [<bytes> b; <exp> s]`
+    /// lines, streamed in bounded chunks. Class 1 holds every item.
+    fn cachedump(&self, class: u64, limit: u64, out: &mut Output<'_>) -> io::Result<()> {
+        if class == 0 || class > mc::MAX_ITEM_CLASS {
+            out.buf().extend_from_slice(mc::ILLEGAL_SLAB_ID);
+            return Ok(());
+        }
+        if class == 1 {
+            let mut listed = 0u64;
+            let walked = self.ctx.exec.for_each_item(|key, item| {
+                if limit > 0 && listed >= limit {
+                    return Err(None);
+                }
+                listed += 1;
+                let buf = out.buf();
+                buf.extend_from_slice(b"ITEM ");
+                buf.extend_from_slice(key);
+                buf.extend_from_slice(b" [");
+                push_u64(buf, item.value.len() as u64);
+                buf.extend_from_slice(b" b; ");
+                push_u64(
+                    buf,
+                    match item.expiry {
+                        Expiry::Never => 0,
+                        Expiry::At(t) => t,
+                    },
+                );
+                buf.extend_from_slice(b" s]\r\n");
+                out.flush_if_large().map_err(Some)
+            });
+            if !self.dump_ended(walked, out)? {
+                return Ok(());
+            }
+        }
+        out.buf().extend_from_slice(mc::END);
+        Ok(())
+    }
+
+    /// `lru_crawler metadump all`: one `key=<uri-encoded> exp=<unix time or
+    /// -1> la=<unix time> cas=<n> fetch=no cls=1 size=<bytes>` line per
+    /// item (ended by `\n` alone, as memcached does), then `END`. kvstore
+    /// tracks neither access times nor fetches: `la` is the time of the
+    /// dump and `fetch` is `no`.
+    fn metadump(&self, out: &mut Output<'_>) -> io::Result<()> {
+        let now = unix_now();
+        let walked = self.ctx.exec.for_each_item(|key, item| {
+            let buf = out.buf();
+            buf.extend_from_slice(b"key=");
+            push_uri_encoded(buf, key);
+            buf.extend_from_slice(b" exp=");
+            match item.expiry {
+                Expiry::Never => buf.extend_from_slice(b"-1"),
+                Expiry::At(t) => push_u64(buf, t),
+            }
+            buf.extend_from_slice(b" la=");
+            push_u64(buf, now);
+            buf.extend_from_slice(b" cas=");
+            push_u64(buf, item.cas);
+            buf.extend_from_slice(b" fetch=no cls=1 size=");
+            push_u64(buf, item_size(key, item.value.len()));
+            buf.push(b'\n');
+            out.flush_if_large().map_err(Some)
+        });
+        if self.dump_ended(walked, out)? {
+            out.buf().extend_from_slice(mc::END);
+        }
+        Ok(())
+    }
+
+    /// How a dump's walk ended: `true` when the reply goes on with `END`
+    /// (done, or stopped at its limit); `false` after a store failure,
+    /// answered `SERVER_ERROR` instead; a socket error is returned.
+    fn dump_ended(
+        &self,
+        walked: Result<(), exec::ScanError<Option<io::Error>>>,
+        out: &mut Output<'_>,
+    ) -> io::Result<bool> {
+        match walked {
+            Ok(()) | Err(exec::ScanError::Visit(None)) => Ok(true),
+            Err(exec::ScanError::Visit(Some(e))) => Err(e),
+            Err(exec::ScanError::Store(e)) => {
+                self.ctx.exec.stats().store_failed("dump", b"", &e);
+                mc::encode_server_error(out.buf(), &e.to_string());
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -338,7 +473,46 @@ impl Handler for McHandler {
                 };
                 self.run(&cmd, plain(b"", noreply), out.buf());
             }
-            mc::Request::Stats => self.run(&Command::Stats, plain(b"", false), out.buf()),
+            mc::Request::Stats(group) => {
+                let group = match group {
+                    mc::StatsRequest::General => StatsGroup::General,
+                    mc::StatsRequest::Settings => StatsGroup::Settings,
+                    mc::StatsRequest::Items => StatsGroup::Items,
+                    mc::StatsRequest::Slabs => StatsGroup::Slabs,
+                    mc::StatsRequest::Sizes => StatsGroup::Sizes,
+                    mc::StatsRequest::Conns => StatsGroup::Conns,
+                    mc::StatsRequest::Reset => StatsGroup::Reset,
+                    mc::StatsRequest::DetailOn => StatsGroup::DetailOn,
+                    mc::StatsRequest::DetailOff => StatsGroup::DetailOff,
+                    mc::StatsRequest::DetailDump => StatsGroup::DetailDump,
+                    mc::StatsRequest::Cachedump { class, limit } => {
+                        self.cachedump(class, limit, out)?;
+                        return Ok(Step::Consumed(consumed));
+                    }
+                };
+                self.run(&Command::Stats(group), plain(b"", false), out.buf());
+            }
+            mc::Request::Metadump { includes_items } => {
+                if includes_items {
+                    self.metadump(out)?;
+                } else {
+                    out.buf().extend_from_slice(mc::END);
+                }
+            }
+            mc::Request::CacheMemlimit { megabytes, noreply } => {
+                let cmd = Command::CacheMemlimit { megabytes };
+                self.run(&cmd, plain(b"", noreply), out.buf());
+            }
+            mc::Request::Shutdown => {
+                let mut stopping = false;
+                self.ctx.exec.execute(&Command::Shutdown, &mut |resp| {
+                    stopping = matches!(resp, Response::ShuttingDown);
+                    encode_text(plain(b"", false), resp, out.buf());
+                });
+                if stopping {
+                    return Ok(Step::Close);
+                }
+            }
             mc::Request::Version => self.run(&Command::Version, plain(b"", false), out.buf()),
             mc::Request::Verbosity { level, noreply } => self.run(
                 &Command::Verbosity { level },

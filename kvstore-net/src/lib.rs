@@ -1,13 +1,16 @@
 //! # kvstore-net: the TCP server and clients
 //!
-//! Serves a [`kvstore_core::Store`] over TCP in two dialects, each on its
-//! own listener (the wire contract is `PROTOCOL.md`):
+//! Serves a [`kvstore_core::Store`] over TCP on two listeners (the wire
+//! contract, with every reply and error line, is `docs/PROTOCOL.md` in the
+//! repository):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
-//! - the **memcached dialect**, memcached's text protocol and, on the same
-//!   port, its binary protocol (told apart by each connection's first
-//!   byte, docs/PROTOCOL.md), so existing memcached clients, tools and
-//!   proxies work against a store that survives restarts.
+//! - the **memcached port**, memcached's text protocol with its operators'
+//!   commands (stats groups, key dumps, `cache_memlimit`, `shutdown`), and
+//!   its binary protocol, so existing memcached clients, tools, proxies and
+//!   monitoring work against a store that survives restarts. Each
+//!   connection's first byte picks its protocol, as memcached does
+//!   ([`MemcachedProtocol`]).
 //!
 //! ## Layout
 //!
@@ -17,6 +20,12 @@
 //!   rejection carrying the reply and how to resynchronize) and encode
 //!   replies; the key rules live in one function,
 //!   [`protocol::validate_key`].
+//! - `exec` (private): the executor every dialect shares. A dialect parses
+//!   a request, maps it to typed commands, the executor runs them against
+//!   the store and hands back typed responses, and the dialect encodes
+//!   them; statistics are derived there from what was executed (`stats`,
+//!   private). `handler` (private) holds each dialect's mapping and
+//!   encoder; `exec.rs` explains how a new dialect plugs in.
 //! - `connection` (private): one connection's buffers, limits, EOF and idle
 //!   timeout; one read and one write per batch of pipelined requests.
 //! - [`server`]: [`Server::start`] binds the listeners and returns a
@@ -67,6 +76,7 @@ mod handler;
 pub mod mcclient;
 pub mod protocol;
 pub mod server;
+mod stats;
 
 pub use client::Client;
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};

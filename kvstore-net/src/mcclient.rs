@@ -435,7 +435,7 @@ impl McClient {
     /// # Errors
     /// As [`McClient::version`].
     pub fn stats(&mut self) -> Result<Vec<(String, String)>> {
-        mc::Request::Stats.encode(&mut self.conn.out);
+        mc::Request::Stats(mc::StatsRequest::General).encode(&mut self.conn.out);
         self.conn.send()?;
         let mut stats = Vec::new();
         loop {

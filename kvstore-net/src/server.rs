@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Executor, Stats};
 use crate::handler::{Context, McPortHandler, SeedHandler};
 use crate::protocol::{memcached, seed, KeyPolicy};
+use crate::stats::Settings;
 
 /// Stack size of a connection thread: parsing works on heap buffers, so a
 /// small stack lets 10,000 connections fit comfortably.
@@ -84,6 +85,9 @@ pub struct ServerConfig {
     /// Which protocols the memcached port speaks (default: both, told
     /// apart by each connection's first byte).
     pub memcached_protocol: MemcachedProtocol,
+    /// Honour the memcached dialect's `shutdown` command (memcached's
+    /// `-A`); off by default, when `shutdown` is refused.
+    pub enable_shutdown: bool,
 }
 
 /// Which of memcached's protocols the memcached port speaks (memcached's
@@ -111,6 +115,7 @@ impl Default for ServerConfig {
             max_value_bytes: 1 << 20,
             idle_timeout: None,
             memcached_protocol: MemcachedProtocol::Auto,
+            enable_shutdown: false,
         }
     }
 }
@@ -189,6 +194,7 @@ impl Shared {
         if self.stopping.swap(true, SeqCst) {
             return;
         }
+        self.stats.accepting.store(false, SeqCst);
         let mut t = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
         *t = true;
         self.triggered_cv.notify_all();
@@ -235,6 +241,7 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut conns = self.shared.conns();
         conns.remove(&self.id);
+        self.shared.stats.conn_closed(self.id);
         self.shared.stats.curr_connections.fetch_sub(1, SeqCst);
         self.shared.conns_cv.notify_all();
     }
@@ -252,7 +259,7 @@ impl Server {
     }
 
     /// As [`Server::start`], with keys checked under `keys` instead of
-    /// PROTOCOL.md's strict rule ([`KeyPolicy::MemcachedCompatible`] is for
+    /// docs/PROTOCOL.md's strict rule ([`KeyPolicy::MemcachedCompatible`] is for
     /// load generators such as memcaslap, whose keys hold control bytes).
     ///
     /// # Errors
@@ -288,7 +295,26 @@ impl Server {
         let seed_addr = seed_listener.as_ref().map(local).transpose()?;
         let memcached_addr = mc_listener.as_ref().map(local).transpose()?;
 
-        let stats = Arc::new(Stats::new(config.max_connections));
+        let stats = Arc::new(Stats::new());
+        stats.set_settings(Settings {
+            max_connections: config.max_connections,
+            max_value_bytes: config.max_value_bytes,
+            bind: config.bind.to_string(),
+            memcached_port: memcached_addr.map_or(0, |a| a.port()),
+            binding_protocol: match config.memcached_protocol {
+                MemcachedProtocol::Auto => "auto-negotiate",
+                MemcachedProtocol::Ascii => "ascii",
+                MemcachedProtocol::Binary => "binary",
+            },
+            idle_timeout_secs: config.idle_timeout.map_or(0, |d| d.as_secs()),
+            shutdown_enabled: config.enable_shutdown,
+            tcp_backlog: LISTEN_BACKLOG,
+        });
+        for (listener, addr) in [(&seed_listener, seed_addr), (&mc_listener, memcached_addr)] {
+            if let (Some(l), Some(addr)) = (listener, addr) {
+                stats.add_listener(l.as_raw_fd(), addr);
+            }
+        }
         let exec = Arc::new(Executor::new(Arc::clone(&store), Arc::clone(&stats)));
         let shared = Arc::new(Shared {
             store,
@@ -310,6 +336,12 @@ impl Server {
                     .collect(),
             ),
         });
+        let weak = Arc::downgrade(&shared);
+        shared.exec.on_shutdown(Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.trigger();
+            }
+        }));
 
         let mut acceptors = Vec::new();
         for (listener, dialect) in [
@@ -391,6 +423,8 @@ fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>
         stats.total_connections.fetch_add(1, Relaxed);
         let id = shared.next_id.fetch_add(1, Relaxed);
         shared.conns().insert(id, stream.as_raw_fd());
+        let local = stream.local_addr().unwrap_or(peer);
+        let last_active = stats.conn_opened(id, stream.as_raw_fd(), peer, local);
         let guard = ConnGuard {
             shared: Arc::clone(&shared),
             id,
@@ -398,7 +432,7 @@ fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(CONNECTION_STACK_BYTES)
-            .spawn(move || run_connection(stream, peer, dialect, guard));
+            .spawn(move || run_connection(stream, peer, dialect, guard, last_active));
         if let Err(e) = spawned {
             // The closure (with the stream and the guard) was dropped: the
             // slot is released and the socket closed.
@@ -422,12 +456,19 @@ fn refuse(mut stream: TcpStream, dialect: Dialect) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: ConnGuard) {
+fn run_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    dialect: Dialect,
+    guard: ConnGuard,
+    last_active: Arc<AtomicU64>,
+) {
     let shared = &guard.shared;
     let ctx = Context {
         exec: Arc::clone(&shared.exec),
         max_value_bytes: shared.config.max_value_bytes,
         keys: shared.keys,
+        last_active,
     };
     let mut seed_handler;
     let mut mc_handler;
@@ -446,7 +487,10 @@ fn run_connection(stream: TcpStream, peer: SocketAddr, dialect: Dialect, guard: 
         Ok(End::EofMidRequest) => {
             log::debug!("{peer} disconnected inside a request; nothing of it was stored")
         }
-        Ok(End::Idle) => log::debug!("closing {peer}: idle"),
+        Ok(End::Idle) => {
+            shared.stats.idle_kicks.fetch_add(1, Relaxed);
+            log::debug!("closing {peer}: idle")
+        }
         Err(e) => log::info!("connection from {peer} failed: {e}"),
     }
     // Leave the registry before the socket is closed.

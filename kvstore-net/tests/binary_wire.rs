@@ -653,6 +653,33 @@ fn version_stat_flush_and_quit() {
     assert_eq!(stats["curr_items"], "1");
     let r = call(&mut s, Command::Stat { group: b"bogus" }, 0);
     assert_eq!(r.status(), Status::KeyNotFound);
+    // A group: its lines, then the terminator.
+    send(&mut s, Command::Stat { group: b"settings" }, 43, 0);
+    let mut names = Vec::new();
+    loop {
+        let r = recv(&mut s);
+        assert_eq!((r.opcode, r.opaque, r.status), (0x10, 43, 0));
+        if r.key.is_empty() {
+            break;
+        }
+        names.push(String::from_utf8(r.key).unwrap());
+    }
+    assert!(names.iter().any(|n| n == "maxconns"), "{names:?}");
+    // reset answers the terminator alone, and zeroes the counters.
+    let r = call(&mut s, Command::Stat { group: b"reset" }, 0);
+    assert_eq!((r.status, r.key.len(), r.value.len()), (0, 0, 0));
+    send(&mut s, Command::Stat { group: b"" }, 44, 0);
+    let mut get_hits = None;
+    loop {
+        let r = recv(&mut s);
+        if r.key.is_empty() {
+            break;
+        }
+        if r.key == b"get_hits" {
+            get_hits = Some(r.value);
+        }
+    }
+    assert_eq!(get_hits.as_deref(), Some(&b"0"[..]));
     let flush = |delay, quiet| Command::Flush { delay, quiet };
     send(&mut s, flush(None, true), 1, 0);
     noop_ends(&mut s);

@@ -1,5 +1,5 @@
 //! The memcached dialect against the in-process server: raw bytes for the
-//! replies PROTOCOL.md lists, and the `McClient`.
+//! replies docs/PROTOCOL.md lists, and the `McClient`.
 
 mod common;
 
@@ -349,7 +349,7 @@ fn key_policy_strict_by_default_lenient_on_request() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = start(tmp.path());
     let mut s = raw(srv.mc);
-    // memcaslap's keys start with eight 0x10 bytes: PROTOCOL.md refuses them.
+    // memcaslap's keys start with eight 0x10 bytes: docs/PROTOCOL.md refuses them.
     round_trip(
         &mut s,
         b"set \x10\x10key 0 0 1\r\nv\r\n",

@@ -1,5 +1,5 @@
 //! The seed dialect, byte for byte, against the in-process server: every
-//! row of PROTOCOL.md's table, the example session, bad input that keeps
+//! row of docs/PROTOCOL.md's table, the example session, bad input that keeps
 //! the connection usable, pipelining, and the seed `Client`.
 
 mod common;

@@ -116,9 +116,12 @@ mod journal;
 mod map;
 mod open;
 mod read;
+mod scan;
 mod spares;
 mod verify;
 mod write;
+
+pub use scan::ScanCursor;
 
 use self::clear::*;
 use self::durability::*;

@@ -63,6 +63,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     memcached_protocol: ProtocolArg,
 
+    /// Honour the memcached `shutdown` command (memcached's -A); without
+    /// it, `shutdown` is refused.
+    #[arg(long)]
+    enable_shutdown: bool,
+
     /// What an acknowledged write survives: never (process crash only),
     /// periodic (at most --sync-interval-ms lost on power failure), always.
     #[arg(long, value_enum, default_value = "periodic")]
@@ -91,7 +96,7 @@ struct Args {
 
     /// Accept any key byte but space, CR and LF, as memcached itself does
     /// (for load generators such as memcaslap, whose keys start with
-    /// control bytes); by default keys follow PROTOCOL.md and may not hold
+    /// control bytes); by default keys follow docs/PROTOCOL.md and may not hold
     /// control bytes.
     #[arg(long)]
     lenient_keys: bool,
@@ -148,6 +153,7 @@ fn run(args: Args) -> Result<(), String> {
             ProtocolArg::Ascii => MemcachedProtocol::Ascii,
             ProtocolArg::Binary => MemcachedProtocol::Binary,
         },
+        enable_shutdown: args.enable_shutdown,
     };
     let keys = if args.lenient_keys {
         KeyPolicy::MemcachedCompatible

@@ -12,7 +12,7 @@ use kvstore_core::{Expiry, ItemMeta};
 
 use super::Context;
 use crate::connection::{Handler, IoCounts, Output, Step};
-use crate::exec::{self, Command, Failure, Response};
+use crate::exec::{self, Command, Failure, Response, StatsGroup};
 use crate::protocol::binary::{
     self as bin, counter_value, flags_extras, Request, Status, NO_AUTO_CREATE,
 };
@@ -97,7 +97,11 @@ fn encode(r: Reply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
         Response::Stored { cas } => r.success(out, cas, b""),
         Response::NotStored => r.error(out, r.not_stored),
         Response::Exists => r.error(out, Status::KeyExists),
-        Response::Deleted | Response::Touched | Response::Ok => r.success(out, 0, b""),
+        // `stat reset` and `stat detail on|off` answer the stat terminator,
+        // which is this same empty response.
+        Response::Deleted | Response::Touched | Response::Ok | Response::Reset => {
+            r.success(out, 0, b"")
+        }
         Response::Counter { value, cas } => r.success(out, cas, &counter_value(value)),
         Response::NonNumeric => r.error(out, Status::DeltaBadValue),
         Response::Version(v) => r.success(out, 0, v.as_bytes()),
@@ -112,6 +116,28 @@ fn encode(r: Reply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
             }
             bin::Response::empty(r.opcode, r.opaque).encode(out);
         }
+        // memcached sends the whole dump as one statistic, `detailed`.
+        Response::DetailDump(lines) => {
+            let mut dump = Vec::new();
+            for l in &lines {
+                dump.extend_from_slice(l.as_bytes());
+                dump.extend_from_slice(b"\r\n");
+            }
+            dump.extend_from_slice(mc::END);
+            bin::Response {
+                key: b"detailed",
+                value: &dump,
+                ..bin::Response::empty(r.opcode, r.opaque)
+            }
+            .encode(out);
+            bin::Response::empty(r.opcode, r.opaque).encode(out);
+        }
+        // Answers to text-only commands (cache_memlimit, shutdown), which
+        // no binary opcode maps to.
+        Response::MemlimitTooSmall
+        | Response::CacheDisabled
+        | Response::ShutdownRefused
+        | Response::ShuttingDown => r.error(out, Status::UnknownCommand),
         Response::Failed(Failure::TooLarge) => r.error(out, Status::TooLarge),
         Response::Failed(Failure::BadKey) => r.error(out, Status::InvalidArguments),
         // memcached's answer to a write it could not keep; the body gives
@@ -123,6 +149,24 @@ fn encode(r: Reply<'_>, resp: Response<'_>, out: &mut Vec<u8>) {
         }
         .encode(out),
     }
+}
+
+/// The statistics group a stat key names, matched as memcached's
+/// `process_bin_stat` does (`reset`, `settings` and `detail` by prefix).
+fn stats_group(group: &[u8]) -> Option<StatsGroup> {
+    Some(match group {
+        b"" => StatsGroup::General,
+        b"items" => StatsGroup::Items,
+        b"slabs" => StatsGroup::Slabs,
+        b"sizes" => StatsGroup::Sizes,
+        b"conns" => StatsGroup::Conns,
+        _ if group.starts_with(b"reset") => StatsGroup::Reset,
+        _ if group.starts_with(b"settings") => StatsGroup::Settings,
+        _ if group.starts_with(b"detail dump") => StatsGroup::DetailDump,
+        _ if group.starts_with(b"detail on") => StatsGroup::DetailOn,
+        _ if group.starts_with(b"detail off") => StatsGroup::DetailOff,
+        _ => return None,
+    })
 }
 
 /// An exptime of the binary protocol as an expiry (the text protocol's
@@ -303,9 +347,11 @@ impl Handler for BinaryHandler {
             }
             bin::Command::Noop => reply.success(out.buf(), 0, b""),
             bin::Command::Version => self.run(&Command::Version, reply, out.buf()),
-            bin::Command::Stat { group: b"" } => self.run(&Command::Stats, reply, out.buf()),
-            // memcached's answer to a group it does not have.
-            bin::Command::Stat { .. } => reply.error(out.buf(), Status::KeyNotFound),
+            bin::Command::Stat { group } => match stats_group(group) {
+                Some(group) => self.run(&Command::Stats(group), reply, out.buf()),
+                // memcached's answer to a group it does not have.
+                None => reply.error(out.buf(), Status::KeyNotFound),
+            },
             bin::Command::Quit { .. } => {
                 reply.success(out.buf(), 0, b"");
                 return Ok(Step::Close);

@@ -1,4 +1,4 @@
-//! The memcached ASCII dialect (PROTOCOL.md, "Memcached dialect"): request
+//! The memcached ASCII dialect (docs/PROTOCOL.md, "Memcached dialect"): request
 //! parser, reply encoders, the exptime rules, and the reply decoders the
 //! [`McClient`](crate::McClient) uses.
 
@@ -44,6 +44,20 @@ pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 /// An `exptime` (of `touch`, `gat`, `gats`) or a `flush_all` delay that is
 /// not a decimal number.
 pub const INVALID_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
+/// `stats detail` without `on`, `off` or `dump`.
+pub const DETAIL_USAGE: &[u8] = b"CLIENT_ERROR usage: stats detail on|off|dump\r\n";
+/// `stats cachedump` with arguments that are not two numbers.
+pub const BAD_COMMAND_LINE: &[u8] = b"CLIENT_ERROR bad command line\r\n";
+/// `stats cachedump` of a class that cannot exist.
+pub const ILLEGAL_SLAB_ID: &[u8] = b"CLIENT_ERROR Illegal slab id\r\n";
+/// `shutdown` on a server started without shutdown enabled.
+pub const SHUTDOWN_NOT_ENABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
+/// `cache_memlimit` below the floor.
+pub const MEMLIMIT_TOO_SMALL: &[u8] = b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n";
+/// `RESET\r\n`: the reply of `stats reset`.
+pub const RESET: &[u8] = b"RESET\r\n";
+/// The largest item class `stats cachedump` accepts (memcached has 63).
+pub const MAX_ITEM_CLASS: u64 = 63;
 /// A `delete` with arguments memcached does not accept.
 pub const DELETE_USAGE: &[u8] =
     b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
@@ -103,6 +117,57 @@ impl StoreMode {
             StoreMode::Append => b"append",
             StoreMode::Prepend => b"prepend",
             StoreMode::Cas(_) => b"cas",
+        }
+    }
+}
+
+/// Which statistics `stats [<group>]` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsRequest {
+    /// `stats`
+    General,
+    /// `stats settings`
+    Settings,
+    /// `stats items`
+    Items,
+    /// `stats slabs`
+    Slabs,
+    /// `stats sizes`
+    Sizes,
+    /// `stats conns`
+    Conns,
+    /// `stats reset`
+    Reset,
+    /// `stats detail on`
+    DetailOn,
+    /// `stats detail off`
+    DetailOff,
+    /// `stats detail dump`
+    DetailDump,
+    /// `stats cachedump <class> <limit>`: up to `limit` keys of an item
+    /// class (0: all).
+    Cachedump {
+        /// The item class.
+        class: u64,
+        /// The most keys listed; 0 lists all.
+        limit: u64,
+    },
+}
+
+impl StatsRequest {
+    fn words(self) -> &'static str {
+        match self {
+            StatsRequest::General => "",
+            StatsRequest::Settings => " settings",
+            StatsRequest::Items => " items",
+            StatsRequest::Slabs => " slabs",
+            StatsRequest::Sizes => " sizes",
+            StatsRequest::Conns => " conns",
+            StatsRequest::Reset => " reset",
+            StatsRequest::DetailOn => " detail on",
+            StatsRequest::DetailOff => " detail off",
+            StatsRequest::DetailDump => " detail dump",
+            StatsRequest::Cachedump { .. } => " cachedump",
         }
     }
 }
@@ -189,8 +254,23 @@ pub enum Request<'a> {
         /// Send no reply.
         noreply: bool,
     },
-    /// `stats`.
-    Stats,
+    /// `stats [<group>]`.
+    Stats(StatsRequest),
+    /// `lru_crawler metadump <classes>`: every key with its metadata.
+    Metadump {
+        /// Whether the classes (`all`, or a comma-separated list) include
+        /// class 1, the only class kvstore has.
+        includes_items: bool,
+    },
+    /// `cache_memlimit <megabytes>`.
+    CacheMemlimit {
+        /// The new budget of the value cache, in MiB.
+        megabytes: u64,
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// `shutdown [graceful]`.
+    Shutdown,
     /// `version`.
     Version,
     /// `verbosity <n>`.
@@ -299,7 +379,30 @@ impl Request<'_> {
                 push_i64(out, *delay);
                 noreply_crlf(out, *noreply);
             }
-            Request::Stats => out.extend_from_slice(b"stats\r\n"),
+            Request::Stats(group) => {
+                out.extend_from_slice(b"stats");
+                out.extend_from_slice(group.words().as_bytes());
+                if let StatsRequest::Cachedump { class, limit } = group {
+                    out.push(b' ');
+                    push_u64(out, *class);
+                    out.push(b' ');
+                    push_u64(out, *limit);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            Request::Metadump { includes_items } => {
+                out.extend_from_slice(if *includes_items {
+                    b"lru_crawler metadump all\r\n"
+                } else {
+                    b"lru_crawler metadump 2\r\n"
+                });
+            }
+            Request::CacheMemlimit { megabytes, noreply } => {
+                out.extend_from_slice(b"cache_memlimit ");
+                push_u64(out, *megabytes);
+                noreply_crlf(out, *noreply);
+            }
+            Request::Shutdown => out.extend_from_slice(b"shutdown\r\n"),
             Request::Version => out.extend_from_slice(b"version\r\n"),
             Request::TooLarge {
                 mode,
@@ -478,9 +581,52 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
                 None => reject_unless(noreply, INVALID_EXPTIME, n),
             }
         }
-        b"stats" if args.is_empty() => request(Request::Stats),
-        b"version" if args.is_empty() => request(Request::Version),
-        b"quit" if args.is_empty() => request(Request::Quit),
+        b"stats" => {
+            // memcached ignores the tokens after a group's name.
+            let group = match args {
+                [] => StatsRequest::General,
+                [b"settings", ..] => StatsRequest::Settings,
+                [b"items", ..] => StatsRequest::Items,
+                [b"slabs", ..] => StatsRequest::Slabs,
+                [b"sizes", ..] => StatsRequest::Sizes,
+                [b"conns", ..] => StatsRequest::Conns,
+                [b"reset", ..] => StatsRequest::Reset,
+                [b"detail", b"on", ..] => StatsRequest::DetailOn,
+                [b"detail", b"off", ..] => StatsRequest::DetailOff,
+                [b"detail", b"dump", ..] => StatsRequest::DetailDump,
+                [b"detail", ..] => return reject(DETAIL_USAGE, n),
+                [b"cachedump", class, limit, ..] => match (parse_u64(class), parse_u64(limit)) {
+                    (Some(class), Some(limit)) => StatsRequest::Cachedump { class, limit },
+                    _ => return reject(BAD_COMMAND_LINE, n),
+                },
+                [b"cachedump", ..] => return reject(BAD_COMMAND_LINE, n),
+                _ => return reject(ERROR, n),
+            };
+            request(Request::Stats(group))
+        }
+        b"lru_crawler" => match args {
+            [b"metadump", classes, ..] => request(Request::Metadump {
+                includes_items: *classes == b"all"
+                    || classes.split(|&b| b == b',').any(|c| c == b"1"),
+            }),
+            _ => reject(ERROR, n),
+        },
+        b"cache_memlimit" => {
+            let (mb, noreply) = match args {
+                [mb] => (*mb, false),
+                [mb, last] => (*mb, *last == b"noreply"),
+                _ => return reject(ERROR, n),
+            };
+            match parse_u64(mb) {
+                Some(megabytes) => request(Request::CacheMemlimit { megabytes, noreply }),
+                None => reject(ERROR, n),
+            }
+        }
+        b"shutdown" if args.len() <= 1 => request(Request::Shutdown),
+        // memcached 1.6 ignores the tokens after `version` and `quit`
+        // (memcapable expects it of a server that reports 1.6).
+        b"version" => request(Request::Version),
+        b"quit" => request(Request::Quit),
         b"verbosity" => {
             let (level, noreply) = match args {
                 [level] => (*level, *level == b"noreply"),
@@ -926,7 +1072,7 @@ mod tests {
                 noreply: true
             }
         );
-        assert_eq!(req(b"stats\r\n").0, Request::Stats);
+        assert_eq!(req(b"stats\r\n").0, Request::Stats(StatsRequest::General));
         assert_eq!(req(b"version\r\n").0, Request::Version);
         assert_eq!(req(b"quit\r\n").0, Request::Quit);
         assert_eq!(
@@ -953,12 +1099,18 @@ mod tests {
 
     #[test]
     fn memccapable_error_cases() {
+        // As memcached 1.6.18: extra tokens after `version` and `quit` are
+        // ignored.
+        for (line, request) in [
+            (&b"quit foo bar\r\n"[..], Request::Quit),
+            (b"quit noreply\r\n", Request::Quit),
+            (b"version foo bar\r\n", Request::Version),
+            (b"version noreply\r\n", Request::Version),
+        ] {
+            assert_eq!(req(line), (request, line.len()));
+        }
         for line in [
-            &b"quit foo bar\r\n"[..],
-            b"quit noreply\r\n",
-            b"version foo bar\r\n",
-            b"version noreply\r\n",
-            b"verbosity foo bar my\r\n",
+            &b"verbosity foo bar my\r\n"[..],
             b"verbosity\r\n",
             b"delete\r\n",
             b"delete a b c d e\r\n",
@@ -1019,7 +1171,16 @@ mod tests {
             (b"get a\x01\r\n", BAD_FORMAT),
             (b"gat x a\r\n", INVALID_EXPTIME),
             (b"gat\r\n", ERROR),
-            (b"stats items x\r\n", ERROR),
+            (b"stats foo\r\n", ERROR),
+            (b"stats detail\r\n", DETAIL_USAGE),
+            (b"stats detail x\r\n", DETAIL_USAGE),
+            (b"stats cachedump\r\n", BAD_COMMAND_LINE),
+            (b"stats cachedump 1\r\n", BAD_COMMAND_LINE),
+            (b"stats cachedump x 0\r\n", BAD_COMMAND_LINE),
+            (b"lru_crawler metadump\r\n", ERROR),
+            (b"lru_crawler foo\r\n", ERROR),
+            (b"cache_memlimit\r\n", ERROR),
+            (b"cache_memlimit x\r\n", ERROR),
         ];
         for (line, reply) in cases {
             assert_eq!(
@@ -1237,6 +1398,7 @@ mod tests {
         Touch(Vec<u8>, i64, bool),
         Flush(i64, bool),
         Simple(u8),
+        Operator(u64, u64, bool),
     }
 
     fn owned_strategy() -> impl Strategy<Value = Owned> {
@@ -1267,7 +1429,9 @@ mod tests {
             (key_strategy(), any::<i64>(), any::<bool>())
                 .prop_map(|(k, e, n)| Owned::Touch(k, e, n)),
             (any::<i64>(), any::<bool>()).prop_map(|(d, n)| Owned::Flush(d, n)),
-            (0u8..4).prop_map(Owned::Simple),
+            (0u8..20).prop_map(Owned::Simple),
+            (any::<u64>(), any::<u64>(), any::<bool>())
+                .prop_map(|(a, b, n)| Owned::Operator(a, b, n)),
         ]
     }
 
@@ -1324,16 +1488,48 @@ mod tests {
                 noreply: *noreply,
             }
             .encode(out),
-            Owned::Simple(0) => Request::Stats.encode(out),
+            Owned::Simple(0) => Request::Stats(StatsRequest::General).encode(out),
             Owned::Simple(1) => Request::Version.encode(out),
             Owned::Simple(2) => Request::Verbosity {
                 level: 1,
                 noreply: false,
             }
             .encode(out),
-            Owned::Simple(_) => Request::Verbosity {
+            Owned::Simple(3) => Request::Verbosity {
                 level: 0,
                 noreply: true,
+            }
+            .encode(out),
+            Owned::Simple(n) => {
+                let request = match n {
+                    4 => Request::Stats(StatsRequest::Settings),
+                    5 => Request::Stats(StatsRequest::Items),
+                    6 => Request::Stats(StatsRequest::Slabs),
+                    7 => Request::Stats(StatsRequest::Sizes),
+                    8 => Request::Stats(StatsRequest::Conns),
+                    9 => Request::Stats(StatsRequest::Reset),
+                    10 => Request::Stats(StatsRequest::DetailOn),
+                    11 => Request::Stats(StatsRequest::DetailOff),
+                    12 => Request::Stats(StatsRequest::DetailDump),
+                    13 => Request::Metadump {
+                        includes_items: true,
+                    },
+                    14 => Request::Metadump {
+                        includes_items: false,
+                    },
+                    15 => Request::Shutdown,
+                    _ => Request::Quit,
+                };
+                request.encode(out)
+            }
+            Owned::Operator(class, limit, true) => Request::Stats(StatsRequest::Cachedump {
+                class: *class,
+                limit: *limit,
+            })
+            .encode(out),
+            Owned::Operator(_, megabytes, false) => Request::CacheMemlimit {
+                megabytes: *megabytes,
+                noreply: *megabytes % 2 == 0,
             }
             .encode(out),
         }

@@ -1,6 +1,6 @@
 //! The wire protocol: pure functions over byte buffers, no sockets.
 //!
-//! Both dialects (see `PROTOCOL.md`) share the framing rules implemented
+//! Both dialects (see `docs/PROTOCOL.md`) share the framing rules implemented
 //! here: lines end with `\r\n` (a bare `\n` is accepted), tokens are
 //! separated by one or more spaces, a command line is at most
 //! [`MAX_LINE_BYTES`] long except retrieval lines (`get`, `gets`, `gat`,
@@ -67,13 +67,13 @@ pub fn validate_key(key: &[u8]) -> Result<(), KeyError> {
 /// Which bytes a key may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyPolicy {
-    /// PROTOCOL.md's rule: no whitespace or control bytes (`<= 0x20`,
+    /// docs/PROTOCOL.md's rule: no whitespace or control bytes (`<= 0x20`,
     /// `0x7f`). The default.
     #[default]
     Strict,
     /// What memcached itself accepts: any byte but space, `\r` and `\n`.
     /// Only for load generators that need it (memcaslap puts eight 0x10
-    /// bytes at the start of every key); not PROTOCOL.md conforming.
+    /// bytes at the start of every key); not docs/PROTOCOL.md conforming.
     MemcachedCompatible,
 }
 

@@ -1,4 +1,4 @@
-//! The seed dialect (PROTOCOL.md, "Seed dialect"): request parser, reply
+//! The seed dialect (docs/PROTOCOL.md, "Seed dialect"): request parser, reply
 //! encoders, and the reply decoders the [`Client`](crate::Client) uses.
 //!
 //! | request | reply |

@@ -102,6 +102,12 @@ async function main() {
     check(name in stats, 'stats has ' + name);
   }
   check(Number(stats.cmd_set) > 0, 'stats counts sets');
+  const settings = await statsOf('settings');
+  check('maxconns' in settings, 'stats settings has maxconns');
+  await new Promise((resolve, reject) => {
+    client.resetStats((err) => (err ? reject(err) : resolve()));
+  });
+  check(Number((await statsOf('')).cmd_set) === 0, 'stats reset zeroes cmd_set');
 
   check(await client.flush(), 'flush');
   check((await client.get('js:new')).value === null, 'get after flush');
