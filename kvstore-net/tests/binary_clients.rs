@@ -10,7 +10,8 @@
 mod common;
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -243,68 +244,75 @@ fn libmemcached_tools_with_binary() {
     assert!(!tool("memcexist", &[name]).0, "memcexist after memcflush");
 }
 
-/// A port that was free a moment ago (memcached cannot be told to pick
-/// one and say which).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A real memcached, speaking only the binary protocol on a Unix socket
+/// (no port to race for), stopped on drop.
+struct Memcached {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
 }
-
-/// A real memcached, speaking only the binary protocol, stopped on drop.
-struct Memcached(Child);
 
 impl Drop for Memcached {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn memcached() -> (Memcached, u16) {
+fn memcached() -> Memcached {
     {
         let _g = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
         if !have("memcached") {
             apt_install(&["memcached"]);
         }
     }
-    for _ in 0..5 {
-        let port = free_port();
-        let mut cmd = Command::new("memcached");
-        cmd.args(["-l", "127.0.0.1", "-U", "0", "-B", "binary", "-I", "1m"])
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: geteuid(2) has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "nobody"]);
-        }
-        let mut mc = Memcached(cmd.spawn().unwrap());
-        let start = Instant::now();
-        while start.elapsed() < common::DEADLINE {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (mc, port);
-            }
-            if mc.0.try_wait().unwrap().is_some() {
-                break; // the port was taken in between: try another
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("memcached.sock");
+    let mut cmd = Command::new("memcached");
+    cmd.args(["-B", "binary", "-I", "1m", "-a", "0777", "-s"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // memcached refuses to run as root; nobody must reach the socket's
+        // directory.
+        cmd.args(["-u", "nobody"]);
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
     }
-    panic!("memcached did not start");
+    let mut mc = Memcached {
+        child: cmd.spawn().unwrap(),
+        socket,
+        _dir: dir,
+    };
+    let start = Instant::now();
+    while UnixStream::connect(&mc.socket).is_err() {
+        assert!(
+            mc.child.try_wait().unwrap().is_none(),
+            "memcached exited at start"
+        );
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "memcached did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mc
 }
 
 #[test]
 fn replies_match_memcached_byte_for_byte() {
-    let (_reference, port) = memcached();
+    let reference = memcached();
     let (_tmp, _srv, mc) = kvstore();
     let printed = must_run(
         "binary_compare.py",
         Command::new("python3")
             .arg(clients_dir().join("binary_compare.py"))
-            .arg(port.to_string())
+            .arg(&reference.socket)
             .arg(mc.port().to_string()),
     );
     assert!(printed.contains("replies identical"), "{printed}");

@@ -3,8 +3,9 @@ their replies byte for byte: memcached (the reference) and kvstore-server.
 cas values differ between servers, so each distinct cas is replaced by the
 order in which it first appears in that server's replies. Exchanges where
 kvstore deliberately differs (docs/PROTOCOL.md, "Binary protocol") are not
-sent. Usage: python3 binary_compare.py <reference port> <kvstore port>;
-exits non-zero listing every exchange whose replies differ."""
+sent. Usage: python3 binary_compare.py <reference> <kvstore>, each a TCP
+port on 127.0.0.1 or the path of a Unix socket; exits non-zero listing
+every exchange whose replies differ."""
 import socket
 import struct
 import sys
@@ -32,10 +33,19 @@ def counter_extras(delta, initial=0, exptime=0):
     return struct.pack(">QQI", delta, initial, exptime)
 
 
-def exchange(port, packets, read_for=0.3):
+def connect(server):
+    if server.isdigit():
+        return socket.create_connection(("127.0.0.1", int(server)), timeout=5)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(server)
+    return s
+
+
+def exchange(server, packets, read_for=0.3):
     """Sends the packets on a fresh connection; every byte received until
     the server closes or stays quiet for read_for seconds."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = connect(server)
     s.sendall(b"".join(packets))
     s.settimeout(read_for)
     data = b""
@@ -178,7 +188,7 @@ def exchanges():
 
 
 def main():
-    ref_port, kv_port = int(sys.argv[1]), int(sys.argv[2])
+    ref_port, kv_port = sys.argv[1], sys.argv[2]
     ref_cas, kv_cas = {}, {}
     failures = 0
     count = 0
