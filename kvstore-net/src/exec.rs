@@ -47,11 +47,15 @@
 //!   are [`Command::Store`] with `cas` when the header's cas is non-zero;
 //!   DELETE is [`Command::Delete`] with its cas; INCREMENT/DECREMENT are
 //!   [`Command::Counter`] with `initial` unless the expiry is `0xffffffff`
-//!   ([`Response::Counter`] carries the new cas for the header); TOUCH is
-//!   [`Command::Touch`], GAT/GATQ [`Command::Get`] with `touch`; FLUSH is
-//!   [`Command::Flush`]; VERSION and STAT (with or without a group key)
-//!   are [`Command::Version`] and [`Command::Stats`]. NOOP, QUIT, the
-//!   quiet variants' silence and SASL stay in the handler.
+//!   ([`Response::Counter`] carries the new cas for the header);
+//!   GAT/GATK and their quiet forms are [`Command::Get`] with `touch`, and
+//!   so is TOUCH (memcached answers it with the item's flags and cas, the
+//!   value left out); FLUSH is [`Command::Flush`]; VERSION and STAT (with
+//!   or without a group key) are [`Command::Version`] and
+//!   [`Command::Stats`]; a storage packet over the value limit is
+//!   [`Command::StoreTooLarge`] (`drop_old` for SET/SETQ). NOOP, QUIT, the
+//!   quiet variants' silence and SASL stay in the handler
+//!   (`handler/binary.rs`).
 //! - Meta: `mg` is [`Command::Get`] (`T` sets `touch`); the flags it
 //!   returns (`c`, `f`, `s`, `t` from [`ItemRef::expiry`], `k`, `O`) are
 //!   the encoder's; `ms` is [`Command::Store`] with its mode and `C`;
