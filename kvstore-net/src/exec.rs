@@ -29,12 +29,17 @@
 //!
 //! 1. Write the parser in `protocol/<dialect>.rs` (pure, no sockets; the
 //!    same properties and fuzz target as the others).
-//! 2. Write a `connection::Handler` whose `step` parses one request, maps
-//!    it to [`Command`]s, calls [`Executor::execute`] for each, and encodes
-//!    each [`Response`] into the output buffer. Commands with no effect on
-//!    the store (quit, noop, a dialect's own framing) stay in the handler.
-//! 3. Route connections to it in `server.rs` (a listener of its own, or the
-//!    first-byte sniffing of the memcached port, `server::MemcachedProtocol`).
+//! 2. Write its `connection::Handler` in `handler/<dialect>.rs`: `step`
+//!    parses one request, maps it to [`Command`]s, calls
+//!    [`Executor::execute`] for each, and encodes each [`Response`] into
+//!    the output buffer (`handler/text.rs` is the model). Commands with no
+//!    effect on the store (quit, noop, a dialect's own framing) stay in
+//!    the handler; `Context::batch_done` keeps the socket figures.
+//! 3. Route connections to it: the binary protocol is picked on the
+//!    memcached port by a connection's first byte (`handler::McPortHandler`
+//!    hands the connection to `handler::BinaryHandler`); the meta protocol
+//!    shares the text handler's connections (its commands start with `m`);
+//!    another dialect gets a listener in `server.rs`.
 //!
 //! ## How the memcached dialects map
 //!
@@ -669,5 +674,228 @@ impl Executor {
             (CounterOutcome::NotFound, None) => Response::NotFound,
             (CounterOutcome::NotNumeric, _) => Response::NonNumeric,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `cmd` and describes its response (`Hit` with the value).
+    fn run(exec: &Executor, cmd: Command<'_>) -> String {
+        let mut got = String::new();
+        exec.execute(&cmd, &mut |resp| {
+            got = match resp {
+                Response::Hit(item) => format!("Hit({})", String::from_utf8_lossy(item.value)),
+                Response::Stored { .. } => "Stored".into(),
+                Response::Counter { value, .. } => format!("Counter({value})"),
+                other => format!("{other:?}"),
+            }
+        });
+        got
+    }
+
+    fn executor() -> (tempfile::TempDir, Executor) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(tmp.path()).unwrap());
+        (tmp, Executor::new(store, Arc::new(Stats::new())))
+    }
+
+    fn store<'a>(mode: StoreMode, key: &'a [u8], value: &'a [u8], cas: Option<u64>) -> Command<'a> {
+        Command::Store {
+            mode,
+            key,
+            value,
+            meta: ItemMeta::default(),
+            cas,
+        }
+    }
+
+    fn cas_of(exec: &Executor, key: &[u8]) -> u64 {
+        let mut cas = 0;
+        exec.execute(&Command::Get { key, touch: None }, &mut |resp| {
+            if let Response::Hit(item) = resp {
+                cas = item.cas;
+            }
+        });
+        cas
+    }
+
+    #[test]
+    fn cas_applies_to_every_store_mode_and_to_delete() {
+        let (_tmp, exec) = executor();
+        assert_eq!(
+            run(&exec, store(StoreMode::Set, b"k", b"a", None)),
+            "Stored"
+        );
+        let cas = cas_of(&exec, b"k");
+        for mode in [
+            StoreMode::Set,
+            StoreMode::Replace,
+            StoreMode::Append,
+            StoreMode::Prepend,
+        ] {
+            assert_eq!(run(&exec, store(mode, b"k", b"x", Some(cas + 1))), "Exists");
+            assert_eq!(run(&exec, store(mode, b"nope", b"x", Some(1))), "NotFound");
+        }
+        assert_eq!(
+            run(&exec, store(StoreMode::Append, b"k", b"b", Some(cas))),
+            "Stored"
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Get {
+                    key: b"k",
+                    touch: None
+                }
+            ),
+            "Hit(ab)"
+        );
+        // Add ignores the cas: an absent key has none.
+        assert_eq!(
+            run(&exec, store(StoreMode::Add, b"new", b"n", Some(5))),
+            "Stored"
+        );
+        let cas = cas_of(&exec, b"k");
+        assert_eq!(
+            run(
+                &exec,
+                Command::Delete {
+                    key: b"k",
+                    cas: Some(cas + 1)
+                }
+            ),
+            "Exists"
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Delete {
+                    key: b"k",
+                    cas: Some(cas)
+                }
+            ),
+            "Deleted"
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Delete {
+                    key: b"k",
+                    cas: Some(cas)
+                }
+            ),
+            "NotFound"
+        );
+    }
+
+    #[test]
+    fn counters_create_with_an_initial_value_and_check_the_cas() {
+        let (_tmp, exec) = executor();
+        let counter = |delta, initial, cas| Command::Counter {
+            key: b"n",
+            incr: true,
+            delta,
+            initial,
+            cas,
+        };
+        assert_eq!(run(&exec, counter(5, None, None)), "NotFound");
+        let meta = ItemMeta::default();
+        // A missing counter takes the initial value, not initial + delta.
+        assert_eq!(
+            run(&exec, counter(5, Some((10, meta)), None)),
+            "Counter(10)"
+        );
+        assert_eq!(
+            run(&exec, counter(5, Some((10, meta)), None)),
+            "Counter(15)"
+        );
+        let cas = cas_of(&exec, b"n");
+        assert_eq!(run(&exec, counter(1, None, Some(cas + 1))), "Exists");
+        let mut new_cas = 0;
+        exec.execute(&counter(1, None, Some(cas)), &mut |resp| {
+            if let Response::Counter { value, cas } = resp {
+                assert_eq!(value, 16);
+                new_cas = cas;
+            }
+        });
+        assert_eq!(new_cas, cas_of(&exec, b"n"));
+        assert_ne!(new_cas, cas);
+        assert_eq!(
+            run(&exec, store(StoreMode::Set, b"t", b"text", None)),
+            "Stored"
+        );
+        let decr = Command::Counter {
+            key: b"t",
+            incr: false,
+            delta: 1,
+            initial: None,
+            cas: None,
+        };
+        assert_eq!(run(&exec, decr), "NonNumeric");
+    }
+
+    #[test]
+    fn statistics_come_from_what_was_executed() {
+        let (_tmp, exec) = executor();
+        run(&exec, store(StoreMode::Set, b"k", b"v", None));
+        run(
+            &exec,
+            Command::Get {
+                key: b"k",
+                touch: None,
+            },
+        );
+        run(
+            &exec,
+            Command::Get {
+                key: b"x",
+                touch: None,
+            },
+        );
+        run(&exec, store(StoreMode::Set, b"k", b"v", Some(1)));
+        run(
+            &exec,
+            Command::StoreTooLarge {
+                key: b"k",
+                drop_old: true,
+            },
+        );
+        assert_eq!(
+            run(
+                &exec,
+                Command::Get {
+                    key: b"k",
+                    touch: None
+                }
+            ),
+            "Miss"
+        );
+        let general = |exec: &Executor| {
+            let mut lines = Vec::new();
+            exec.execute(&Command::Stats(StatsGroup::General), &mut |resp| {
+                if let Response::Stats(l) = resp {
+                    lines = l;
+                }
+            });
+            lines
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let stats = general(&exec);
+        for (name, want) in [
+            ("cmd_get", "3"),
+            ("get_hits", "1"),
+            ("get_misses", "2"),
+            ("cmd_set", "3"),
+            ("cas_badval", "1"),
+            ("store_too_large", "1"),
+            ("total_items", "1"),
+        ] {
+            assert_eq!(stats[name], want, "{name}");
+        }
+        assert_eq!(run(&exec, Command::Stats(StatsGroup::Reset)), "Reset");
+        assert_eq!(general(&exec)["cmd_get"], "0");
     }
 }

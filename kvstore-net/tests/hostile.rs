@@ -166,6 +166,10 @@ fn fragments() -> impl Strategy<Value = Vec<u8>> {
         Just(b"incr ".to_vec()),
         Just(b"append ".to_vec()),
         Just(b"flush_all".to_vec()),
+        Just(b"stats ".to_vec()),
+        Just(b"cachedump ".to_vec()),
+        Just(b"lru_crawler metadump ".to_vec()),
+        Just(b"cache_memlimit ".to_vec()),
         Just(b"gat ".to_vec()),
         Just(b"GET / HTTP/1.1".to_vec()),
         Just(b" ".to_vec()),
@@ -328,7 +332,7 @@ fn drain(s: &mut TcpStream, quiet: Duration) -> Vec<u8> {
 }
 
 fn random_stream(rng: &mut StdRng) -> Vec<u8> {
-    let pieces: [&[u8]; 22] = [
+    let pieces: [&[u8]; 30] = [
         b"set ",
         b"get ",
         b"gets ",
@@ -342,6 +346,14 @@ fn random_stream(rng: &mut StdRng) -> Vec<u8> {
         b"touch ",
         b"flush_all",
         b"stats",
+        b"stats ",
+        b"detail on",
+        b"cachedump 1 ",
+        b"items",
+        b"lru_crawler metadump all",
+        b"cache_memlimit ",
+        b"shutdown",
+        b"verbosity ",
         b"version",
         b" ",
         b"\r\n",

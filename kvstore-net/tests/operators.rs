@@ -332,3 +332,24 @@ fn exporter_style_scrape() {
     }
     srv.handle.shutdown().unwrap();
 }
+
+#[test]
+fn idle_kicks_count_connections_closed_for_idleness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config();
+    cfg.idle_timeout = Some(std::time::Duration::from_millis(200));
+    let srv = common::start_with(tmp.path(), cfg);
+    let mut idle = raw(srv.mc);
+    assert_eq!(common::read_to_eof(&mut idle), b"");
+    common::wait_for("the idle connection to be closed", || {
+        srv.handle.connections() == 0
+    });
+    let mut s = raw(srv.mc);
+    assert_eq!(stat_map(&mut s, b"stats\r\n")["idle_kicks"], "1");
+    assert_eq!(
+        stat_map(&mut s, b"stats settings\r\n")["idle_timeout"],
+        "0",
+        "idle_timeout is in whole seconds"
+    );
+    srv.handle.shutdown().unwrap();
+}

@@ -1,133 +1,17 @@
-//! The dialects' connection handlers: each parses one request, maps it to
-//! [`Command`]s for the [`Executor`], and encodes the [`Response`]s (see
-//! `exec.rs` for the shape every dialect follows). Client mistakes get the
-//! dialect's error reply; store failures get `NOT-STORED` (seed) or
-//! `SERVER_ERROR <reason>` (memcached) and are logged by the executor.
-
-mod binary;
+//! The memcached text dialect's handler: requests map to commands, one
+//! encoder writes the replies; the key dumps (`stats cachedump`,
+//! `lru_crawler metadump`) stream their lines here.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 
 use kvstore_core::item::unix_now;
 use kvstore_core::{Expiry, ItemMeta};
 
+use super::{reject_step, Context};
 use crate::connection::{Handler, IoCounts, Output, Step};
-use crate::exec::{self, Command, Executor, Failure, Response, StatsGroup};
-use crate::protocol::binary::REQUEST_MAGIC;
+use crate::exec::{self, Command, Failure, Response, StatsGroup};
 use crate::protocol::memcached::{self as mc, StoreMode};
-use crate::protocol::{push_u64, seed, KeyPolicy, Parsed, Recovery, Reject};
-use crate::server::MemcachedProtocol;
-use binary::BinaryHandler;
-
-/// What every dialect's handler shares.
-#[derive(Clone)]
-pub(crate) struct Context {
-    /// The executor, shared by every connection.
-    pub exec: Arc<Executor>,
-    /// Largest value accepted.
-    pub max_value_bytes: usize,
-    /// Which bytes keys may hold.
-    pub keys: KeyPolicy,
-    /// When the connection last received bytes (`stats conns`).
-    pub last_active: Arc<AtomicU64>,
-}
-
-impl Context {
-    fn batch_done(&self, io: &IoCounts) {
-        if io.bytes_read > 0 {
-            self.last_active.store(unix_now(), Relaxed);
-        }
-        self.exec
-            .stats()
-            .add_io(io.reads, io.bytes_read, io.writes, io.bytes_written);
-    }
-}
-
-fn reject_step(r: Reject, out: &mut Vec<u8>) -> Step {
-    out.extend_from_slice(r.reply);
-    match r.recovery {
-        Recovery::Discard(n) => Step::Discard(n),
-        Recovery::Close => Step::Close,
-    }
-}
-
-/// The seed dialect.
-pub(crate) struct SeedHandler {
-    pub ctx: Context,
-}
-
-/// The seed dialect's encoder: its replies have no error lines but
-/// `NOT-STORED`, which also ends a failed read.
-fn encode_seed(key: &[u8], resp: Response<'_>, out: &mut Vec<u8>) {
-    match resp {
-        Response::Hit(item) => seed::encode_value(out, key, item.value),
-        // A missing key reads as an empty value.
-        Response::Miss => seed::encode_value(out, key, b""),
-        Response::Stored { .. } => out.extend_from_slice(seed::STORED),
-        Response::Deleted | Response::Ok => out.extend_from_slice(seed::DELETED),
-        Response::NotFound => out.extend_from_slice(seed::NOT_FOUND),
-        _ => out.extend_from_slice(seed::NOT_STORED),
-    }
-}
-
-impl Handler for SeedHandler {
-    fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
-        let limits = seed::Limits {
-            max_value_bytes: self.ctx.max_value_bytes,
-            keys: self.ctx.keys,
-        };
-        let (request, consumed) = match seed::parse(buf, &limits) {
-            Parsed::Request { request, consumed } => (request, consumed),
-            Parsed::Incomplete => return Ok(Step::Incomplete),
-            Parsed::Reject(r) => return Ok(reject_step(r, out.buf())),
-        };
-        let exec = &*self.ctx.exec;
-        match request {
-            seed::Request::Set { key, value } => {
-                let cmd = Command::Store {
-                    mode: exec::StoreMode::Set,
-                    key,
-                    value,
-                    meta: ItemMeta::default(),
-                    cas: None,
-                };
-                exec.execute(&cmd, &mut |resp| encode_seed(key, resp, out.buf()));
-            }
-            seed::Request::Get { keys } => {
-                for key in keys {
-                    let mut failed = false;
-                    exec.execute(&Command::Get { key, touch: None }, &mut |resp| {
-                        failed = matches!(resp, Response::Failed(_));
-                        encode_seed(key, resp, out.buf());
-                    });
-                    if failed {
-                        // The seed dialect has no error reply for a read;
-                        // the reply ends at the NOT-STORED, as memcached's
-                        // does on a server error.
-                        return Ok(Step::Consumed(consumed));
-                    }
-                    out.flush_if_large()?;
-                }
-                out.buf().extend_from_slice(seed::END);
-            }
-            seed::Request::Delete { key } => {
-                let cmd = Command::Delete { key, cas: None };
-                exec.execute(&cmd, &mut |resp| encode_seed(key, resp, out.buf()));
-            }
-            seed::Request::Clear => {
-                let cmd = Command::Flush { delay_secs: 0 };
-                exec.execute(&cmd, &mut |resp| encode_seed(b"", resp, out.buf()));
-            }
-        }
-        Ok(Step::Consumed(consumed))
-    }
-
-    fn batch_done(&mut self, io: &IoCounts) {
-        self.ctx.batch_done(io);
-    }
-}
+use crate::protocol::{push_u64, Parsed};
 
 /// The memcached text dialect.
 pub(crate) struct McHandler {
@@ -526,64 +410,5 @@ impl Handler for McHandler {
 
     fn batch_done(&mut self, io: &IoCounts) {
         self.ctx.batch_done(io);
-    }
-}
-
-/// A connection of the memcached port: its first byte picks the dialect,
-/// as memcached does (`0x80` is the binary protocol, anything else text),
-/// unless the server was told to speak only one of them.
-pub(crate) struct McPortHandler {
-    protocol: MemcachedProtocol,
-    state: McPortState,
-}
-
-enum McPortState {
-    /// No byte seen yet.
-    Sniffing(Context),
-    Text(McHandler),
-    Binary(BinaryHandler),
-}
-
-impl McPortHandler {
-    /// A connection that will speak `protocol`.
-    pub(crate) fn new(ctx: Context, protocol: MemcachedProtocol) -> McPortHandler {
-        McPortHandler {
-            protocol,
-            state: McPortState::Sniffing(ctx),
-        }
-    }
-}
-
-impl Handler for McPortHandler {
-    fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
-        if let McPortState::Sniffing(ctx) = &self.state {
-            // `Ascii` reads binary bytes as text, as a memcached started
-            // with `-B ascii` does; `Binary` closes a text connection at its
-            // first byte (not the binary magic), as `-B binary` does.
-            let binary = match self.protocol {
-                MemcachedProtocol::Ascii => false,
-                MemcachedProtocol::Binary => true,
-                MemcachedProtocol::Auto => buf.first() == Some(&REQUEST_MAGIC),
-            };
-            let ctx = ctx.clone();
-            self.state = if binary {
-                McPortState::Binary(BinaryHandler { ctx })
-            } else {
-                McPortState::Text(McHandler { ctx })
-            };
-        }
-        match &mut self.state {
-            McPortState::Sniffing(_) => Ok(Step::Incomplete),
-            McPortState::Text(h) => h.step(buf, out),
-            McPortState::Binary(h) => h.step(buf, out),
-        }
-    }
-
-    fn batch_done(&mut self, io: &IoCounts) {
-        match &mut self.state {
-            McPortState::Sniffing(ctx) => ctx.batch_done(io),
-            McPortState::Text(h) => h.batch_done(io),
-            McPortState::Binary(h) => h.batch_done(io),
-        }
     }
 }
