@@ -680,6 +680,37 @@ fn version_stat_flush_and_quit() {
         }
     }
     assert_eq!(get_hits.as_deref(), Some(&b"0"[..]));
+    // detail on, then the dump as one `detailed` statistic.
+    let r = call(
+        &mut s,
+        Command::Stat {
+            group: b"detail on",
+        },
+        0,
+    );
+    assert_eq!((r.status, r.key.len(), r.value.len()), (0, 0, 0));
+    call(&mut s, set(b"p:1", b"v", 0), 0);
+    call(&mut s, get(b"p:1"), 0);
+    send(
+        &mut s,
+        Command::Stat {
+            group: b"detail dump",
+        },
+        45,
+        0,
+    );
+    let dump = recv(&mut s);
+    assert_eq!(
+        (dump.opaque, dump.status, &dump.key[..]),
+        (45, 0, &b"detailed"[..])
+    );
+    let text = String::from_utf8(dump.value).unwrap();
+    assert!(
+        text.starts_with("PREFIX p ") && text.ends_with("\r\nEND\r\n"),
+        "{text:?}"
+    );
+    let end = recv(&mut s);
+    assert_eq!((end.opaque, end.key.len(), end.value.len()), (45, 0, 0));
     let flush = |delay, quiet| Command::Flush { delay, quiet };
     send(&mut s, flush(None, true), 1, 0);
     noop_ends(&mut s);
