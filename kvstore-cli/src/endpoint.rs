@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use kvstore_net::Client;
 
+use crate::backoff::Backoff;
+
 use crate::error::{Error, Result};
 
 /// Default `--timeout`: 10 s for the connect and for every read and write.
@@ -73,17 +75,19 @@ impl Endpoint {
     /// The last connect error, as [`Endpoint::connect`].
     pub fn connect_with_retries(&self, attempts: u32) -> Result<Client> {
         let deadline = Instant::now() + self.timeout;
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         let mut attempt = 1;
         loop {
             match self.connect() {
                 Ok(client) => return Ok(client),
-                Err(err) if attempt >= attempts.max(1) || Instant::now() + backoff > deadline => {
+                Err(err)
+                    if attempt >= attempts.max(1)
+                        || Instant::now() + backoff.bound() > deadline =>
+                {
                     return Err(err)
                 }
                 Err(_) => {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    std::thread::sleep(backoff.delay());
                     attempt += 1;
                 }
             }

@@ -13,6 +13,7 @@
 //! - [`stress`]: N concurrent clients doing verified set/get rounds, with
 //!   a progress bar and a [`stress::StressSummary`] whose last line is
 //!   `clients=N ok=N failed=F`.
+//! - [`backoff`]: the exponential back-off every retry loop uses.
 //! - [`Error`]: one error type whose messages are single lowercase lines
 //!   naming the server's `host:port` where the server is involved.
 //!
@@ -29,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod commands;
 pub mod endpoint;
 pub mod error;

@@ -24,15 +24,18 @@
 use std::fmt;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvstore_net::Client;
+use parking_lot::{Condvar, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::backoff::Backoff;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 
@@ -98,6 +101,45 @@ impl StressConfig {
     }
 }
 
+/// Slowest latency a histogram records exactly (one hour); a slower
+/// operation counts as this long.
+const LATENCY_MAX_NANOS: u64 = 3_600 * 1_000_000_000;
+/// Significant decimal digits of recorded latencies: enough for the two
+/// decimals of milliseconds the summary prints.
+const LATENCY_DIGITS: u8 = 3;
+
+/// Latencies of one kind of operation, in constant memory whatever the
+/// number of rounds (an HDR histogram, shared by all clients).
+pub struct LatencyRecorder {
+    histogram: Mutex<Histogram<u64>>,
+}
+
+impl LatencyRecorder {
+    /// An empty recorder.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the bounds are constants a histogram accepts.
+    pub fn new() -> Result<LatencyRecorder> {
+        let histogram = Histogram::new_with_bounds(1, LATENCY_MAX_NANOS, LATENCY_DIGITS)
+            .map_err(|e| Error::Usage(format!("latency histogram: {e}")))?;
+        Ok(LatencyRecorder {
+            histogram: Mutex::new(histogram),
+        })
+    }
+
+    /// Records one operation that took `elapsed`.
+    pub fn record(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.histogram.lock().saturating_record(nanos.max(1));
+    }
+
+    /// The percentiles recorded so far.
+    pub fn latency(&self) -> Latency {
+        Latency::from_histogram(&self.histogram.lock())
+    }
+}
+
 /// Latency percentiles of one kind of operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Latency {
@@ -112,21 +154,17 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// Percentiles (nearest rank) of `samples`, in nanoseconds.
-    pub fn from_nanos(mut samples: Vec<u64>) -> Latency {
-        if samples.is_empty() {
+    /// Percentiles of a histogram of nanoseconds, to its precision
+    /// (three significant digits in the histograms `stress` records).
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Latency {
+        if histogram.is_empty() {
             return Latency::default();
         }
-        samples.sort_unstable();
-        let rank = |p: f64| {
-            let idx = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
-            Duration::from_nanos(samples[idx])
-        };
         Latency {
-            count: samples.len() as u64,
-            p50: rank(0.50),
-            p99: rank(0.99),
-            max: Duration::from_nanos(samples[samples.len() - 1]),
+            count: histogram.len(),
+            p50: Duration::from_nanos(histogram.value_at_quantile(0.50)),
+            p99: Duration::from_nanos(histogram.value_at_quantile(0.99)),
+            max: Duration::from_nanos(histogram.max()),
         }
     }
 }
@@ -365,6 +403,8 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         progress: progress.clone(),
         ops: AtomicU64::new(0),
         turned_away: AtomicU64::new(0),
+        set_latency: LatencyRecorder::new()?,
+        get_latency: LatencyRecorder::new()?,
     });
 
     let begin = Instant::now();
@@ -403,8 +443,6 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
     let run_begin = Instant::now();
     shared.start.open();
 
-    let mut set_samples = Vec::with_capacity(total_rounds as usize);
-    let mut get_samples = Vec::with_capacity(total_rounds as usize);
     let mut ok = 0;
     let mut rounds_ok = 0;
     let mut failures = FailureLog::default();
@@ -415,8 +453,6 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         match handle.join() {
             Ok(outcome) => {
                 rounds_ok += outcome.rounds_ok;
-                set_samples.extend(outcome.set_nanos);
-                get_samples.extend(outcome.get_nanos);
                 match outcome.failure {
                     None => ok += 1,
                     Some(failure) => failures.add(failure),
@@ -444,8 +480,8 @@ pub fn run(config: &StressConfig) -> Result<StressSummary> {
         turned_away: shared.turned_away.load(Ordering::Relaxed),
         run_time,
         ops: shared.ops.load(Ordering::Relaxed),
-        set: Latency::from_nanos(set_samples),
-        get: Latency::from_nanos(get_samples),
+        set: shared.set_latency.latency(),
+        get: shared.get_latency.latency(),
         failures: failures.groups,
     })
 }
@@ -511,39 +547,11 @@ fn random_value(rng: &mut StdRng, max_value: usize) -> Vec<u8> {
 }
 
 /// Raises the soft limit of open files to the hard limit; returns the
-/// limit in force (`None` where it cannot be read).
+/// limit in force (`None` where it is unlimited or cannot be read).
 pub fn raise_fd_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct we pass.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            // SAFETY: setrlimit only reads the struct we pass.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                lim = raised;
-            }
-        }
-        if lim.rlim_cur == libc::RLIM_INFINITY {
-            None
-        } else {
-            // rlim_t is u64 on Linux but not on every unix.
-            #[allow(clippy::unnecessary_cast)]
-            Some(lim.rlim_cur as u64)
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        None
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit != rlimit::INFINITY => Some(limit),
+        _ => None,
     }
 }
 
@@ -553,6 +561,8 @@ struct Shared {
     progress: Option<ProgressBar>,
     ops: AtomicU64,
     turned_away: AtomicU64,
+    set_latency: LatencyRecorder,
+    get_latency: LatencyRecorder,
 }
 
 /// A counting semaphore bounding connects in flight.
@@ -569,9 +579,9 @@ impl Slots {
         }
     }
     fn acquire(&self) -> SlotGuard<'_> {
-        let mut free = lock(&self.free);
+        let mut free = self.free.lock();
         while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+            self.cv.wait(&mut free);
         }
         *free -= 1;
         SlotGuard(self)
@@ -582,7 +592,7 @@ struct SlotGuard<'a>(&'a Slots);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.free) += 1;
+        *self.0.free.lock() += 1;
         self.0.cv.notify_one();
     }
 }
@@ -604,27 +614,27 @@ struct GateState {
 
 impl Gate {
     fn ready(&self) {
-        lock(&self.state).ready += 1;
+        self.state.lock().ready += 1;
         self.ready_cv.notify_one();
     }
     fn wait_ready(&self, n: usize) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         while state.ready < n {
-            state = self.ready_cv.wait(state).unwrap_or_else(|e| e.into_inner());
+            self.ready_cv.wait(&mut state);
         }
     }
     fn open(&self) {
-        lock(&self.state).open = Some(Instant::now());
+        self.state.lock().open = Some(Instant::now());
         self.go_cv.notify_all();
     }
     /// Waits until the gate is open; returns when it opened.
     fn wait_open(&self) -> Instant {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         loop {
             if let Some(opened) = state.open {
                 return opened;
             }
-            state = self.go_cv.wait(state).unwrap_or_else(|e| e.into_inner());
+            self.go_cv.wait(&mut state);
         }
     }
 }
@@ -654,11 +664,6 @@ impl Drop for ReadyGuard<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded counters stay consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 struct ClientJob {
     id: usize,
     width: usize,
@@ -673,8 +678,6 @@ struct ClientJob {
 #[derive(Default)]
 struct ClientOutcome {
     rounds_ok: u64,
-    set_nanos: Vec<u64>,
-    get_nanos: Vec<u64>,
     failure: Option<Failure>,
 }
 
@@ -691,31 +694,6 @@ enum Attempt {
     Failed(Error),
 }
 
-/// Jittered exponential back-off between connects the server turned away.
-struct Backoff {
-    next: Duration,
-    rng: StdRng,
-}
-
-impl Backoff {
-    fn new(seed: u64) -> Backoff {
-        Backoff {
-            next: RETRY_BACKOFF_MIN,
-            rng: StdRng::seed_from_u64(seed),
-        }
-    }
-
-    /// The next delay: uniform in [b/2, b] for the current bound b, which
-    /// then doubles up to [`RETRY_BACKOFF_MAX`]. The jitter spreads the
-    /// retries of clients turned away together.
-    fn delay(&mut self) -> Duration {
-        let bound = self.next;
-        self.next = (bound * 2).min(RETRY_BACKOFF_MAX);
-        let nanos = bound.as_nanos() as u64;
-        Duration::from_nanos(self.rng.gen_range(nanos / 2..=nanos))
-    }
-}
-
 impl ClientJob {
     fn run(self) -> ClientOutcome {
         let shared = Arc::clone(&self.shared);
@@ -726,7 +704,8 @@ impl ClientJob {
         let mut attempt = self.attempt();
         ready.signal();
         let deadline = shared.start.wait_open() + self.endpoint.timeout;
-        let mut backoff = Backoff::new(self.seed ^ !(self.id as u64));
+        let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX)
+            .jittered(self.seed ^ !(self.id as u64));
         let mut outcome = ClientOutcome::default();
         loop {
             let err = match attempt {
@@ -837,12 +816,10 @@ impl ClientJob {
         let mut rng =
             StdRng::seed_from_u64(self.seed ^ (self.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let prefix = key_prefix(self.id, self.width);
-        outcome.set_nanos.reserve(self.rounds);
-        outcome.get_nanos.reserve(self.rounds);
         for round in 0..self.rounds {
             let key = random_key(&mut rng, &prefix, self.max_key);
             let value = random_value(&mut rng, self.max_value);
-            let result = self.round(client, &key, &value, outcome);
+            let result = self.round(client, &key, &value);
             if let Some(bar) = &self.shared.progress {
                 bar.inc(1);
             }
@@ -865,24 +842,18 @@ impl ClientJob {
         Ok(())
     }
 
-    fn round(
-        &self,
-        client: &mut Client,
-        key: &[u8],
-        value: &[u8],
-        outcome: &mut ClientOutcome,
-    ) -> Result<(), String> {
+    fn round(&self, client: &mut Client, key: &[u8], value: &[u8]) -> Result<(), String> {
         let t = Instant::now();
         client
             .set(key, value)
             .map_err(|e| format!("set: {}", self.endpoint.error(e)))?;
-        outcome.set_nanos.push(t.elapsed().as_nanos() as u64);
+        self.shared.set_latency.record(t.elapsed());
         self.shared.ops.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
         let got = client
             .get(key)
             .map_err(|e| format!("get: {}", self.endpoint.error(e)))?;
-        outcome.get_nanos.push(t.elapsed().as_nanos() as u64);
+        self.shared.get_latency.record(t.elapsed());
         self.shared.ops.fetch_add(1, Ordering::Relaxed);
         if got != value {
             return Err(format!(
@@ -944,13 +915,31 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_use_nearest_rank() {
-        let lat = Latency::from_nanos((1..=100).rev().map(|n| n * 1000).collect());
+    fn percentiles_come_from_the_histogram_to_its_precision() {
+        let recorder = LatencyRecorder::new().unwrap();
+        assert_eq!(recorder.latency(), Latency::default());
+        for n in (1..=100).rev() {
+            recorder.record(Duration::from_micros(n));
+        }
+        let lat = recorder.latency();
+        let close = |got: Duration, want_micros: u64| {
+            let want = Duration::from_micros(want_micros).as_nanos() as f64;
+            (got.as_nanos() as f64 - want).abs() / want < 1e-3
+        };
         assert_eq!(lat.count, 100);
-        assert_eq!(lat.p50, Duration::from_micros(50));
-        assert_eq!(lat.p99, Duration::from_micros(99));
-        assert_eq!(lat.max, Duration::from_micros(100));
-        assert_eq!(Latency::from_nanos(vec![]), Latency::default());
+        assert!(close(lat.p50, 50), "p50 {:?}", lat.p50);
+        assert!(close(lat.p99, 99), "p99 {:?}", lat.p99);
+        assert!(close(lat.max, 100), "max {:?}", lat.max);
+    }
+
+    #[test]
+    fn latencies_past_an_hour_count_as_an_hour() {
+        let recorder = LatencyRecorder::new().unwrap();
+        recorder.record(Duration::from_secs(10 * 3600));
+        recorder.record(Duration::ZERO);
+        let lat = recorder.latency();
+        assert_eq!(lat.count, 2);
+        assert!(lat.max >= Duration::from_secs(3599) && lat.max <= Duration::from_secs(3604));
     }
 
     #[test]
@@ -988,27 +977,6 @@ mod tests {
             ),
             "{text}"
         );
-    }
-
-    #[test]
-    fn backoff_is_jittered_and_bounded() {
-        let mut a = Backoff::new(1);
-        let mut b = Backoff::new(2);
-        let mut bound = RETRY_BACKOFF_MIN;
-        let mut differ = false;
-        for _ in 0..20 {
-            let (da, db) = (a.delay(), b.delay());
-            for d in [da, db] {
-                assert!(
-                    d >= bound / 2 && d <= bound,
-                    "{d:?} outside [{bound:?}/2, {bound:?}]"
-                );
-            }
-            differ |= da != db;
-            bound = (bound * 2).min(RETRY_BACKOFF_MAX);
-        }
-        assert_eq!(a.next, RETRY_BACKOFF_MAX);
-        assert!(differ, "two clients back off by different delays");
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //! # }
 //! ```
 //!
+//! This is the crate to add for the store alone (no networking, no
+//! command-line crates). The `kvstore` facade re-exports it together with
+//! the clients of `kvstore-server`; `kvstore-net` serves a store over TCP.
+//!
 //! ## Overview
 //! - [`Store`] (`store/`): the only code that decides which file holds
 //!   what. `Send + Sync`; share it by `&` or `Arc`. Besides `get`/`get_item`,
@@ -75,3 +79,9 @@ pub use store::{ItemRef, RepairReport, ScanCursor, Store, VerifyReport};
 
 /// The longest key accepted, in bytes (memcached's limit).
 pub const MAX_KEY_BYTES: usize = 250;
+
+/// The README's code blocks, compiled as doctests so that they keep up with
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

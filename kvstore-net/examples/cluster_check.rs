@@ -192,7 +192,7 @@ fn run(step: Step) -> Result<(), String> {
 }
 
 fn key(prefix: &str, i: usize) -> Vec<u8> {
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         format!("{prefix}é{i}").into_bytes()
     } else {
         format!("{prefix}{i}").into_bytes()
@@ -393,7 +393,7 @@ fn read(
         .into_iter()
         .filter(|key| {
             full.server_for(key, servers.hash)
-                .is_some_and(|s| live[s] && only.map_or(true, |only| s == only))
+                .is_some_and(|s| live[s] && only.is_none_or(|only| s == only))
         })
         .collect();
     let started = Instant::now();

@@ -68,16 +68,8 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("cannot raise the open-file limit: {err}");
     }
 }
 
@@ -235,7 +227,7 @@ fn run() -> Result<bool, String> {
                 while Instant::now() < deadline {
                     let key = format!("busy{t}-{}", i % 100);
                     let t0 = Instant::now();
-                    let ok = if i % 10 == 0 {
+                    let ok = if i.is_multiple_of(10) {
                         c.set(&key, &value).is_ok()
                     } else {
                         c.get(&key).is_ok()

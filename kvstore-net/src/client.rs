@@ -2,13 +2,14 @@
 //! requests with [`crate::protocol::seed`] and decodes the replies with the
 //! same module.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::protocol::seed::{self, Request, Status};
 use crate::protocol::validate_key;
+use crate::tls::{TlsClientStream, TlsConnector};
 
 /// Default connect, read and write timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,15 +26,81 @@ pub struct Client {
     conn: Conn,
 }
 
+/// How a client connects: the timeout of the connect and of every read and
+/// write, and TLS.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Timeout of the connect and of every read and write.
+    pub timeout: Duration,
+    /// TLS: the connector, and the name the server's certificate must be
+    /// valid for (a DNS name or an IP address).
+    pub tls: Option<(TlsConnector, String)>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            timeout: DEFAULT_TIMEOUT,
+            tls: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Plain TCP with `timeout`.
+    pub fn with_timeout(timeout: Duration) -> ConnectOptions {
+        ConnectOptions { timeout, tls: None }
+    }
+
+    /// The same options over TLS, checking the server's certificate for
+    /// `server_name`.
+    pub fn tls(mut self, connector: TlsConnector, server_name: impl Into<String>) -> Self {
+        self.tls = Some((connector, server_name.into()));
+        self
+    }
+}
+
+/// The byte stream under a client: plain TCP or TLS over TCP.
+pub(crate) enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsClientStream>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A buffered connection with its peer's name for error messages.
 pub(crate) struct Conn {
-    pub(crate) reader: BufReader<TcpStream>,
+    pub(crate) reader: BufReader<Transport>,
     pub(crate) out: Vec<u8>,
     pub(crate) addr: String,
 }
 
 impl Conn {
-    pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Conn> {
+    pub(crate) fn connect(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<Conn> {
+        let timeout = options.timeout;
         let addrs: Vec<_> = addr
             .to_socket_addrs()
             .map_err(|source| Error::Connect {
@@ -53,8 +120,20 @@ impl Conn {
                     stream.set_read_timeout(Some(timeout)).map_err(io)?;
                     stream.set_write_timeout(Some(timeout)).map_err(io)?;
                     stream.set_nodelay(true).map_err(io)?;
+                    let transport = match &options.tls {
+                        None => Transport::Plain(stream),
+                        Some((connector, server_name)) => {
+                            let mut tls = connector.connect(server_name, stream)?;
+                            // Handshake now, so that a refused certificate
+                            // is a connect error, not the first request's.
+                            while tls.conn.is_handshaking() {
+                                tls.conn.complete_io(&mut tls.sock).map_err(io)?;
+                            }
+                            Transport::Tls(Box::new(tls))
+                        }
+                    };
                     return Ok(Conn {
-                        reader: BufReader::new(stream),
+                        reader: BufReader::new(transport),
                         out: Vec::new(),
                         addr: name,
                     });
@@ -83,7 +162,8 @@ impl Conn {
 
     /// Sends the buffered request bytes.
     pub(crate) fn send(&mut self) -> Result<()> {
-        let res = self.reader.get_mut().write_all(&self.out);
+        let stream = self.reader.get_mut();
+        let res = stream.write_all(&self.out).and_then(|()| stream.flush());
         self.out.clear();
         res.map_err(|e| self.io(e))
     }
@@ -151,8 +231,17 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`] when no address answers.
     pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Client> {
+        Client::connect_with(addr, &ConnectOptions::with_timeout(timeout))
+    }
+
+    /// Connects as `options` say (timeout, TLS).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address answers or the TLS handshake
+    /// fails (the server's certificate is refused, or it refuses ours).
+    pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<Client> {
         Ok(Client {
-            conn: Conn::connect(addr, timeout)?,
+            conn: Conn::connect(addr, options)?,
         })
     }
 

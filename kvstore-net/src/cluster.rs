@@ -82,8 +82,10 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
+use crate::client::ConnectOptions;
 use crate::error::{Error, Result};
 use crate::mcclient::McClient;
+use crate::tls::TlsConnector;
 
 /// Points a server of average weight gets on the continuum.
 pub const POINTS_PER_SERVER: u32 = 160;
@@ -447,13 +449,14 @@ fn points_for(weight: u32, total_weight: u32, live: usize) -> u32 {
 
 /// Settings of a [`Cluster`]; start from `ClusterOptions::default()` and
 /// chain the setters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterOptions {
     hash: KeyHash,
     timeout: Duration,
     auto_eject: bool,
     failure_limit: u32,
     retry_interval: Duration,
+    tls: Option<TlsConnector>,
 }
 
 impl Default for ClusterOptions {
@@ -464,6 +467,7 @@ impl Default for ClusterOptions {
             auto_eject: true,
             failure_limit: 2,
             retry_interval: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -510,6 +514,14 @@ impl ClusterOptions {
     /// [`ClusterOptions::failure_limit`] failures to eject it again.
     pub fn retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
+        self
+    }
+
+    /// Talks to every server over TLS with `connector` (default: plain
+    /// TCP). Each server's certificate must be valid for its
+    /// [`ServerSpec::host`].
+    pub fn tls(mut self, connector: TlsConnector) -> Self {
+        self.tls = Some(connector);
         self
     }
 }
@@ -627,8 +639,13 @@ impl Cluster {
     ///
     /// [`Error::InvalidRequest`] when `servers` is empty or a weight is 0.
     pub fn connect_with(servers: &[ServerSpec], options: ClusterOptions) -> Result<Cluster> {
-        let connector: Connector = Box::new(|spec: &ServerSpec, timeout| {
-            let client = McClient::connect_timeout(spec.addr(), timeout)?;
+        let tls = options.tls.clone();
+        let connector: Connector = Box::new(move |spec: &ServerSpec, timeout| {
+            let mut connect = ConnectOptions::with_timeout(timeout);
+            if let Some(tls) = &tls {
+                connect = connect.tls(tls.clone(), spec.host.clone());
+            }
+            let client = McClient::connect_with(spec.addr(), &connect)?;
             Ok(Box::new(client) as Box<dyn Connection>)
         });
         Cluster::with_connector(servers, options, connector)

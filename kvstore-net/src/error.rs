@@ -45,6 +45,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// TLS could not be set up: a certificate, key or CA file that cannot
+    /// be read or used, or a server name that is not valid.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// An auth file that cannot be used, or credentials the server refused.
+    #[error("{0}")]
+    Auth(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] kvstore_core::Error),

@@ -1,8 +1,8 @@
 //! # kvstore-net: the TCP server and clients
 //!
 //! Serves a [`kvstore_core::Store`] over TCP on two listeners (the wire
-//! contract, with every reply and error line, is `docs/PROTOCOL.md` in the
-//! repository):
+//! contract, with every reply and error line, is the repository's
+//! `docs/PROTOCOL.md`):
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
 //! - the **memcached port**, memcached's text protocol with its operators'
@@ -34,6 +34,13 @@
 //! - [`client`]: [`Client`], the seed dialect's client; [`mcclient`]:
 //!   [`McClient`], the memcached dialect's client (flags, exptime, cas).
 //! - `src/bin/kvstore-server.rs`: the `kvstore-server` binary.
+//!
+//! ## Features
+//!
+//! - `server-bin` (default): builds the `kvstore-server` binary and pulls
+//!   in its own dependencies (clap, env_logger, signal-hook, rlimit). A
+//!   program that uses this crate as a library turns it off
+//!   (`default-features = false`); the `kvstore` facade does.
 //!
 //! ## Example
 //!
@@ -67,6 +74,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 mod connection;
@@ -77,9 +85,16 @@ pub mod mcclient;
 pub mod protocol;
 pub mod server;
 mod stats;
+pub mod tls;
 
-pub use client::Client;
+pub use client::{Client, ConnectOptions};
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};
 pub use error::{Error, Result};
 pub use mcclient::{McCasOutcome, McClient, McItem};
 pub use server::{MemcachedProtocol, Server, ServerConfig, ServerHandle, ShutdownTrigger};
+
+/// The README's code blocks, compiled as doctests so that they keep up with
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -5,7 +5,7 @@
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use crate::client::{check_key, lossy, Conn, DEFAULT_TIMEOUT};
+use crate::client::{check_key, lossy, Conn, ConnectOptions, DEFAULT_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::protocol::memcached::{self as mc, parse_reply, Reply, StoreMode};
 use crate::protocol::Keys;
@@ -54,8 +54,17 @@ impl McClient {
     /// # Errors
     /// [`Error::Connect`] when no address answers.
     pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<McClient> {
+        McClient::connect_with(addr, &ConnectOptions::with_timeout(timeout))
+    }
+
+    /// Connects as `options` say (timeout, TLS).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address answers or the TLS handshake
+    /// fails (the server's certificate is refused, or it refuses ours).
+    pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<McClient> {
         Ok(McClient {
-            conn: Conn::connect(addr, timeout)?,
+            conn: Conn::connect(addr, options)?,
         })
     }
 

@@ -406,7 +406,7 @@ fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>
             let rejected = stats.rejected_connections.fetch_add(1, Relaxed) + 1;
             // A burst over the limit would otherwise write one line per
             // connection: warn on the first and every 1,000th.
-            let level = if rejected == 1 || rejected % 1000 == 0 {
+            let level = if rejected == 1 || rejected.is_multiple_of(1000) {
                 log::Level::Warn
             } else {
                 log::Level::Debug

@@ -195,7 +195,7 @@ fn candidates(
             // Clear placed before op j (j == len: after all).
             for j in 0..=len {
                 let after_prev = j == 0 || ops[j - 1].start < ce;
-                let before_next = j == len || ops[j].ack.map_or(true, |a| cs < a);
+                let before_next = j == len || ops[j].ack.is_none_or(|a| cs < a);
                 if after_prev && before_next {
                     with.push(fold(len, Some(j)));
                 }

@@ -108,7 +108,7 @@ pub(super) fn find_latest(
             FileRead::Tombstone(cas) => (cas, None),
             _ => continue,
         };
-        if best.as_ref().map_or(true, |b| cas > b.cas) {
+        if best.as_ref().is_none_or(|b| cas > b.cas) {
             best = Some(Latest {
                 cas,
                 source,

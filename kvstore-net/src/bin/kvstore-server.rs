@@ -199,31 +199,7 @@ fn run(args: Args) -> Result<(), String> {
 /// Raises the soft limit of open files to the hard limit, so that many
 /// connections fit.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            log::warn!(
-                "cannot read the open-file limit: {}",
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                log::warn!(
-                    "cannot raise the open-file limit to {}: {}",
-                    lim.rlim_max,
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open-file limit: {err}");
     }
 }
