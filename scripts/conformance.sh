@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Conformance of kvstore-server's memcached dialect:
-#   1. memccapable -a (libmemcached's memcapable; Debian's libmemcached-tools
-#      names it memccapable): all 27 ASCII tests must pass;
+#   1. memccapable -a and -b (libmemcached's memcapable; Debian's
+#      libmemcached-tools names it memccapable): all 27 ASCII tests and all
+#      27 binary-protocol tests must pass on the same port;
 #   2. a cross-check with a real client library from another language
 #      (Python's pymemcache): set/get/gets/cas/incr/delete/flags;
 #   3. libmemcached's memcping, memcstat and memcdump, Debian's memcached-tool
@@ -71,17 +72,20 @@ if [ -z "$PORT" ]; then
 fi
 echo "conformance: kvstore-server pid $SERVER_PID, memcached dialect on 127.0.0.1:$PORT"
 
-echo "== $MEMCAPABLE -a"
-set +e
-timeout 120 "$MEMCAPABLE" -a -t 10 -h 127.0.0.1 -p "$PORT" | tee "$WORK/memcapable.log"
-STATUS=${PIPESTATUS[0]}
-set -e
-PASSED=$(grep -c '\[pass\]' "$WORK/memcapable.log" || true)
-if [ "$STATUS" -ne 0 ] || [ "$PASSED" -ne 27 ] || ! grep -q 'All tests passed' "$WORK/memcapable.log"; then
-    echo "conformance: memcapable: $PASSED of 27 ASCII tests passed (exit $STATUS)" >&2
-    exit 1
-fi
-echo "conformance: memcapable: 27 of 27 ASCII tests passed"
+for MODE in a b; do
+    NAME=$([ "$MODE" = a ] && echo ASCII || echo binary)
+    echo "== $MEMCAPABLE -$MODE"
+    set +e
+    timeout 120 "$MEMCAPABLE" -"$MODE" -t 10 -h 127.0.0.1 -p "$PORT" | tee "$WORK/memcapable.log"
+    STATUS=${PIPESTATUS[0]}
+    set -e
+    PASSED=$(grep -c '\[pass\]' "$WORK/memcapable.log" || true)
+    if [ "$STATUS" -ne 0 ] || [ "$PASSED" -ne 27 ] || ! grep -q 'All tests passed' "$WORK/memcapable.log"; then
+        echo "conformance: memcapable: $PASSED of 27 $NAME tests passed (exit $STATUS)" >&2
+        exit 1
+    fi
+    echo "conformance: memcapable: 27 of 27 $NAME tests passed"
+done
 
 echo "== pymemcache cross-check"
 python3 - "$PORT" <<'PY'

@@ -10,8 +10,8 @@
 #      on the wire, plus a real full disk: a 4 MiB tmpfs, then an 8 MiB
 #      loop-mounted ext4 image (needs root; said clearly when refused);
 #   4. hostile input: parser properties, random streams against the real
-#      server, oversize announcements with peak RSS; cargo-fuzz on both
-#      parsers for FUZZ_SECONDS each (cargo-fuzz installed when missing;
+#      server, oversize announcements with peak RSS; cargo-fuzz on the
+#      three parsers for FUZZ_SECONDS each (cargo-fuzz installed when missing;
 #      nightly rustc flags through RUSTC_BOOTSTRAP=1 when no nightly); the
 #      10,000 + 1,000 slow connections load with 64 busy clients (p99 < 10 ms);
 #   5. security posture tests (modes, keys, symlinks, default bind).
@@ -132,7 +132,7 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
     fuzz_cargo=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
 fi
-for target in seed memcached; do
+for target in seed memcached binary; do
     corpus="$WORK/corpus-$target"
     mkdir -p "$corpus"
     log="$WORK/fuzz-$target.log"

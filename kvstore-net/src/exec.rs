@@ -36,10 +36,10 @@
 //!    effect on the store (quit, noop, a dialect's own framing) stay in
 //!    the handler; `Context::batch_done` keeps the socket figures.
 //! 3. Route connections to it: the binary protocol is picked on the
-//!    memcached port by a connection's first byte (`handler::binary_handler`
-//!    returns its handler, `handler::HAS_BINARY` says there is one); the
-//!    meta protocol shares the text handler's connections (its commands
-//!    start with `m`); another dialect gets a listener in `server.rs`.
+//!    memcached port by a connection's first byte (`handler::McPortHandler`
+//!    hands the connection to `handler::BinaryHandler`); the meta protocol
+//!    shares the text handler's connections (its commands start with `m`);
+//!    another dialect gets a listener in `server.rs`.
 //!
 //! ## How the memcached dialects map
 //!
@@ -52,11 +52,15 @@
 //!   are [`Command::Store`] with `cas` when the header's cas is non-zero;
 //!   DELETE is [`Command::Delete`] with its cas; INCREMENT/DECREMENT are
 //!   [`Command::Counter`] with `initial` unless the expiry is `0xffffffff`
-//!   ([`Response::Counter`] carries the new cas for the header); TOUCH is
-//!   [`Command::Touch`], GAT/GATQ [`Command::Get`] with `touch`; FLUSH is
-//!   [`Command::Flush`]; VERSION and STAT (with or without a group key)
-//!   are [`Command::Version`] and [`Command::Stats`]. NOOP, QUIT, the
-//!   quiet variants' silence and SASL stay in the handler.
+//!   ([`Response::Counter`] carries the new cas for the header);
+//!   GAT/GATK and their quiet forms are [`Command::Get`] with `touch`, and
+//!   so is TOUCH (memcached answers it with the item's flags and cas, the
+//!   value left out); FLUSH is [`Command::Flush`]; VERSION and STAT (with
+//!   or without a group key) are [`Command::Version`] and
+//!   [`Command::Stats`]; a storage packet over the value limit is
+//!   [`Command::StoreTooLarge`] (`drop_old` for SET/SETQ). NOOP, QUIT, the
+//!   quiet variants' silence and SASL stay in the handler
+//!   (`handler/binary.rs`).
 //! - Meta (`handler/meta.rs`): `mg` is [`Command::MetaGet`] (`T` sets
 //!   `touch`, `N` `vivify`, `R` `recache`, `u` clears `bump`), `me`
 //!   [`Command::MetaDebug`], `ms` [`Command::MetaStore`] with its mode,
@@ -361,8 +365,6 @@ pub(crate) enum Response<'a> {
     /// The value was stored; the item's new cas.
     Stored {
         /// The new cas.
-        // Read by the encoders that return it (meta `c`, binary headers).
-        #[allow(dead_code)]
         cas: u64,
     },
     /// An add on a present key, or a replace/append/prepend on an absent
@@ -381,8 +383,6 @@ pub(crate) enum Response<'a> {
         /// The new value.
         value: u64,
         /// The new cas.
-        // Read by the encoders that return it (meta `c`, binary headers).
-        #[allow(dead_code)]
         cas: u64,
     },
     /// The counter's value is not a decimal number that fits 64 bits.

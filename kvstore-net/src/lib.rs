@@ -6,9 +6,10 @@
 //!
 //! - the **seed dialect**, a small text protocol (`set`/`get`/`delete`);
 //! - the **memcached port**, memcached's text protocol, its meta commands
-//!   (`mg`, `ms`, `md`, `ma`, `mn`, `me`) on the same connections, and its
+//!   (`mg`, `ms`, `md`, `ma`, `mn`, `me`) on the same connections, its
 //!   operators' commands (stats groups, key dumps, `cache_memlimit`,
-//!   `shutdown`), so existing memcached clients, tools, proxies and
+//!   `shutdown`), and its binary protocol, so existing memcached clients,
+//!   tools, proxies and
 //!   monitoring work against a store that survives restarts. Each
 //!   connection's first byte picks its protocol, as memcached does
 //!   ([`MemcachedProtocol`]).
@@ -16,11 +17,11 @@
 //! ## Layout
 //!
 //! - [`protocol`]: pure functions over byte buffers, no sockets:
-//!   [`protocol::seed`], [`protocol::memcached`] and [`protocol::meta`]
-//!   parse requests (a
-//!   request and the bytes it used, "need more", or a rejection carrying
-//!   the reply and how to resynchronize) and encode replies; the key rules
-//!   live in one function, [`protocol::validate_key`].
+//!   [`protocol::seed`], [`protocol::memcached`], [`protocol::meta`] and
+//!   [`protocol::binary`] parse requests (a request and the bytes it used,
+//!   "need more", or a rejection carrying the reply and how to
+//!   resynchronize) and encode replies; the key rules live in one
+//!   function, [`protocol::validate_key`].
 //! - `exec` (private): the executor every dialect shares. A dialect parses
 //!   a request, maps it to typed commands, the executor runs them against
 //!   the store and hands back typed responses, and the dialect encodes

@@ -105,7 +105,8 @@ pub enum MemcachedProtocol {
     Auto,
     /// The text protocol only (binary bytes get text errors).
     Ascii,
-    /// The binary protocol only.
+    /// The binary protocol only (a connection that does not start with
+    /// `0x80` is closed).
     Binary,
 }
 
@@ -281,11 +282,6 @@ impl Server {
                 config.max_value_bytes
             );
             config.max_value_bytes = MAX_VALUE_BYTES_LIMIT;
-        }
-        if config.memcached_protocol == MemcachedProtocol::Binary && !crate::handler::HAS_BINARY {
-            return Err(Error::InvalidRequest(
-                "this build has no binary memcached protocol".into(),
-            ));
         }
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.bind, port);

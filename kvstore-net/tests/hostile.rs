@@ -1,4 +1,5 @@
-//! Hostile input, for every dialect (seed, memcached text, memcached meta).
+//! Hostile input, for every dialect (seed, memcached text, meta and
+//! binary).
 //!
 //! - Parser properties (pure, proptest): arbitrary bytes (random, and
 //!   random sequences of protocol fragments), fed in arbitrary chunks the
@@ -20,8 +21,10 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{server_command, spawn, ChildServer, DEADLINE};
+use kvstore_net::protocol::binary::{self, Header, HEADER_BYTES};
 use kvstore_net::protocol::{
-    memcached, meta, seed, KeyPolicy, Parsed, Recovery, MAX_LINE_BYTES, MAX_RETRIEVAL_LINE_BYTES,
+    memcached, meta, seed, KeyPolicy, Parsed, Recovery, Rejection, MAX_LINE_BYTES,
+    MAX_RETRIEVAL_LINE_BYTES,
 };
 use kvstore_net::{Client, McClient};
 use proptest::prelude::*;
@@ -39,19 +42,22 @@ enum Dialect {
     /// What the memcached port runs: meta lines to the meta parser, the
     /// rest to the text parser (the handler's rule).
     MemcachedPort,
+    Binary,
 }
 
 /// One parse step: a description, the bytes it used (or skips), whether the
 /// connection closes.
 fn step(d: Dialect, buf: &[u8]) -> Option<(String, u64, bool)> {
-    fn conv<R: std::fmt::Debug>(p: Parsed<R>) -> Option<(String, u64, bool)> {
+    fn conv<R: std::fmt::Debug, J: std::fmt::Debug + Rejection>(
+        p: Parsed<R, J>,
+    ) -> Option<(String, u64, bool)> {
         match p {
             Parsed::Request { request, consumed } => {
                 assert!(consumed > 0, "a request that used no bytes");
                 Some((format!("{request:?}"), consumed as u64, false))
             }
             Parsed::Incomplete => None,
-            Parsed::Reject(r) => match r.recovery {
+            Parsed::Reject(r) => match r.recovery() {
                 Recovery::Discard(n) => {
                     assert!(n > 0, "a reject that skips nothing: {r:?}");
                     Some((format!("{r:?}"), n, false))
@@ -76,6 +82,13 @@ fn step(d: Dialect, buf: &[u8]) -> Option<(String, u64, bool)> {
             },
         )),
         Dialect::Meta => conv(meta::parse(
+            buf,
+            &memcached::Limits {
+                max_value_bytes: MAX_VALUE,
+                keys: KeyPolicy::Strict,
+            },
+        )),
+        Dialect::Binary => conv(binary::parse(
             buf,
             &memcached::Limits {
                 max_value_bytes: MAX_VALUE,
@@ -121,10 +134,11 @@ fn feed(d: Dialect, input: &[u8], cuts: &[usize]) -> Vec<String> {
             }
             match step(d, &buf) {
                 None => {
-                    let bound = if is_retrieval(&buf) {
-                        MAX_RETRIEVAL_LINE_BYTES + 2
-                    } else {
-                        MAX_LINE_BYTES + 2 + MAX_VALUE + 2
+                    let bound = match d {
+                        // One packet: header, extras, key and value.
+                        Dialect::Binary => binary::max_request_bytes(MAX_VALUE),
+                        _ if is_retrieval(&buf) => MAX_RETRIEVAL_LINE_BYTES + 2,
+                        _ => MAX_LINE_BYTES + 2 + MAX_VALUE + 2,
                     };
                     assert!(
                         buf.len() <= bound,
@@ -225,6 +239,77 @@ fn meta_fragments() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(frag, 0..60).prop_map(|v| v.concat())
 }
 
+/// A binary packet header with the given fields (magic right).
+fn binary_header(opcode: u8, key_len: u16, extras_len: u8, body_len: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    Header {
+        magic: binary::REQUEST_MAGIC,
+        opcode,
+        key_len,
+        extras_len,
+        body_len,
+        opaque: 7,
+        ..Header::default()
+    }
+    .encode(&mut out);
+    out
+}
+
+/// Binary packets, well formed and not: right headers with short, long or
+/// missing bodies, wrong lengths, unknown opcodes, values over the limit,
+/// stray bytes.
+fn binary_fragments() -> impl Strategy<Value = Vec<u8>> {
+    let frag = prop_oneof![
+        // get k
+        Just([binary_header(0x00, 1, 0, 1), b"k".to_vec()].concat()),
+        // getkq k
+        Just([binary_header(0x0d, 1, 0, 1), b"k".to_vec()].concat()),
+        // set k, 5-byte value
+        Just(
+            [
+                binary_header(0x01, 1, 8, 14),
+                vec![0; 8],
+                b"kvalue".to_vec()
+            ]
+            .concat()
+        ),
+        // setq k with a value over MAX_VALUE
+        Just(
+            [
+                binary_header(0x11, 1, 8, 9 + 65),
+                vec![0; 8],
+                b"k".to_vec(),
+                vec![b'x'; 65]
+            ]
+            .concat()
+        ),
+        // incr k
+        Just([binary_header(0x05, 1, 20, 21), vec![0; 20], b"k".to_vec()].concat()),
+        // noop, version, quit
+        Just(binary_header(0x0a, 0, 0, 0)),
+        Just(binary_header(0x0b, 0, 0, 0)),
+        Just(binary_header(0x07, 0, 0, 0)),
+        // unknown opcode with a body
+        Just([binary_header(0x50, 2, 2, 8), b"eekkvvvv".to_vec()].concat()),
+        // lengths that do not add up
+        Just(binary_header(0x00, 5, 0, 2)),
+        Just(binary_header(0x01, 1, 8, u32::MAX)),
+        Just(binary_header(0x00, 300, 0, 300)),
+        // a header cut short, and stray bytes
+        Just(binary_header(0x01, 1, 8, 9)[..10].to_vec()),
+        Just(vec![binary::REQUEST_MAGIC]),
+        (
+            any::<u8>(),
+            0u16..8,
+            prop_oneof![Just(0u8), Just(4), Just(8), Just(20), any::<u8>()],
+            0u32..80
+        )
+            .prop_map(|(op, k, e, b)| binary_header(op, k, e, b)),
+        proptest::collection::vec(any::<u8>(), 1..30),
+    ];
+    proptest::collection::vec(frag, 0..30).prop_map(|v| v.concat())
+}
+
 fn cuts() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(0usize..5000, 0..12)
 }
@@ -264,11 +349,17 @@ proptest! {
     }
 
     #[test]
+    fn binary_chunked_packets_parse_as_whole(input in binary_fragments(), cuts in cuts()) {
+        let whole = feed(Dialect::Binary, &input, &[]);
+        prop_assert_eq!(feed(Dialect::Binary, &input, &cuts), whole);
+    }
+
+    #[test]
     fn random_bytes_in_random_chunks(
         input in proptest::collection::vec(any::<u8>(), 0..3000),
         cuts in cuts(),
     ) {
-        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta, Dialect::MemcachedPort] {
+        for d in [Dialect::Seed, Dialect::Memcached, Dialect::Meta, Dialect::MemcachedPort, Dialect::Binary] {
             let whole = feed(d, &input, &[]);
             prop_assert_eq!(feed(d, &input, &cuts), whole);
         }
@@ -451,6 +542,104 @@ fn hostile_streams_against_the_real_server() {
     println!("hostile: {streams} random streams, {bytes_sent} bytes, server alive, no panic (seed {seed_value})");
 }
 
+/// Every byte the binary dialect sends belongs to a whole response packet.
+fn binary_replies_well_formed(out: &[u8]) -> bool {
+    let mut rest = out;
+    while !rest.is_empty() {
+        match binary::Response::decode(rest) {
+            Ok(Some((_, n))) => rest = &rest[n..],
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A binary stream: a valid packet first (so the memcached port picks the
+/// binary protocol), then packets, broken headers and random bytes.
+fn random_binary_stream(rng: &mut StdRng) -> Vec<u8> {
+    let set = [
+        binary_header(0x01, 1, 8, 14),
+        vec![0; 8],
+        b"kvalue".to_vec(),
+    ]
+    .concat();
+    let pieces: [Vec<u8>; 10] = [
+        [binary_header(0x00, 1, 0, 1), b"k".to_vec()].concat(),
+        [binary_header(0x09, 1, 0, 1), b"q".to_vec()].concat(),
+        set.clone(),
+        [
+            binary_header(0x11, 1, 8, 9 + 5000),
+            vec![0; 8],
+            b"k".to_vec(),
+            vec![b'x'; 5000],
+        ]
+        .concat(),
+        [binary_header(0x05, 1, 20, 21), vec![0; 20], b"n".to_vec()].concat(),
+        [binary_header(0x0e, 1, 0, 2), b"kA".to_vec()].concat(),
+        binary_header(0x0a, 0, 0, 0),
+        binary_header(0x10, 0, 0, 0),
+        [binary_header(0x50, 2, 2, 8), b"eekkvvvv".to_vec()].concat(),
+        binary_header(0x08, 0, 0, 0),
+    ];
+    let mut out = set;
+    for _ in 0..rng.gen_range(1..40) {
+        match rng.gen_range(0..20) {
+            0 => {
+                let n = rng.gen_range(1..40);
+                out.extend((0..n).map(|_| rng.gen::<u8>()));
+            }
+            1 => {
+                let mut h = [0u8; HEADER_BYTES];
+                rng.fill(&mut h[..]);
+                h[0] = binary::REQUEST_MAGIC;
+                out.extend_from_slice(&h);
+            }
+            _ => out.extend_from_slice(&pieces[rng.gen_range(0..pieces.len())]),
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_binary_streams_against_the_real_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = server_command(BIN, &tmp.path().join("data"));
+    cmd.args(["--max-value-bytes", "4096", "--idle-timeout", "5"]);
+    let srv = spawn(cmd);
+    let seed_value: u64 = rand::thread_rng().gen();
+    let mut rng = StdRng::seed_from_u64(seed_value);
+    let mut bytes_sent = 0usize;
+    let streams = 80;
+    for round in 0..streams {
+        let mut s = TcpStream::connect(srv.mc.unwrap()).unwrap();
+        s.set_nodelay(true).unwrap();
+        let input = random_binary_stream(&mut rng);
+        bytes_sent += input.len();
+        let mut pos = 0;
+        while pos < input.len() {
+            let n = rng.gen_range(1..=(input.len() - pos).min(200));
+            if s.write_all(&input[pos..pos + n]).is_err() {
+                break; // the server closed (a malformed packet): allowed
+            }
+            pos += n;
+        }
+        let _ = s.shutdown(Shutdown::Write);
+        let out = drain(&mut s, Duration::from_millis(300));
+        assert!(
+            binary_replies_well_formed(&out),
+            "seed {seed_value} round {round}: reply bytes that are not whole response packets"
+        );
+        if round % 20 == 19 {
+            check_alive(&srv, round);
+        }
+    }
+    check_alive(&srv, streams);
+    println!(
+        "hostile binary: {streams} random streams, {bytes_sent} bytes, server alive, \
+         no panic (seed {seed_value})"
+    );
+}
+
 /// Whether the peer closes the connection (EOF or reset) within the
 /// deadline, whatever it sends first.
 fn closed_by_peer(s: &mut TcpStream) -> bool {
@@ -486,11 +675,19 @@ fn oversize_announcements_keep_memory_bounded() {
     let base = vm_hwm_kib(pid);
     let chunk = vec![b'z'; 1 << 20];
     let mut streamed = 0usize;
+    // A binary set announcing 1 GiB (the largest body it may announce).
+    let binary_set = [
+        binary_header(0x01, 3, 8, binary::MAX_BODY_BYTES),
+        vec![0; 8],
+        b"big".to_vec(),
+    ]
+    .concat();
     for (addr, header) in [
         (srv.seed, &b"set big 4000000000\r\n"[..]),
         (srv.mc.unwrap(), &b"set big 0 0 4000000000\r\n"[..]),
         // The largest length `ms` accepts (larger is a malformed line).
         (srv.mc.unwrap(), &b"ms big 2147483645 T0\r\n"[..]),
+        (srv.mc.unwrap(), &binary_set[..]),
     ] {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -537,7 +734,7 @@ fn oversize_announcements_keep_memory_bounded() {
     let peak = vm_hwm_kib(pid);
     let growth = peak.saturating_sub(base);
     println!(
-        "oversize: {} MiB of announced 2-4 GB values streamed, endless line closed {closed_line}, \
+        "oversize: {} MiB of announced 2-4 GB (1 GiB binary) values streamed, endless line closed {closed_line}, \
          endless get closed {closed_get}; server VmHWM {base} KiB -> {peak} KiB (+{growth} KiB)",
         streamed >> 20
     );

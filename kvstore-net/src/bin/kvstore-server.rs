@@ -39,8 +39,8 @@ enum DurabilityArg {
     Always,
 }
 
-/// Serve a kvstore directory over TCP (seed dialect, and memcached's ASCII
-/// protocol when --memcached-port is given).
+/// Serve a kvstore directory over TCP (seed dialect, and memcached's text
+/// and binary protocols when --memcached-port is given).
 #[derive(Debug, Parser)]
 #[command(name = "kvstore-server", version, about)]
 struct Args {

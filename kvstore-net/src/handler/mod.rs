@@ -3,15 +3,19 @@
 //! [`Response`](crate::exec::Response)s (see `exec.rs` for the shape every
 //! dialect follows), one file per dialect: `seed.rs`, `text.rs` (memcached's
 //! text protocol), `meta.rs` (memcached's meta commands, which share the
-//! text protocol's connections: `text.rs` hands them their lines). This file holds what they share and the memcached port's
+//! text protocol's connections: `text.rs` hands them their lines),
+//! `binary.rs` (memcached's binary protocol). This file holds what they
+//! share and the memcached port's
 //! choice of dialect by the first byte of a connection. Client mistakes get
 //! the dialect's error reply; store failures get `NOT-STORED` (seed) or
 //! `SERVER_ERROR <reason>` (memcached) and are logged by the executor.
 
+mod binary;
 mod meta;
 mod seed;
 mod text;
 
+pub(crate) use binary::BinaryHandler;
 pub(crate) use seed::SeedHandler;
 pub(crate) use text::McHandler;
 
@@ -23,6 +27,7 @@ use kvstore_core::item::unix_now;
 
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::exec::Executor;
+use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::{KeyPolicy, Recovery, Reject};
 use crate::server::MemcachedProtocol;
 
@@ -61,21 +66,6 @@ pub(crate) fn reject_step(r: Reject, out: &mut Vec<u8>) -> Step {
     }
 }
 
-/// The first byte of every request of memcached's binary protocol.
-pub(crate) const BINARY_MAGIC: u8 = 0x80;
-
-/// Whether [`binary_handler`] returns a handler.
-pub(crate) const HAS_BINARY: bool = false;
-
-/// The handler of the binary dialect, if this build has one.
-///
-/// The binary dialect plugs in here: once `protocol::binary` and its
-/// handler exist, this returns it, and the memcached port routes every
-/// connection whose first byte is [`BINARY_MAGIC`] to it.
-pub(crate) fn binary_handler(_ctx: &Context) -> Option<Box<dyn Handler + Send>> {
-    None
-}
-
 /// A connection of the memcached port: its first byte picks the dialect,
 /// as memcached does (`0x80` is the binary protocol, anything else text),
 /// unless the server was told to speak only one of them.
@@ -88,7 +78,7 @@ enum McPortState {
     /// No byte seen yet.
     Sniffing(Context),
     Text(McHandler),
-    Binary(Box<dyn Handler + Send>),
+    Binary(BinaryHandler),
 }
 
 impl McPortHandler {
@@ -104,17 +94,19 @@ impl McPortHandler {
 impl Handler for McPortHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
         if let McPortState::Sniffing(ctx) = &self.state {
+            // `Ascii` reads binary bytes as text, as a memcached started
+            // with `-B ascii` does; `Binary` closes a text connection at its
+            // first byte (not the binary magic), as `-B binary` does.
             let binary = match self.protocol {
                 MemcachedProtocol::Ascii => false,
                 MemcachedProtocol::Binary => true,
-                MemcachedProtocol::Auto => buf.first() == Some(&BINARY_MAGIC),
+                MemcachedProtocol::Auto => buf.first() == Some(&REQUEST_MAGIC),
             };
-            self.state = match binary.then(|| binary_handler(ctx)).flatten() {
-                Some(handler) => McPortState::Binary(handler),
-                // Without a binary dialect (the server refuses to start
-                // with `Binary` then), binary bytes are read as text, as a
-                // memcached started with `-B ascii` does.
-                None => McPortState::Text(McHandler { ctx: ctx.clone() }),
+            let ctx = ctx.clone();
+            self.state = if binary {
+                McPortState::Binary(BinaryHandler { ctx })
+            } else {
+                McPortState::Text(McHandler { ctx })
             };
         }
         match &mut self.state {

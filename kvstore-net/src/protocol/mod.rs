@@ -8,9 +8,12 @@
 //! live in [`validate_key`], used by both dialects and by the clients.
 //!
 //! A parser takes the buffered bytes and answers with a [`Parsed`]: a
-//! request and the bytes it used, "need more bytes", or a [`Reject`] that
-//! carries the reply and how the connection resynchronizes.
+//! request and the bytes it used, "need more bytes", or a rejection that
+//! carries the reply and how the connection resynchronizes ([`Reject`] for
+//! the text dialects, [`binary::Reject`] for the binary protocol, whose
+//! error replies echo fields of the request).
 
+pub mod binary;
 pub mod memcached;
 pub mod meta;
 pub mod seed;
@@ -116,9 +119,23 @@ pub struct Reject {
     pub recovery: Recovery,
 }
 
-/// The result of parsing buffered bytes.
+/// How a rejection tells the connection to go on; implemented by every
+/// dialect's rejection type.
+pub trait Rejection {
+    /// What to do with the connection once the reply (if any) is sent.
+    fn recovery(&self) -> Recovery;
+}
+
+impl Rejection for Reject {
+    fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+}
+
+/// The result of parsing buffered bytes: `R` is the dialect's request, `J`
+/// its rejection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed<R> {
+pub enum Parsed<R, J = Reject> {
     /// A complete request that used the first `consumed` bytes.
     Request {
         /// The request.
@@ -129,20 +146,20 @@ pub enum Parsed<R> {
     /// The buffer does not hold a complete request yet (not an error).
     Incomplete,
     /// The request is refused.
-    Reject(Reject),
+    Reject(J),
 }
 
 /// Parses `buf` as a connection does, one request after another, up to
 /// the first incomplete request or a close, and describes each step (the
 /// `Debug` form of the request or the rejection). A checking aid shared by
-/// both dialects' property tests and the fuzz targets.
+/// every dialect's property tests and the fuzz targets.
 ///
 /// # Panics
 /// If `parse` breaks its contract: a request that consumes nothing or more
 /// than the buffer, or a rejection that discards nothing.
-pub fn describe_steps<'a, R: fmt::Debug>(
+pub fn describe_steps<'a, R: fmt::Debug, J: fmt::Debug + Rejection>(
     buf: &'a [u8],
-    mut parse: impl FnMut(&'a [u8]) -> Parsed<R>,
+    mut parse: impl FnMut(&'a [u8]) -> Parsed<R, J>,
 ) -> Vec<String> {
     let mut pos = 0usize;
     let mut steps = Vec::new();
@@ -156,7 +173,7 @@ pub fn describe_steps<'a, R: fmt::Debug>(
             Parsed::Incomplete => break,
             Parsed::Reject(r) => {
                 steps.push(format!("{r:?}"));
-                match r.recovery {
+                match r.recovery() {
                     Recovery::Discard(n) => {
                         assert!(n > 0);
                         pos = pos.saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
