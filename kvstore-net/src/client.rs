@@ -27,7 +27,7 @@ pub struct Client {
 }
 
 /// How a client connects: the timeout of the connect and of every read and
-/// write, and TLS.
+/// write, TLS, and the credentials it authenticates with.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// Timeout of the connect and of every read and write.
@@ -35,27 +35,79 @@ pub struct ConnectOptions {
     /// TLS: the connector, and the name the server's certificate must be
     /// valid for (a DNS name or an IP address).
     pub tls: Option<(TlsConnector, String)>,
+    /// Credentials to authenticate with right after connecting (a server
+    /// started with `--auth-file` requires them).
+    pub credentials: Option<Credentials>,
 }
 
-impl Default for ConnectOptions {
-    fn default() -> ConnectOptions {
-        ConnectOptions {
-            timeout: DEFAULT_TIMEOUT,
-            tls: None,
+/// A user name and password for a server's auth file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name (no spaces or control bytes).
+    pub user: String,
+    /// The password (no spaces or control bytes).
+    pub password: String,
+}
+
+impl Credentials {
+    /// `user` with `password`.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    /// Both parts must be single protocol tokens: the text protocols
+    /// carry them separated by a space.
+    pub(crate) fn check(&self) -> Result<()> {
+        let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b > b' ' && b != 0x7f);
+        if token(&self.user) && token(&self.password) {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(
+                "user name and password must be non-empty and hold no spaces or control bytes"
+                    .into(),
+            ))
         }
     }
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions::with_timeout(DEFAULT_TIMEOUT)
+    }
+}
+
 impl ConnectOptions {
-    /// Plain TCP with `timeout`.
+    /// Plain TCP with `timeout`, no credentials.
     pub fn with_timeout(timeout: Duration) -> ConnectOptions {
-        ConnectOptions { timeout, tls: None }
+        ConnectOptions {
+            timeout,
+            tls: None,
+            credentials: None,
+        }
     }
 
     /// The same options over TLS, checking the server's certificate for
     /// `server_name`.
     pub fn tls(mut self, connector: TlsConnector, server_name: impl Into<String>) -> Self {
         self.tls = Some((connector, server_name.into()));
+        self
+    }
+
+    /// The same options, authenticating with `credentials`.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 }
@@ -239,10 +291,43 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`] when no address answers or the TLS handshake
     /// fails (the server's certificate is refused, or it refuses ours).
+    ///
+    /// With credentials, it authenticates first with the seed dialect's
+    /// `auth` command; [`Error::Auth`] if the server refuses them.
     pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<Client> {
-        Ok(Client {
+        if let Some(credentials) = &options.credentials {
+            credentials.check()?;
+        }
+        let mut client = Client {
             conn: Conn::connect(addr, options)?,
-        })
+        };
+        if let Some(credentials) = &options.credentials {
+            client.authenticate(credentials)?;
+        }
+        Ok(client)
+    }
+
+    /// Sends `auth <user> <password>` and reads the verdict.
+    fn authenticate(&mut self, credentials: &Credentials) -> Result<()> {
+        let out = &mut self.conn.out;
+        out.extend_from_slice(b"auth ");
+        out.extend_from_slice(credentials.user.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(credentials.password.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.conn.send()?;
+        let line = self.conn.line()?;
+        match line.as_slice() {
+            b"AUTHENTICATED" => Ok(()),
+            b"AUTH-FAILED" => Err(Error::Auth(format!(
+                "{} refused the credentials of user {}",
+                self.conn.addr, credentials.user
+            ))),
+            other => Err(Error::Protocol(format!(
+                "{} in reply to auth",
+                lossy(other)
+            ))),
+        }
     }
 
     /// The address of the server.

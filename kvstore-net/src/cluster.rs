@@ -82,7 +82,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
-use crate::client::ConnectOptions;
+use crate::client::{ConnectOptions, Credentials};
 use crate::error::{Error, Result};
 use crate::mcclient::McClient;
 use crate::tls::TlsConnector;
@@ -457,6 +457,7 @@ pub struct ClusterOptions {
     failure_limit: u32,
     retry_interval: Duration,
     tls: Option<TlsConnector>,
+    credentials: Option<Credentials>,
 }
 
 impl Default for ClusterOptions {
@@ -468,6 +469,7 @@ impl Default for ClusterOptions {
             failure_limit: 2,
             retry_interval: Duration::from_secs(30),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -522,6 +524,13 @@ impl ClusterOptions {
     /// [`ServerSpec::host`].
     pub fn tls(mut self, connector: TlsConnector) -> Self {
         self.tls = Some(connector);
+        self
+    }
+
+    /// Authenticates every connection with `credentials` (memcached's
+    /// ASCII auth; default: none).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 }
@@ -640,11 +649,13 @@ impl Cluster {
     /// [`Error::InvalidRequest`] when `servers` is empty or a weight is 0.
     pub fn connect_with(servers: &[ServerSpec], options: ClusterOptions) -> Result<Cluster> {
         let tls = options.tls.clone();
+        let credentials = options.credentials.clone();
         let connector: Connector = Box::new(move |spec: &ServerSpec, timeout| {
             let mut connect = ConnectOptions::with_timeout(timeout);
             if let Some(tls) = &tls {
                 connect = connect.tls(tls.clone(), spec.host.clone());
             }
+            connect.credentials = credentials.clone();
             let client = McClient::connect_with(spec.addr(), &connect)?;
             Ok(Box::new(client) as Box<dyn Connection>)
         });

@@ -92,7 +92,7 @@ pub mod server;
 mod stats;
 pub mod tls;
 
-pub use client::{Client, ConnectOptions};
+pub use client::{Client, ConnectOptions, Credentials};
 pub use cluster::{ketama_name, Cluster, ClusterOptions, Continuum, KeyHash, Node, ServerSpec};
 pub use error::{Error, Result};
 pub use mcclient::{McCasOutcome, McClient, McItem};

@@ -5,7 +5,7 @@
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use crate::client::{check_key, lossy, Conn, ConnectOptions, DEFAULT_TIMEOUT};
+use crate::client::{check_key, lossy, Conn, ConnectOptions, Credentials, DEFAULT_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::protocol::memcached::{self as mc, parse_reply, Reply, StoreMode};
 use crate::protocol::Keys;
@@ -62,10 +62,44 @@ impl McClient {
     /// # Errors
     /// [`Error::Connect`] when no address answers or the TLS handshake
     /// fails (the server's certificate is refused, or it refuses ours).
+    ///
+    /// With credentials, it authenticates first with memcached's ASCII
+    /// auth (a `set` whose data is `<user> <password>`); [`Error::Auth`]
+    /// if the server refuses them.
     pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<McClient> {
-        Ok(McClient {
+        if let Some(credentials) = &options.credentials {
+            credentials.check()?;
+        }
+        let mut client = McClient {
             conn: Conn::connect(addr, options)?,
-        })
+        };
+        if let Some(credentials) = &options.credentials {
+            client.authenticate(credentials)?;
+        }
+        Ok(client)
+    }
+
+    /// memcached's ASCII auth: the key is ignored, the data block is the
+    /// user name and password separated by one space.
+    fn authenticate(&mut self, credentials: &Credentials) -> Result<()> {
+        let data = format!("{} {}", credentials.user, credentials.password);
+        let out = &mut self.conn.out;
+        out.extend_from_slice(format!("set auth 0 0 {}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.conn.send()?;
+        let line = self.conn.line()?;
+        match line.as_slice() {
+            b"STORED" => Ok(()),
+            b"CLIENT_ERROR authentication failure" => Err(Error::Auth(format!(
+                "{} refused the credentials of user {}",
+                self.conn.addr, credentials.user
+            ))),
+            other => Err(Error::Protocol(format!(
+                "{} in reply to the authentication",
+                lossy(other)
+            ))),
+        }
     }
 
     /// The address of the server.

@@ -120,7 +120,33 @@ impl TlsConnector {
     /// [`Error::Tls`] naming a file that cannot be read or holds no usable
     /// certificate or key.
     pub fn new(ca: &Path, client: Option<(&Path, &Path)>) -> Result<TlsConnector> {
-        let roots = root_store(ca)?;
+        TlsConnector::with_roots(root_store(ca)?, client)
+    }
+
+    /// Trusts the certificate authorities of the operating system's store
+    /// (as a browser does); presents `client` as [`TlsConnector::new`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tls`] if the system store holds no usable certificate, or
+    /// a client file cannot be used.
+    pub fn with_system_roots(client: Option<(&Path, &Path)>) -> Result<TlsConnector> {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = RootCertStore::empty();
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found
+                .errors
+                .first()
+                .map_or_else(|| "none found".to_string(), |e| e.to_string());
+            return Err(Error::Tls(format!(
+                "no usable CA certificate in the system store ({why}); give a CA file"
+            )));
+        }
+        TlsConnector::with_roots(roots, client)
+    }
+
+    fn with_roots(roots: RootCertStore, client: Option<(&Path, &Path)>) -> Result<TlsConnector> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|e| Error::Tls(e.to_string()))?
