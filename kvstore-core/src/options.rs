@@ -11,8 +11,13 @@ pub enum Durability {
     /// Leave write-back to the OS: acknowledged writes survive a process
     /// crash or `kill -9`, not a power cut.
     Never,
-    /// Flush everything to stable storage every interval in the background:
-    /// at most that window is lost on a power cut.
+    /// Every change is appended to a write-ahead journal that a background
+    /// flusher makes durable every interval; the value files change only
+    /// after that, behind the journal. A power cut loses at most the
+    /// changes since the last completed flush, never older ones, whatever
+    /// mode the store is reopened in. Reads see every acknowledged change
+    /// at once (a bounded table of pending changes sits in front of the
+    /// files, see [`Options::max_pending_bytes`]).
     Periodic(Duration),
     /// A write returns only once it is on stable storage: its record is
     /// appended to a write-ahead journal and flushed (`fdatasync`) before
@@ -43,9 +48,13 @@ pub struct Options {
     pub(crate) file_system: Arc<dyn FileSystem>,
     pub(crate) key_hasher: fn(&[u8]) -> u64,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) max_pending_bytes: usize,
 }
 
-/// Default interval between journal checkpoints in `Durability::Always`.
+/// Default bound of the pending table of `Durability::Periodic`: 64 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Default interval between journal checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Options {
@@ -59,6 +68,7 @@ impl Options {
             file_system: Arc::new(StdFileSystem),
             key_hasher: crate::layout::fnv1a64,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
         }
     }
 
@@ -89,13 +99,25 @@ impl Options {
         self
     }
 
-    /// `Durability::Always` only: how often the write-ahead journal is
-    /// checkpointed when there were writes (everything flushed with
+    /// `Durability::Periodic` and `Always`: how often the write-ahead
+    /// journal is checkpointed when there were writes (everything flushed with
     /// `syncfs`, then the journal file removed), which bounds the replay
     /// after a power cut (default 1 s; sooner when the journal passes
     /// 32 MiB).
     pub fn checkpoint_interval(mut self, every: Duration) -> Options {
         self.checkpoint_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// `Durability::Periodic` only: the most bytes of acknowledged changes
+    /// (keys, values and about 128 bytes of bookkeeping each) held in
+    /// memory until the flusher has applied them to the value files
+    /// (default 64 MiB). When the table is full, writers wait for the
+    /// flusher, which is asked to run at once: memory stays bounded under
+    /// any write rate. [`Store::pending_bytes`](crate::Store::pending_bytes)
+    /// reads the current figure.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Options {
+        self.max_pending_bytes = bytes;
         self
     }
 
@@ -125,6 +147,7 @@ impl std::fmt::Debug for Options {
             .field("cache_bytes", &self.cache_bytes)
             .field("max_value_bytes", &self.max_value_bytes)
             .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("max_pending_bytes", &self.max_pending_bytes)
             .finish_non_exhaustive()
     }
 }

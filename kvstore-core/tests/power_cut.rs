@@ -1,4 +1,5 @@
-//! Power-cut simulation for `Durability::Always` (ALICE-style).
+//! Power-cut simulation for `Durability::Always` and `Periodic`
+//! (ALICE-style).
 //!
 //! A [`RecordingFs`] wraps the real file system: every mutating call is
 //! performed on a real directory *and* appended to a log of logical
@@ -17,7 +18,10 @@
 //! and every key is checked against what the writers saw acknowledged before
 //! `c`: the last acknowledged value, or the value of the one operation that
 //! was in flight on that key at `c`. A `clear` in flight must be all or
-//! nothing.
+//! nothing. Under `Periodic` the guarantee is the last journal flush
+//! completed before `c`: every write acknowledged before the flusher took
+//! the journal buffer for it (the recorder notes the flusher thread's
+//! operations to find that point).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -91,10 +95,36 @@ struct Log {
     /// Live names of files -> inode.
     names: HashMap<PathBuf, Ino>,
     next_ino: Ino,
+    /// Position of the flusher thread's last operation.
+    flusher_last: Option<usize>,
+    /// `Periodic`: the journal batch being written by the flusher (from
+    /// its first write, which may grow the file, to its sync): the position
+    /// of the flusher's last operation before it (`None` if there was
+    /// none). Every write acknowledged at or before that position was
+    /// appended to the journal buffer before the flusher took it, so it is
+    /// in the batch.
+    batch_from: Option<Option<usize>>,
+    /// `Periodic`: completed journal flushes, as (every write acknowledged
+    /// at or before this position is in it, position of its sync).
+    flushes: Vec<(usize, usize)>,
+}
+
+/// Whether the calling thread is the store's `Periodic` flusher.
+fn on_flusher() -> bool {
+    std::thread::current().name() == Some("kvstore-flusher")
+}
+
+fn is_journal(rel: &Path) -> bool {
+    rel.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("journal.") && n != "journal.spare")
 }
 
 impl Log {
     fn push(&mut self, op: Op) {
+        if on_flusher() {
+            self.flusher_last = Some(self.ops.len());
+        }
         self.ops.push(op);
         self.durable_at.push(None);
     }
@@ -206,7 +236,11 @@ impl FileSystem for RecordingFs {
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         StdFileSystem.write_at(path, offset, data)?;
-        let ino = log.names[&self.rel(path)];
+        let rel = self.rel(path);
+        if on_flusher() && offset > 0 && is_journal(&rel) && log.batch_from.is_none() {
+            log.batch_from = Some(log.flusher_last);
+        }
+        let ino = log.names[&rel];
         log.push(Op::Write {
             ino,
             off: offset,
@@ -282,8 +316,15 @@ impl FileSystem for RecordingFs {
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         StdFileSystem.sync_file(path)?;
-        let ino = log.names[&self.rel(path)];
+        let rel = self.rel(path);
+        let ino = log.names[&rel];
         log.mark(|op| op.data_ino() == Some(ino), Op::Sync);
+        if on_flusher() && is_journal(&rel) {
+            if let Some(from) = log.batch_from.take() {
+                let at = log.ops.len() - 1;
+                log.flushes.push((from.unwrap_or(0), at));
+            }
+        }
         Ok(())
     }
 
@@ -401,7 +442,9 @@ fn describe(data: &[u8]) -> String {
 /// and on the inodes that ever were under them or held a record of the key
 /// (up to 40 operations past the cut; flushes from 400 before it), each
 /// marked durable, volatile kept, volatile dropped or after the cut; then
-/// those names and inodes on the disk the cut left.
+/// those names and inodes on the disk the cut left. With
+/// `KVSTORE_DEBUG_ALL`, every operation up to the cut and the journal
+/// flushes first.
 #[allow(clippy::too_many_arguments)]
 fn dump_key_history(
     log: &Log,
@@ -459,6 +502,22 @@ fn dump_key_history(
         }
     }
     eprintln!("==== key {key} (names *{hex}*) cut {cut} guaranteed {guaranteed} inodes {inos:?}");
+    if std::env::var("KVSTORE_DEBUG_ALL").is_ok() {
+        for (i, op) in log.ops.iter().enumerate().take(cut + 5) {
+            let d = match op {
+                Op::Write { ino, off, data, .. } => {
+                    format!("WRITE ino {ino} @{off} {}", describe(data))
+                }
+                other => format!("{other:?}"),
+            };
+            eprintln!(
+                "  ALL {i} {d} kept={:?} durable={:?}",
+                kept.get(i),
+                log.durable_at[i]
+            );
+        }
+        eprintln!("  FLUSHES {:?}", log.flushes);
+    }
     for e in run.events.iter().filter(|e| e.key == key) {
         eprintln!(
             "  event [{}, {}] {:?}",
@@ -929,10 +988,14 @@ fn power_cuts(durability: Durability, default_cuts: usize, no_exchange: bool) {
         };
         let guaranteed = match durability {
             Durability::Always => cut,
-            // The last flush that completed before the cut.
-            _ => (opened_at..cut)
-                .rev()
-                .find(|&i| matches!(log.ops[i], Op::SyncAll))
+            // What the last journal flush that completed before the cut
+            // holds.
+            _ => log
+                .flushes
+                .iter()
+                .filter(|&&(_, at)| at < cut)
+                .map(|&(from, _)| from)
+                .max()
                 .unwrap_or(0),
         };
         let allowed = run.allowed(cut, guaranteed);

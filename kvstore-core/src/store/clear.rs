@@ -52,8 +52,10 @@ impl Inner {
             self.set_read_only(format!("switching generation failed: {e}"));
             return Err(e);
         }
-        self.changes.fetch_add(1, Ordering::SeqCst);
         let old = std::mem::replace(&mut *gen, Arc::new(new_gen));
+        // Staged changes of the old generation: replay ignores their
+        // journal entries, and nothing applies them now.
+        self.pending.clear();
         self.cache.clear();
         for s in self.stripes.iter() {
             s.seq.fetch_add(1, Ordering::Release);

@@ -1,4 +1,6 @@
-//! Durability: the flusher thread, group commit, and noting each write step for the flusher.
+//! Durability: group commit of `syncfs`, and the `Periodic` flusher that makes the journal durable and applies the pending table behind it (see docs/DESIGN.md).
+
+use std::time::Instant;
 
 use super::*;
 
@@ -18,14 +20,6 @@ pub(super) struct SyncState {
 }
 
 impl Inner {
-    /// Called after each file step of a write: notes that there is
-    /// something to flush, so the periodic flusher does not skip the
-    /// interval. (`Always` makes a write durable through the journal before
-    /// its file steps, see `store/journal.rs`, so no step waits here.)
-    pub(super) fn note_change(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-    }
-
     /// Waits until a `syncfs` that started after this call has finished;
     /// one leader flushes for all waiting callers (group commit).
     pub(super) fn group_sync(&self) -> Result<()> {
@@ -41,14 +35,12 @@ impl Inner {
                 st.running = true;
                 let target = st.requested;
                 drop(st);
-                let number = self.flush_started.fetch_add(1, Ordering::SeqCst) + 1;
                 let res = self.fs.syncfs(&self.dir);
                 st = lock(&self.group.state);
                 st.running = false;
                 match res {
                     Ok(()) => {
                         st.done = st.done.max(target);
-                        self.flush_done.fetch_max(number, Ordering::SeqCst);
                     }
                     Err(e) => {
                         self.set_read_only(format!("flush of {} failed: {e}", self.dir.display()));
@@ -64,38 +56,108 @@ impl Inner {
     }
 }
 
+/// The `Periodic` flusher's own state.
+pub(super) struct TickState {
+    last_checkpoint: Instant,
+}
+
+impl TickState {
+    pub(super) fn new() -> TickState {
+        TickState {
+            last_checkpoint: Instant::now(),
+        }
+    }
+}
+
+/// Longest a writer waits for the applier at a time before it looks at the
+/// store's health again.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
+
 impl Inner {
+    /// Whether writes are applied to the value files behind the journal by
+    /// the flusher (`Periodic`), rather than by the writer.
+    pub(super) fn journaled_behind(&self) -> bool {
+        matches!(self.durability, Durability::Periodic(_))
+    }
+
+    /// `Periodic` back-pressure: waits while the pending table is at its
+    /// bound, asking the flusher to run now.
+    pub(super) fn wait_for_room(&self) -> Result<()> {
+        while self.pending.full() {
+            self.check_writable()?;
+            self.stop.kick();
+            self.pending.wait_for_room(ROOM_WAIT);
+        }
+        Ok(())
+    }
+
+    /// The `Periodic` flusher thread: a flush-and-apply pass every
+    /// interval, or at once when kicked (a full pending table, a long
+    /// journal).
     pub(super) fn flusher_loop(&self, every: Duration) {
-        let mut flushed = 0;
-        let mut last = std::time::Instant::now();
         while !self.stop.wait(every) {
-            // Kicked by a writer short of spares: not more often than
-            // every KICK_GAP.
-            let since = last.elapsed();
-            if since < KICK_GAP.min(every) {
-                std::thread::sleep(KICK_GAP.min(every) - since);
-                if self.stop.stopped() {
-                    return;
-                }
-            }
-            last = std::time::Instant::now();
-            let changes = self.changes.load(Ordering::SeqCst);
-            if self.read_only.load(Ordering::SeqCst) || changes == flushed {
+            if self.read_only.load(Ordering::SeqCst) {
                 continue;
             }
-            flushed = changes;
-            if let Err(e) = self.group_sync() {
+            if let Err(e) = self.flush_and_apply(true) {
                 log::error!("periodic flush failed, store is now read-only: {e}");
-                continue;
-            }
-            // Spares freed before that flush are neutralized now; a second
-            // flush makes them reusable right away.
-            if self.neutralize_matured() {
-                flushed = self.changes.load(Ordering::SeqCst);
-                if let Err(e) = self.group_sync() {
-                    log::error!("periodic flush failed, store is now read-only: {e}");
-                }
             }
         }
+    }
+
+    /// `Periodic`: makes the journal durable, applies every staged change
+    /// it covers to the value files, and (with `may_checkpoint`, when one
+    /// is due) checkpoints the journal. A failure turns the store
+    /// read-only: acknowledged changes then stay in the pending table
+    /// (readable) and in the journal (replayed by the next open).
+    pub(super) fn flush_and_apply(&self, may_checkpoint: bool) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let mut tick = lock(&self.tick);
+        self.check_writable()?;
+        // Only this pass leads batches in `Periodic` mode: after it, every
+        // entry taken into a batch is durable (`synced`).
+        let synced = self.journal_flush(j)?;
+        for (key, staged) in self.pending.due(synced) {
+            if let Err(e) = self.apply_staged(&key, &staged) {
+                self.set_read_only(format!("applying a journaled write failed: {e}"));
+                return Err(e);
+            }
+        }
+        let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
+            || self.journal_len(j) > CHECKPOINT_BYTES;
+        if may_checkpoint && due && self.journal_since_checkpoint(j) > 0 {
+            tick.last_checkpoint = Instant::now();
+            self.checkpoint_applied(j)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one staged change (journal entry durable) to the value
+    /// files, under the key's stripe lock, and drops it from the table.
+    fn apply_staged(&self, key: &[u8], staged: &Staged) -> Result<()> {
+        let hash = (self.hasher)(key);
+        let gen = self.gen_read();
+        let _g = lock(&self.stripe(hash).lock);
+        // Gone (a clear emptied the table) or applied by an earlier pass.
+        if !self.pending.has(hash, key, staged.n) {
+            return Ok(());
+        }
+        let idx = gen.lookup(hash, key);
+        match &staged.change {
+            Change::Put(it) => {
+                let rec = record::encode(key, &it.value, it.flags, it.expiry, it.cas).ok_or(
+                    Error::ValueTooLarge {
+                        len: it.value.len(),
+                        max: self.max_value_bytes,
+                    },
+                )?;
+                self.write_files(&gen, hash, key, idx, &rec)?;
+            }
+            Change::Remove => self.remove_files(&gen, hash, key, idx)?,
+        }
+        self.pending.applied(hash, key, staged.n);
+        Ok(())
     }
 }

@@ -58,7 +58,7 @@ const LEAD_ROUNDS: u32 = 3;
 /// A journal file grows by at least this much at a time (zeros).
 const JOURNAL_GROW: u64 = 1 << 20;
 /// A journal file longer than this asks for a checkpoint at once.
-const CHECKPOINT_BYTES: u64 = 32 << 20;
+pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 /// The journal of an `Always` store.
 ///
@@ -75,7 +75,10 @@ pub(super) struct Journal {
     file: Mutex<JournalFile>,
     state: Mutex<JournalState>,
     /// Entries known durable: entry `n` is once `synced >= n`.
-    synced: AtomicU64,
+    pub(super) synced: AtomicU64,
+    /// Entries taken into batches (being written or durable), as
+    /// `state.taken`, readable without the lock.
+    pub(super) taken: AtomicU64,
     /// Set while some entry's batch failed and its writer has not read
     /// the error yet (`state.failed`): the lock-free check is then off.
     any_failed: AtomicBool,
@@ -123,7 +126,6 @@ struct JournalState {
 /// (a checkpoint waits for it).
 pub(super) struct Ticket<'a> {
     inner: &'a Inner,
-    n: u64,
     epoch: u64,
     gen: u64,
     cas: u64,
@@ -182,6 +184,7 @@ impl Journal {
             file: Mutex::new(create_journal_file(fs, dir, seq)?),
             state: Mutex::new(JournalState::default()),
             synced: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
             any_failed: AtomicBool::new(false),
             open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
             checkpoint_waiting: AtomicBool::new(false),
@@ -208,12 +211,11 @@ impl Inner {
         let (n, epoch) = self.journal_add(j, &entry(gen_no))?;
         let ticket = Ticket {
             inner: self,
-            n,
             epoch,
             gen: gen_no,
             cas,
         };
-        self.journal_sync(j, &ticket)?;
+        self.journal_sync(j, n)?;
         Ok(Some(ticket))
     }
 
@@ -237,21 +239,38 @@ impl Inner {
             cas: t.cas,
         };
         let res = self.journal_add(j, &cancel).and_then(|(n, epoch)| {
-            self.journal_sync(
-                j,
-                &Ticket {
-                    inner: self,
-                    n,
-                    epoch,
-                    gen: t.gen,
-                    cas: t.cas,
-                },
-            )
+            let _ticket = Ticket {
+                inner: self,
+                epoch,
+                gen: t.gen,
+                cas: t.cas,
+            };
+            self.journal_sync(j, n)
         });
         if let Err(e) = res {
             log::warn!("cannot cancel a failed write in the journal yet: {e}");
             journal::encode(&cancel, &mut lock(&j.state).retry_cancels);
         }
+    }
+
+    /// `Periodic` mode: adds `entry` to the buffer of the next batch
+    /// without waiting for it; returns its number. The flusher makes it
+    /// durable ([`Inner::journal_flush`]).
+    pub(super) fn journal_append(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
+        self.check_writable()?;
+        let mut st = lock(&j.state);
+        journal::encode(entry, &mut st.buffer);
+        st.appended += 1;
+        Ok(st.appended)
+    }
+
+    /// Makes every entry appended so far durable (leading the batches if
+    /// no writer is). Returns the number of the last durable entry: the
+    /// leader may have written later entries too, in more batches.
+    pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
+        let n = lock(&j.state).appended;
+        self.journal_sync(j, n)?;
+        Ok(j.synced.load(Ordering::SeqCst))
     }
 
     /// Adds `entry` to the buffer of the next batch; returns its number and
@@ -271,8 +290,7 @@ impl Inner {
 
     /// Waits until entry `n` is durable, leading batches when no other
     /// writer is.
-    fn journal_sync(&self, j: &Journal, t: &Ticket<'_>) -> Result<()> {
-        let n = t.n;
+    fn journal_sync(&self, j: &Journal, n: u64) -> Result<()> {
         loop {
             if j.synced.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
                 return Ok(());
@@ -312,6 +330,7 @@ impl Inner {
                 let frames = std::mem::take(&mut st.buffer);
                 let (from, upto) = (st.taken, st.appended);
                 st.taken = upto;
+                j.taken.store(upto, Ordering::SeqCst);
                 (frames, from, upto)
             };
             let res = if frames.is_empty() {
@@ -378,6 +397,14 @@ impl Inner {
             self.fs.write_at(&f.path, f.len, &batch)
         });
         if let Err(e) = written {
+            if self.journaled_behind() {
+                // Acknowledged writes could not be journaled: nothing may
+                // be acknowledged any more (their changes stay readable
+                // from the pending table until the store is closed).
+                let e = io_err(&f.path, e);
+                self.set_read_only(format!("write of the journal failed: {e}"));
+                return Err(e);
+            }
             // Cut the torn batch off: its complete frames must not read as
             // good after a shorter batch written over its start.
             if let Err(e2) = self.fs.set_len(&f.path, f.len) {
@@ -457,6 +484,36 @@ impl Inner {
         self.fs
             .rename(&old_path, &spare)
             .map_err(|e| io_err(&old_path, e))
+    }
+
+    /// `Periodic` checkpoint, run by the flusher right after its pass
+    /// (every entry in the current file is durable and applied: only that
+    /// pass writes batches): switches to a new file, makes the value files
+    /// durable (`syncfs`) and sets the old file aside.
+    pub(super) fn checkpoint_applied(&self, j: &Journal) -> Result<()> {
+        let next_seq = lock(&j.file).seq + 1;
+        let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
+        let old_path = {
+            let mut f = lock(&j.file);
+            let old = std::mem::replace(&mut *f, new);
+            lock(&j.state).since_checkpoint = 0;
+            old.path
+        };
+        self.group_sync()?;
+        let spare = self.dir.join(layout::JOURNAL_SPARE);
+        self.fs
+            .rename(&old_path, &spare)
+            .map_err(|e| io_err(&old_path, e))
+    }
+
+    /// Bytes written to the current journal file.
+    pub(super) fn journal_len(&self, j: &Journal) -> u64 {
+        lock(&j.file).len
+    }
+
+    /// Entries written since the last checkpoint.
+    pub(super) fn journal_since_checkpoint(&self, j: &Journal) -> u64 {
+        lock(&j.state).since_checkpoint
     }
 
     /// At close: everything is made durable and the journal removed.

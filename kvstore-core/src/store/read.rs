@@ -1,4 +1,4 @@
-//! The read path: cache, then file; a bad file is dropped.
+//! The read path: the pending table, then the cache, then the file; a bad file is dropped.
 
 use super::*;
 
@@ -12,15 +12,36 @@ pub(super) enum FileRead {
     OtherKey,
     /// A damaged file.
     Corrupt(String),
-    /// A tombstone of the key asked for (`Periodic`: a removal), with its
-    /// cas.
-    Tombstone(u64),
 }
 
 /// The key's state as seen under its stripe lock.
 pub(super) struct Current {
+    /// The collision index of its file, per the map.
     pub(super) idx: Option<u16>,
+    /// Its live item (not expired).
     pub(super) item: Option<Arc<CachedItem>>,
+    /// `Periodic`: its latest change is staged (`Some(true)` a put,
+    /// `Some(false)` a removal), and the files may not show it yet.
+    pub(super) staged: Option<bool>,
+}
+
+impl Current {
+    fn absent() -> Current {
+        Current {
+            idx: None,
+            item: None,
+            staged: None,
+        }
+    }
+
+    /// Whether the key has something to remove: a staged put, or a file
+    /// when nothing is staged.
+    pub(super) fn present(&self) -> bool {
+        match self.staged {
+            Some(put) => put,
+            None => self.idx.is_some(),
+        }
+    }
 }
 
 impl Inner {
@@ -30,6 +51,21 @@ impl Inner {
         self.clear_if_due()?;
         validate_key(key)?;
         let hash = (self.hasher)(key);
+        let stripe = self.stripe(hash);
+        // Loaded before anything is looked at: a change staged after this
+        // bumps it, so what the files show then is not cached.
+        let seq = stripe.seq.load(Ordering::Acquire);
+        // Staged changes are newer than the cache and the files.
+        if let Some(staged) = self.pending.get(hash, key) {
+            let Some(it) = staged else {
+                return Ok(None);
+            };
+            if !expired(it.expiry) {
+                return Ok(Some(it));
+            }
+            self.remove_if_expired(key)?;
+            return Ok(None);
+        }
         if let Some(it) = self.cache.get(hash, key) {
             if !expired(it.expiry) {
                 return Ok(Some(it));
@@ -38,8 +74,6 @@ impl Inner {
             return Ok(None);
         }
         let gen = self.gen_read();
-        let stripe = self.stripe(hash);
-        let seq = stripe.seq.load(Ordering::Acquire);
         let Some(idx) = gen.lookup(hash, key) else {
             return Ok(None);
         };
@@ -86,17 +120,23 @@ impl Inner {
     /// The key's state; the caller holds its stripe lock. Repairs what it
     /// finds inconsistent: a map entry without a good file is dropped.
     pub(super) fn current(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<Current> {
-        let Some(idx) = gen.lookup(hash, key) else {
+        let idx = gen.lookup(hash, key);
+        if let Some(staged) = self.pending.get(hash, key) {
             return Ok(Current {
-                idx: None,
-                item: None,
+                idx,
+                staged: Some(staged.is_some()),
+                item: staged.filter(|it| !expired(it.expiry)),
             });
+        }
+        let Some(idx) = idx else {
+            return Ok(Current::absent());
         };
         if let Some(it) = self.cache.get(hash, key) {
             let item = (!expired(it.expiry)).then_some(it);
             return Ok(Current {
                 idx: Some(idx),
                 item,
+                staged: None,
             });
         }
         match self.read_file(gen, hash, idx, key)? {
@@ -105,19 +145,8 @@ impl Inner {
                 Ok(Current {
                     idx: Some(idx),
                     item,
+                    staged: None,
                 })
-            }
-            found @ (FileRead::OtherKey | FileRead::Corrupt(_)) if self.periodic() => {
-                match self.recover(gen, hash, idx, key)? {
-                    Some(item) => {
-                        let item = (!expired(item.expiry)).then(|| Arc::new(item));
-                        Ok(Current {
-                            idx: Some(idx),
-                            item,
-                        })
-                    }
-                    None => self.drop_bad_file(gen, hash, idx, key, found),
-                }
             }
             found => self.drop_bad_file(gen, hash, idx, key, found),
         }
@@ -135,40 +164,24 @@ impl Inner {
         found: FileRead,
     ) -> Result<Current> {
         match found {
-            FileRead::Tombstone(_) => {
-                // A removal interrupted after its tombstone: finish it.
-                self.log_remove(gen, hash, key)?;
-                self.retire_file(gen, hash, &gen.value_path(hash, idx))?;
-                Ok(Current {
-                    idx: None,
-                    item: None,
-                })
-            }
             FileRead::Found(_) | FileRead::Missing | FileRead::OtherKey => {
                 // The file went away (interrupted delete) or the name was
                 // reused for another key: the key is absent.
                 self.log_remove(gen, hash, key)?;
-                Ok(Current {
-                    idx: None,
-                    item: None,
-                })
+                Ok(Current::absent())
             }
             FileRead::Corrupt(what) => {
                 let path = gen.value_path(hash, idx);
                 log::warn!("dropping damaged value file {}: {what}", path.display());
                 self.retire_file(gen, hash, &path)?;
                 self.log_remove(gen, hash, key)?;
-                Ok(Current {
-                    idx: None,
-                    item: None,
-                })
+                Ok(Current::absent())
             }
         }
     }
 }
 
-/// Reads and checks the file at `path` as a record of `key` (or its
-/// tombstone).
+/// Reads and checks the file at `path` as a record of `key`.
 pub(super) fn read_record(fs: &dyn FileSystem, path: &Path, key: &[u8]) -> Result<FileRead> {
     let path = path.to_path_buf();
     let mut buf = match fs.read_at(&path, 0, FIRST_READ) {
@@ -178,13 +191,7 @@ pub(super) fn read_record(fs: &dyn FileSystem, path: &Path, key: &[u8]) -> Resul
     };
     let header = match record::decode_header(&buf) {
         Ok(h) => h,
-        Err(what) => {
-            return Ok(match record::decode_tombstone(&buf) {
-                Some((k, cas)) if k == key => FileRead::Tombstone(cas),
-                Some(_) => FileRead::OtherKey,
-                None => FileRead::Corrupt(what),
-            })
-        }
+        Err(what) => return Ok(FileRead::Corrupt(what)),
     };
     let len = header.record_len();
     if len > buf.len() && buf.len() == FIRST_READ {

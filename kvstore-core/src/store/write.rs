@@ -1,4 +1,4 @@
-//! The write/update path: placement of new keys, exchange of a filled spare with the live file.
+//! The write path: a change, from its decision under the key's stripe lock to the journal, the pending table and the value files (see docs/DESIGN.md).
 
 use super::*;
 use crate::journal::Entry;
@@ -31,17 +31,22 @@ impl Inner {
         f(&gen, hash, cur)
     }
 
-    /// Removes a key that has a file but no live item (it expired). Stripe
-    /// lock held.
+    /// Removes a key that is present (a file or a staged put) but has no
+    /// live item (it expired). Stripe lock held.
     fn remove_if_dead(&self, gen: &Generation, hash: u64, key: &[u8], cur: &Current) -> Result<()> {
-        if cur.item.is_none() && cur.idx.is_some() {
-            self.remove_locked(gen, hash, key, cur.idx)?;
+        if cur.item.is_none() && cur.present() {
+            self.remove_locked(gen, hash, key, cur)?;
         }
         Ok(())
     }
 
     /// Runs `decide` on the key's current item under its stripe lock and
     /// carries out the decision. Returns the cas written, if anything was.
+    ///
+    /// This is the whole write path of every change but removals: the
+    /// record is journaled and, by durability mode, either staged for the
+    /// flusher (`Periodic`) or written to the value files here (`Never`,
+    /// and `Always` once its journal entry is durable).
     pub(super) fn update<'a>(
         &self,
         key: &[u8],
@@ -50,6 +55,7 @@ impl Inner {
         self.clear_if_due()?;
         validate_key(key)?;
         self.check_writable()?;
+        self.wait_for_room()?;
         self.with_key_locked(key, |gen, hash, cur| {
             let (value, flags, expiry, cas) = match decide(cur.item.as_deref())? {
                 Action::Keep => {
@@ -72,7 +78,26 @@ impl Inner {
             if expiry != Expiry::Never {
                 self.mark_expiring(gen)?;
             }
-            let written = self.write_record(gen, hash, key, cur.idx, &rec, cas);
+            let item = (self.cache_enabled || self.journaled_behind()).then(|| {
+                Arc::new(CachedItem {
+                    value: value.into_owned(),
+                    flags,
+                    expiry,
+                    cas,
+                })
+            });
+            let written = match &item {
+                Some(item) if self.journaled_behind() => {
+                    let entry = Entry::Put {
+                        gen: gen.number,
+                        record: &rec,
+                    };
+                    self.stage(hash, key, &entry, Change::Put(item.clone()))
+                }
+                _ => self.write_record(gen, hash, key, cur.idx, &rec, cas),
+            };
+            // Readers that looked before this change must not cache what
+            // they read (see `Cache::insert_if`).
             self.stripe(hash).seq.fetch_add(1, Ordering::Release);
             if let Err(e) = written {
                 // The file may or may not have changed: the cache must not
@@ -80,25 +105,37 @@ impl Inner {
                 self.cache.remove(hash, key);
                 return Err(e);
             }
-            if self.cache_enabled {
-                let item = CachedItem {
-                    value: value.into_owned(),
-                    flags,
-                    expiry,
-                    cas,
-                };
-                self.cache.insert(hash, key, Arc::new(item));
+            match item {
+                Some(item) if self.cache_enabled => self.cache.insert(hash, key, item),
+                _ => {}
             }
             Ok(Some(cas))
         })
+    }
+
+    /// `Periodic`: appends `entry` to the journal (durable at the next
+    /// flush) and stages its change in the pending table, where reads see
+    /// it at once. Stripe lock of the key held, so that the journal and
+    /// the table agree on the order of the key's changes.
+    fn stage(&self, hash: u64, key: &[u8], entry: &Entry<'_>, change: Change) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Err(Error::ReadOnly {
+                reason: "no journal".to_string(),
+            });
+        };
+        let n = self.journal_append(j, entry)?;
+        let taken = j.taken.load(Ordering::SeqCst);
+        self.pending.stage(hash, key, n, change, taken);
+        Ok(())
     }
 
     pub(super) fn delete(&self, key: &[u8]) -> Result<bool> {
         self.clear_if_due()?;
         validate_key(key)?;
         self.check_writable()?;
+        self.wait_for_room()?;
         self.with_key_locked(key, |gen, hash, cur| {
-            self.remove_locked(gen, hash, key, cur.idx)?;
+            self.remove_locked(gen, hash, key, &cur)?;
             Ok(cur.item.is_some())
         })
     }
@@ -113,21 +150,28 @@ impl Inner {
         })
     }
 
-    /// Removes the key's file (stripe lock held). In `Always` mode the
-    /// removal is journaled first (see `store/journal.rs`).
+    /// Removes the key (stripe lock held): staged in `Periodic` mode,
+    /// journaled first in `Always` mode (see `store/journal.rs`).
     pub(super) fn remove_locked(
         &self,
         gen: &Generation,
         hash: u64,
         key: &[u8],
-        idx: Option<u16>,
+        cur: &Current,
     ) -> Result<()> {
-        if idx.is_none() {
+        if !cur.present() {
             return Ok(());
         }
         let cas = self.next_cas();
-        let ticket = self.journal_write(gen, cas, |gen| Entry::Remove { gen, cas, key })?;
-        let res = self.remove_files(gen, hash, key, idx);
+        let entry = |gen| Entry::Remove { gen, cas, key };
+        if self.journaled_behind() {
+            self.stage(hash, key, &entry(gen.number), Change::Remove)?;
+            self.stripe(hash).seq.fetch_add(1, Ordering::Release);
+            self.cache.remove(hash, key);
+            return Ok(());
+        }
+        let ticket = self.journal_write(gen, cas, entry)?;
+        let res = self.remove_files(gen, hash, key, cur.idx);
         self.journal_finish(ticket, res.is_ok());
         res
     }
@@ -151,15 +195,10 @@ impl Inner {
         self.log_remove(gen, hash, key)?;
         self.stripe(hash).seq.fetch_add(1, Ordering::Release);
         self.cache.remove(hash, key);
-        self.note_change();
         let path = gen.value_path(hash, idx);
-        if self.periodic() {
-            return self.retire_removed(gen, hash, idx, key);
-        }
         if let Err(e) = self.retire_file(gen, hash, &path) {
             log::warn!("removed key's file left in place: {e}");
         }
-        self.note_change();
         Ok(())
     }
 }
@@ -222,22 +261,13 @@ impl Inner {
                 }
             }
         }
-        // The rename frees the old file at once. In `Periodic` mode the old
-        // file may hold the key's last flushed value, which a power cut must
-        // not take away before the new one is on disk: flush the new data
-        // first (one fsync per overwrite, only where exchange is missing).
-        let synced = if self.periodic() {
-            self.fs.sync_file_data(&spare)
-        } else {
-            Ok(())
-        };
-        synced
-            .and_then(|()| self.fs.rename(&spare, target))
-            .map(|()| None)
-            .map_err(|e| {
-                self.give_back(gen, sub, id);
-                io_err(target, e)
-            })
+        // The rename frees the old file at once: in `Periodic` and `Always`
+        // the journal entry of the new record is durable, so a power cut
+        // that leaves the name without good data is repaired by replay.
+        self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
+            self.give_back(gen, sub, id);
+            io_err(target, e)
+        })
     }
 }
 
@@ -277,9 +307,7 @@ impl Inner {
         let pooled = self.fill_pooled_spare(gen, sub, rec);
         if idx.is_none() && pooled.is_none() && self.journal.is_some() {
             if let Some(idx) = self.create_in_place(gen, hash, rec)? {
-                self.note_change();
                 self.log_put(gen, hash, key, idx)?;
-                self.note_change();
                 return Ok(());
             }
         }
@@ -287,20 +315,16 @@ impl Inner {
             Some(id) => id,
             None => self.create_spare(gen, sub, rec)?,
         };
-        self.note_change();
         match idx {
             Some(idx) => {
                 let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
-                self.note_change();
-                self.recycle_spare(gen, sub, old, hash, idx);
+                self.recycle_spare(gen, sub, old);
                 Ok(())
             }
             None => {
                 let (idx, old) = self.place_new(gen, sub, id, hash)?;
-                self.note_change();
-                self.recycle_spare(gen, sub, old, hash, idx);
+                self.recycle_spare(gen, sub, old);
                 self.log_put(gen, hash, key, idx)?;
-                self.note_change();
                 Ok(())
             }
         }
@@ -320,9 +344,6 @@ impl Inner {
     ) -> Result<(u16, Option<u64>)> {
         let spare = gen.spare_path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
-            if self.periodic() && self.recently_vacated(gen, sub, hash, idx) {
-                continue;
-            }
             let target = gen.value_path(hash, idx);
             let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
                 match self.fs.rename_noreplace(&spare, &target) {

@@ -1,0 +1,235 @@
+//! The pending table of `Durability::Periodic`: acknowledged changes whose
+//! journal entries the value files do not reflect yet, in front of the
+//! cache and the files for every read (see docs/DESIGN.md, "Periodic").
+//!
+//! A writer stages its change here right after appending the journal entry
+//! (both under the key's stripe lock, so per key the table and the journal
+//! agree on the order). The applier, after a journal flush, writes each
+//! key's newest *durable* change to the value files and removes it here.
+//!
+//! Per key the table keeps the latest change and, when the latest is not
+//! yet taken into a journal batch, the newest change that was (`prev`):
+//! a checkpoint retires a journal file only after every key's newest
+//! change of that file is in the value files, and the change that
+//! overwrote it here may not be durable yet. A change overwritten before
+//! any batch took it is written in the same batch as its successor (a
+//! leader takes the whole buffer), so dropping it loses nothing.
+
+use super::*;
+
+/// One change of a key.
+#[derive(Clone)]
+pub(super) enum Change {
+    Put(Arc<CachedItem>),
+    Remove,
+}
+
+/// A change and the number of its journal entry.
+#[derive(Clone)]
+pub(super) struct Staged {
+    pub(super) n: u64,
+    pub(super) change: Change,
+}
+
+struct Slot {
+    latest: Staged,
+    prev: Option<Staged>,
+    bytes: usize,
+}
+
+/// Bytes a staged change is counted for: its key, its value and the
+/// table's bookkeeping (measured: hash map slot, boxes, `Arc` header).
+fn cost(key: &[u8], change: &Change) -> usize {
+    const OVERHEAD: usize = 128;
+    OVERHEAD
+        + key.len()
+        + match change {
+            Change::Put(it) => it.value.len(),
+            Change::Remove => 0,
+        }
+}
+
+/// Shards of the table (by key hash), as the map's.
+const SHARDS: usize = 64;
+
+/// The pending table.
+pub(super) struct Pending {
+    shards: Box<[Mutex<HashMap<Box<[u8]>, Slot>>]>,
+    /// Keys in the table: reads skip it while this is 0.
+    keys: AtomicUsize,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Writers waiting for room wait here; the applier notifies.
+    room: Mutex<()>,
+    room_cv: Condvar,
+}
+
+impl Pending {
+    pub(super) fn new(max_bytes: usize) -> Pending {
+        Pending {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            keys: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            room: Mutex::new(()),
+            room_cv: Condvar::new(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<HashMap<Box<[u8]>, Slot>> {
+        &self.shards[(hash as usize) % SHARDS]
+    }
+
+    /// Bytes staged now.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the table is at its bound (writers then wait for the
+    /// applier).
+    pub(super) fn full(&self) -> bool {
+        self.bytes() >= self.max_bytes
+    }
+
+    /// The key's latest change, if it has one staged: `Some(None)` for a
+    /// removal.
+    pub(super) fn get(&self, hash: u64, key: &[u8]) -> Option<Option<Arc<CachedItem>>> {
+        if self.keys.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let shard = lock(self.shard(hash));
+        shard.get(key).map(|slot| match &slot.latest.change {
+            Change::Put(it) => Some(it.clone()),
+            Change::Remove => None,
+        })
+    }
+
+    /// Stages the change of journal entry `n`; `taken` is the journal's
+    /// count of entries taken into batches, read after `n` was appended.
+    /// Stripe lock of the key held.
+    pub(super) fn stage(&self, hash: u64, key: &[u8], n: u64, change: Change, taken: u64) {
+        let add = cost(key, &change);
+        let mut shard = lock(self.shard(hash));
+        match shard.get_mut(key) {
+            Some(slot) => {
+                let new = Staged { n, change };
+                let old = std::mem::replace(&mut slot.latest, new);
+                let mut freed = 0;
+                if old.n <= taken {
+                    if let Some(p) = slot.prev.replace(old) {
+                        freed = cost(key, &p.change);
+                    }
+                } else {
+                    freed = cost(key, &old.change);
+                }
+                slot.bytes = slot.bytes + add - freed;
+                self.bytes.fetch_add(add, Ordering::Relaxed);
+                self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
+            None => {
+                shard.insert(
+                    key.into(),
+                    Slot {
+                        latest: Staged { n, change },
+                        prev: None,
+                        bytes: add,
+                    },
+                );
+                self.bytes.fetch_add(add, Ordering::Relaxed);
+                self.keys.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// Per key, the newest change whose journal entry is durable
+    /// (`n <= synced`) and not yet applied.
+    pub(super) fn due(&self, synced: u64) -> Vec<(Box<[u8]>, Staged)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (key, slot) in shard.iter() {
+                let pick = if slot.latest.n <= synced {
+                    Some(&slot.latest)
+                } else {
+                    slot.prev.as_ref().filter(|p| p.n <= synced)
+                };
+                if let Some(s) = pick {
+                    out.push((key.clone(), s.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the key still has change `n` staged (as latest or prev).
+    pub(super) fn has(&self, hash: u64, key: &[u8], n: u64) -> bool {
+        lock(self.shard(hash))
+            .get(key)
+            .is_some_and(|s| s.latest.n == n || s.prev.as_ref().is_some_and(|p| p.n == n))
+    }
+
+    /// Change `n` of the key is in the value files: it and everything
+    /// older of the key leave the table.
+    pub(super) fn applied(&self, hash: u64, key: &[u8], n: u64) {
+        let mut shard = lock(self.shard(hash));
+        let Some(slot) = shard.get_mut(key) else {
+            return;
+        };
+        if slot.latest.n == n {
+            let bytes = slot.bytes;
+            shard.remove(key);
+            self.keys.fetch_sub(1, Ordering::Release);
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        } else if slot.prev.as_ref().is_some_and(|p| p.n == n) {
+            if let Some(p) = slot.prev.take() {
+                let freed = cost(key, &p.change);
+                slot.bytes -= freed;
+                self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
+        } else {
+            return;
+        }
+        drop(shard);
+        let _g = lock(&self.room);
+        self.room_cv.notify_all();
+    }
+
+    /// Drops everything (a clear: the staged changes belong to the old
+    /// generation, whose journal entries replay ignores).
+    pub(super) fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let n = shard.len();
+            shard.clear();
+            self.keys.fetch_sub(n, Ordering::Release);
+        }
+        self.bytes.store(0, Ordering::Relaxed);
+        let _g = lock(&self.room);
+        self.room_cv.notify_all();
+    }
+
+    /// Waits until the table is below its bound or `timeout` passed.
+    pub(super) fn wait_for_room(&self, timeout: Duration) {
+        let g = lock(&self.room);
+        if self.full() {
+            let _ = self.room_cv.wait_timeout(g, timeout);
+        }
+    }
+
+    /// The staged keys with whether their latest change is a put.
+    pub(super) fn snapshot(&self) -> Vec<(Box<[u8]>, bool)> {
+        if self.keys.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            out.extend(
+                shard
+                    .iter()
+                    .map(|(k, s)| (k.clone(), matches!(s.latest.change, Change::Put(_)))),
+            );
+        }
+        out
+    }
+}
