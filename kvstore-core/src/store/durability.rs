@@ -80,13 +80,20 @@ impl Inner {
         matches!(self.durability, Durability::Periodic(_))
     }
 
-    /// `Periodic` back-pressure: waits while the pending table is at its
-    /// bound, asking the flusher to run now.
+    /// `Periodic` back-pressure: waits while the pending table or the
+    /// journal buffer is at the bound, asking the flusher to run now.
     pub(super) fn wait_for_room(&self) -> Result<()> {
-        while self.pending.full() {
+        let Some(j) = self.journal.as_ref().filter(|_| self.journaled_behind()) else {
+            return Ok(());
+        };
+        let full = || {
+            self.pending.over(self.pending.bytes())
+                || self.pending.over(j.buffered.load(Ordering::Relaxed))
+        };
+        while full() {
             self.check_writable()?;
             self.stop.kick();
-            self.pending.wait_for_room(ROOM_WAIT);
+            self.pending.wait_for_room(ROOM_WAIT, full);
         }
         Ok(())
     }
@@ -119,6 +126,7 @@ impl Inner {
         // Only this pass leads batches in `Periodic` mode: after it, every
         // entry taken into a batch is durable (`synced`).
         let synced = self.journal_flush(j)?;
+        self.pending.notify_room();
         for (key, staged) in self.pending.due(synced) {
             if let Err(e) = self.apply_staged(&key, &staged) {
                 self.set_read_only(format!("applying a journaled write failed: {e}"));

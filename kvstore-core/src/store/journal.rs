@@ -79,6 +79,9 @@ pub(super) struct Journal {
     /// Entries taken into batches (being written or durable), as
     /// `state.taken`, readable without the lock.
     pub(super) taken: AtomicU64,
+    /// Bytes of `state.buffer`, readable without the lock (`Periodic`
+    /// back-pressure bounds it).
+    pub(super) buffered: AtomicUsize,
     /// Set while some entry's batch failed and its writer has not read
     /// the error yet (`state.failed`): the lock-free check is then off.
     any_failed: AtomicBool,
@@ -185,6 +188,7 @@ impl Journal {
             state: Mutex::new(JournalState::default()),
             synced: AtomicU64::new(0),
             taken: AtomicU64::new(0),
+            buffered: AtomicUsize::new(0),
             any_failed: AtomicBool::new(false),
             open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
             checkpoint_waiting: AtomicBool::new(false),
@@ -260,6 +264,7 @@ impl Inner {
         self.check_writable()?;
         let mut st = lock(&j.state);
         journal::encode(entry, &mut st.buffer);
+        j.buffered.store(st.buffer.len(), Ordering::Relaxed);
         st.appended += 1;
         Ok(st.appended)
     }
@@ -328,6 +333,7 @@ impl Inner {
             let (frames, from, upto) = {
                 let mut st = lock(&j.state);
                 let frames = std::mem::take(&mut st.buffer);
+                j.buffered.store(0, Ordering::Relaxed);
                 let (from, upto) = (st.taken, st.appended);
                 st.taken = upto;
                 j.taken.store(upto, Ordering::SeqCst);

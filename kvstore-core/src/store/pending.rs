@@ -85,10 +85,11 @@ impl Pending {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether the table is at its bound (writers then wait for the
-    /// applier).
-    pub(super) fn full(&self) -> bool {
-        self.bytes() >= self.max_bytes
+    /// Whether `bytes` (of the table, or of the journal buffer that holds
+    /// the same changes before coalescing) reach the bound: writers then
+    /// wait for the flusher.
+    pub(super) fn over(&self, bytes: usize) -> bool {
+        bytes >= self.max_bytes
     }
 
     /// The key's latest change, if it has one staged: `Some(None)` for a
@@ -208,12 +209,18 @@ impl Pending {
         self.room_cv.notify_all();
     }
 
-    /// Waits until the table is below its bound or `timeout` passed.
-    pub(super) fn wait_for_room(&self, timeout: Duration) {
+    /// Waits until `full()` is false or `timeout` passed.
+    pub(super) fn wait_for_room(&self, timeout: Duration, full: impl Fn() -> bool) {
         let g = lock(&self.room);
-        if self.full() {
+        if full() {
             let _ = self.room_cv.wait_timeout(g, timeout);
         }
+    }
+
+    /// Wakes the writers waiting for room (the flusher has made some).
+    pub(super) fn notify_room(&self) {
+        let _g = lock(&self.room);
+        self.room_cv.notify_all();
     }
 
     /// The staged keys with whether their latest change is a put.
