@@ -121,13 +121,15 @@ impl Options {
         self
     }
 
-    /// **Testing hook**: the function that maps a key to the 64-bit hash
+    /// **Testing hook** (cargo feature `test-support`, for this crate's
+    /// own tests): the function that maps a key to the 64-bit hash
     /// naming its file (default FNV-1a 64). A deliberately weak hasher
     /// forces hash collisions. A store must always be opened with the same
     /// hasher (the files are named by it); [`Store::verify`](crate::Store::verify)
     /// and [`Store::repair`](crate::Store::repair) assume the default, use
     /// [`Store::verify_with`](crate::Store::verify_with) and
     /// [`Store::repair_with`](crate::Store::repair_with) otherwise.
+    #[cfg(feature = "test-support")]
     pub fn key_hasher(mut self, hasher: fn(&[u8]) -> u64) -> Options {
         self.key_hasher = hasher;
         self

@@ -130,9 +130,11 @@ impl Inner {
         for (key, staged) in self.pending.due(synced) {
             if let Err(e) = self.apply_staged(&key, &staged) {
                 self.set_read_only(format!("applying a journaled write failed: {e}"));
+                self.pending.notify_room();
                 return Err(e);
             }
         }
+        self.pending.notify_room();
         let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
             || self.journal_len(j) > CHECKPOINT_BYTES;
         if may_checkpoint && due && self.journal_since_checkpoint(j) > 0 {

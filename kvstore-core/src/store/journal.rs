@@ -1,52 +1,15 @@
-//! The write-ahead journal of `Durability::Always` at run time: group
-//! commit, checkpoints, reuse of journal files and replay on open. The file format is in
-//! `crate::journal`.
+//! The write-ahead journal at run time: group commit (`Always` writers
+//! lead batches; in `Periodic` the flusher does), checkpoints, reuse of
+//! journal files and replay on open. The file format is in
+//! `crate::journal`; the protocol and why each step is there in
+//! docs/DESIGN.md (sections 3.2, 3.3, 3.5 and 4).
 //!
-//! # Why a journal
-//! DESIGN.md's first `Always` order (data fsynced, renamed, directory
-//! fsynced, map record fsynced) costs two or three flushes of the whole
-//! file system per write; even shared by 16 writers that stays near one
-//! fsync per write. Instead an `Always` write:
-//!
-//! 1. adds its whole record (or its removal) to the journal's buffer,
-//!    under the key's stripe lock;
-//! 2. waits for a group commit: one leader writes the whole buffer as one
-//!    batch at the end of the journal file and runs one `fdatasync` for
-//!    every writer in it (and, while writers keep coming, up to
-//!    `LEAD_ROUNDS - 1` more batches: it is already running, where a
-//!    hand-off costs a wake-up);
-//! 3. only then changes the value files, without flushing them, and
-//!    returns. A write whose file change fails adds a *cancel* entry
-//!    (flushed too) before it reports the error, so replay never applies a
-//!    write its caller was told had failed.
-//!
-//! Every change to the value files since the last checkpoint therefore has
-//! a durable journal entry *before* it happens, which is what makes
-//! recycling freed files at once safe: whatever a power cut leaves of a
-//! file touched since then, replay rewrites it.
-//!
-//! # Checkpoints, reuse and replay
-//! A background thread switches to a new journal file every
-//! `Options::checkpoint_interval` (sooner when it passes
-//! [`CHECKPOINT_BYTES`]), waits until the writers of the old file have
-//! finished their file changes, runs `syncfs` and sets the old file aside
-//! as `journal.spare`. The next switch renames the spare to the new number
-//! and rewrites it from the start, so its blocks are reused in place and a
-//! batch's `fdatasync` does not have to write the inode (measured: 19k
-//! against 25-28k overwrites/s of 1000 B with 16 writers over 8 s, append
-//! and unlink against reuse). The batches of its earlier use that follow
-//! the new end fail their checksum, which covers the file's number. A file
-//! that must grow grows by [`JOURNAL_GROW`] of zeros at once (zeros read
-//! as the end), for the same reason: 3 s runs of 16 writers, alternating,
-//! 24-27k -> 29-33k overwrites/s of 100 B.
-//!
-//! Opening a store (in any mode) replays the journal files it finds, oldest
-//! first: for each key of the current generation, the last entry that was
-//! not cancelled is applied to the files (skipped when the file already
-//! holds that cas), then `syncfs`, then the replayed files are removed.
-//! Replaying a prefix of the history on top of files that are at least as
-//! new as the journal's start gives the state after that prefix, so a
-//! crash during replay (or a set-aside whose rename was lost) is harmless.
+//! Reusing a checkpointed file (renamed from `journal.spare`) instead of
+//! creating one, and growing a file by [`JOURNAL_GROW`] of zeros at once,
+//! both let a batch's `fdatasync` rewrite data blocks without writing the
+//! inode (measured: 19k against 25-28k overwrites/s of 1000 B with 16
+//! writers over 8 s, append and unlink against reuse; 24-27k -> 29-33k
+//! overwrites/s of 100 B for the growth by zeros).
 
 use std::collections::{HashMap, HashSet};
 
@@ -60,7 +23,7 @@ const JOURNAL_GROW: u64 = 1 << 20;
 /// A journal file longer than this asks for a checkpoint at once.
 pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
-/// The journal of an `Always` store.
+/// The journal of a `Periodic` or `Always` store.
 ///
 /// Group commit: writers encode their entry into `state.buffer` and wait;
 /// one leader at a time takes the whole buffer, writes it to the file in

@@ -882,9 +882,10 @@ impl Store {
         self.inner.pending.bytes()
     }
 
-    /// Testing hook: whether the background pass after open (recycling
-    /// leftover files, removing expired items) has finished.
-    #[doc(hidden)]
+    /// Testing hook (cargo feature `test-support`, for this crate's own
+    /// tests): whether the background pass after open (recycling leftover
+    /// files, removing expired items) has finished.
+    #[cfg(feature = "test-support")]
     pub fn background_sweep_done(&self) -> bool {
         self.inner.sweep_done.load(Ordering::SeqCst)
     }

@@ -176,23 +176,25 @@ impl Pending {
         let Some(slot) = shard.get_mut(key) else {
             return;
         };
-        if slot.latest.n == n {
+        let freed = if slot.latest.n == n {
             let bytes = slot.bytes;
             shard.remove(key);
             self.keys.fetch_sub(1, Ordering::Release);
-            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            bytes
         } else if slot.prev.as_ref().is_some_and(|p| p.n == n) {
-            if let Some(p) = slot.prev.take() {
-                let freed = cost(key, &p.change);
-                slot.bytes -= freed;
-                self.bytes.fetch_sub(freed, Ordering::Relaxed);
-            }
+            let freed = slot.prev.take().map_or(0, |p| cost(key, &p.change));
+            slot.bytes -= freed;
+            freed
         } else {
             return;
-        }
+        };
         drop(shard);
-        let _g = lock(&self.room);
-        self.room_cv.notify_all();
+        let before = self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        // Waiting writers are woken when the table drops below its bound,
+        // not for every change applied.
+        if before >= self.max_bytes && before - freed < self.max_bytes {
+            self.notify_room();
+        }
     }
 
     /// Drops everything (a clear: the staged changes belong to the old

@@ -234,12 +234,10 @@ impl Inner {
 
 impl Inner {
     /// Puts the filled spare `id` in place of `target`. With exchange, the
-    /// old file becomes a spare, returned as `Some(id)`: the caller recycles
-    /// it with [`Inner::recycle_spare`] only after the exchange is durable
-    /// (until then a power cut can bring the old name back to that inode,
-    /// so another writer must not overwrite it in place). Without exchange
-    /// the old file is replaced (and freed), after a flush of the new data
-    /// in `Periodic` mode.
+    /// old file becomes a spare, returned as `Some(id)` for the caller to
+    /// recycle ([`Inner::recycle_spare`]); reusing it at once is safe (see
+    /// docs/DESIGN.md, 3.4). Without exchange the old file is replaced (and
+    /// freed).
     pub(super) fn swap_in(
         &self,
         gen: &Generation,
@@ -333,8 +331,7 @@ impl Inner {
     /// Puts the filled spare `id` under the first collision index of `hash`
     /// whose name is free (or holds a leftover no map entry points to, which
     /// becomes a spare); returns that index and the leftover's spare id, to
-    /// recycle once durable (see [`Inner::swap_in`]). Stripe lock of `hash`
-    /// held.
+    /// recycle (see [`Inner::swap_in`]). Stripe lock of `hash` held.
     pub(super) fn place_new(
         &self,
         gen: &Generation,
