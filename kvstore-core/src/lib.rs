@@ -66,6 +66,7 @@ mod lock;
 mod maplog;
 pub mod options;
 mod record;
+mod retry;
 mod store;
 
 pub use error::{Error, Result};

@@ -23,7 +23,7 @@ impl Inner {
     /// Waits until a `syncfs` that started after this call has finished;
     /// one leader flushes for all waiting callers (group commit).
     pub(super) fn group_sync(&self) -> Result<()> {
-        let mut st = lock(&self.group.state);
+        let mut st = self.group.state.lock();
         st.requested += 1;
         let ticket = st.requested;
         loop {
@@ -36,7 +36,7 @@ impl Inner {
                 let target = st.requested;
                 drop(st);
                 let res = self.fs.syncfs(&self.dir);
-                st = lock(&self.group.state);
+                st = self.group.state.lock();
                 st.running = false;
                 match res {
                     Ok(()) => {
@@ -50,7 +50,7 @@ impl Inner {
                 }
                 self.group.cv.notify_all();
             } else {
-                st = self.group.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                self.group.cv.wait(&mut st);
             }
         }
     }
@@ -121,7 +121,7 @@ impl Inner {
         let Some(j) = &self.journal else {
             return Ok(());
         };
-        let mut tick = lock(&self.tick);
+        let mut tick = self.tick.lock();
         self.check_writable()?;
         // Only this pass leads batches in `Periodic` mode: after it, every
         // entry taken into a batch is durable (`synced`).
@@ -149,7 +149,7 @@ impl Inner {
     fn apply_staged(&self, key: &[u8], staged: &Staged) -> Result<()> {
         let hash = (self.hasher)(key);
         let gen = self.gen_read();
-        let _g = lock(&self.stripe(hash).lock);
+        let _g = self.stripe(hash).lock.lock();
         // Gone (a clear emptied the table) or applied by an earlier pass.
         if !self.pending.has(hash, key, staged.n) {
             return Ok(());

@@ -102,7 +102,7 @@ impl Drop for Ticket<'_> {
         if let Some(j) = &self.inner.journal {
             let left = j.open_tickets[(self.epoch % 2) as usize].fetch_sub(1, Ordering::SeqCst);
             if left == 1 && j.checkpoint_waiting.load(Ordering::SeqCst) {
-                let _st = lock(&j.state);
+                let _st = j.state.lock();
                 j.released.notify_all();
             }
         }
@@ -216,7 +216,7 @@ impl Inner {
         });
         if let Err(e) = res {
             log::warn!("cannot cancel a failed write in the journal yet: {e}");
-            journal::encode(&cancel, &mut lock(&j.state).retry_cancels);
+            journal::encode(&cancel, &mut j.state.lock().retry_cancels);
         }
     }
 
@@ -225,7 +225,7 @@ impl Inner {
     /// durable ([`Inner::journal_flush`]).
     pub(super) fn journal_append(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
         self.check_writable()?;
-        let mut st = lock(&j.state);
+        let mut st = j.state.lock();
         journal::encode(entry, &mut st.buffer);
         j.buffered.store(st.buffer.len(), Ordering::Relaxed);
         st.appended += 1;
@@ -236,7 +236,7 @@ impl Inner {
     /// no writer is). Returns the number of the last durable entry: the
     /// leader may have written later entries too, in more batches.
     pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
-        let n = lock(&j.state).appended;
+        let n = j.state.lock().appended;
         self.journal_sync(j, n)?;
         Ok(j.synced.load(Ordering::SeqCst))
     }
@@ -245,7 +245,7 @@ impl Inner {
     /// the checkpoint epoch (its ticket is counted open in it).
     fn journal_add(&self, j: &Journal, entry: &Entry<'_>) -> Result<(u64, u64)> {
         self.check_writable()?;
-        let mut st = lock(&j.state);
+        let mut st = j.state.lock();
         if !st.retry_cancels.is_empty() {
             let retry = std::mem::take(&mut st.retry_cancels);
             st.buffer.extend_from_slice(&retry);
@@ -263,7 +263,7 @@ impl Inner {
             if j.synced.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             if let Some((kind, what)) = st.failed.remove(&n) {
                 j.any_failed.store(!st.failed.is_empty(), Ordering::SeqCst);
                 drop(st);
@@ -294,7 +294,7 @@ impl Inner {
     fn lead_batches(&self, j: &Journal) -> Result<()> {
         for round in 1..=LEAD_ROUNDS {
             let (frames, from, upto) = {
-                let mut st = lock(&j.state);
+                let mut st = j.state.lock();
                 let frames = std::mem::take(&mut st.buffer);
                 j.buffered.store(0, Ordering::Relaxed);
                 let (from, upto) = (st.taken, st.appended);
@@ -307,7 +307,7 @@ impl Inner {
             } else {
                 self.journal_write_batch(j, &frames, from, upto)
             };
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             if res.is_ok() {
                 j.synced.fetch_max(upto, Ordering::SeqCst);
             }
@@ -346,7 +346,7 @@ impl Inner {
     /// the file and flushes it. A failed write marks the entries failed
     /// (their writers read the error) and cuts the torn batch off.
     fn journal_write_batch(&self, j: &Journal, frames: &[u8], from: u64, upto: u64) -> Result<()> {
-        let mut f = lock(&j.file);
+        let mut f = j.file.lock();
         let mut batch = Vec::with_capacity(journal::FRAME_HEADER + frames.len());
         batch.extend_from_slice(&journal::batch_header(f.seq, frames));
         batch.extend_from_slice(frames);
@@ -383,7 +383,7 @@ impl Inner {
                 ));
             }
             f.allocated = f.len;
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             for n in from + 1..=upto {
                 st.failed.insert(n, (e.kind(), e.to_string()));
             }
@@ -399,7 +399,7 @@ impl Inner {
         if f.len > CHECKPOINT_BYTES {
             self.stop.kick();
         }
-        lock(&j.state).since_checkpoint += upto - from;
+        j.state.lock().since_checkpoint += upto - from;
         Ok(())
     }
 
@@ -422,27 +422,27 @@ impl Inner {
         let Some(j) = &self.journal else {
             return Ok(());
         };
-        if lock(&j.state).since_checkpoint == 0 {
+        if j.state.lock().since_checkpoint == 0 {
             return Ok(());
         }
-        let next_seq = lock(&j.file).seq + 1;
+        let next_seq = j.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
         // Tickets taken before the switch may have entries in the old file:
         // once they are all released, those entries are durable (their
         // batch was flushed) and their file changes done.
         let (old_path, old_epoch) = {
-            let mut f = lock(&j.file);
+            let mut f = j.file.lock();
             let old = std::mem::replace(&mut *f, new);
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             st.since_checkpoint = 0;
             st.epoch += 1;
             (old.path, st.epoch - 1)
         };
         {
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             j.checkpoint_waiting.store(true, Ordering::SeqCst);
             while j.open_tickets[(old_epoch % 2) as usize].load(Ordering::SeqCst) > 0 {
-                st = j.released.wait(st).unwrap_or_else(|e| e.into_inner());
+                j.released.wait(&mut st);
             }
             j.checkpoint_waiting.store(false, Ordering::SeqCst);
         }
@@ -460,12 +460,12 @@ impl Inner {
     /// pass writes batches): switches to a new file, makes the value files
     /// durable (`syncfs`) and sets the old file aside.
     pub(super) fn checkpoint_applied(&self, j: &Journal) -> Result<()> {
-        let next_seq = lock(&j.file).seq + 1;
+        let next_seq = j.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
         let old_path = {
-            let mut f = lock(&j.file);
+            let mut f = j.file.lock();
             let old = std::mem::replace(&mut *f, new);
-            lock(&j.state).since_checkpoint = 0;
+            j.state.lock().since_checkpoint = 0;
             old.path
         };
         self.group_sync()?;
@@ -477,12 +477,12 @@ impl Inner {
 
     /// Bytes written to the current journal file.
     pub(super) fn journal_len(&self, j: &Journal) -> u64 {
-        lock(&j.file).len
+        j.file.lock().len
     }
 
     /// Entries written since the last checkpoint.
     pub(super) fn journal_since_checkpoint(&self, j: &Journal) -> u64 {
-        lock(&j.state).since_checkpoint
+        j.state.lock().since_checkpoint
     }
 
     /// At close: everything is made durable and the journal removed.
@@ -500,7 +500,7 @@ impl Inner {
 
 /// The path of the journal file being written.
 fn lock_path(j: &Journal) -> PathBuf {
-    lock(&j.file).path.clone()
+    j.file.lock().path.clone()
 }
 
 /// One journal entry of a key: its cas and its record (`None` for a
@@ -602,7 +602,7 @@ impl Inner {
     /// already agree.
     fn replay_one(&self, gen: &Generation, key: &[u8], cas: u64, op: Final) -> Result<bool> {
         let hash = (self.hasher)(key);
-        let _g = lock(&self.stripe(hash).lock);
+        let _g = self.stripe(hash).lock.lock();
         let cur = self.current(gen, hash, key)?;
         match op {
             Final::Put(rec) => {

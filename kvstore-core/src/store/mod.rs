@@ -22,7 +22,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,10 +110,6 @@ fn io_err(path: &Path, source: io::Error) -> Error {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -165,12 +163,12 @@ impl Stop {
 
     /// Sleeps up to `d` (less if kicked); `true` if stopped.
     fn wait(&self, d: Duration) -> bool {
-        let guard = lock(&self.mutex);
+        let mut guard = self.mutex.lock();
         if self.stopped() {
             return true;
         }
         if !self.kicked.swap(false, Ordering::SeqCst) {
-            let _ = self.cv.wait_timeout(guard, d);
+            let _ = self.cv.wait_for(&mut guard, d);
             self.kicked.store(false, Ordering::SeqCst);
         }
         self.stopped()
@@ -179,13 +177,13 @@ impl Stop {
     /// Ends the current [`Stop::wait`] early (or the next one at once).
     fn kick(&self) {
         if !self.kicked.swap(true, Ordering::SeqCst) {
-            let _guard = lock(&self.mutex);
+            let _guard = self.mutex.lock();
             self.cv.notify_all();
         }
     }
 
     fn stop(&self) {
-        let _guard = lock(&self.mutex);
+        let _guard = self.mutex.lock();
         self.flag.store(true, Ordering::Relaxed);
         self.cv.notify_all();
     }
@@ -214,11 +212,7 @@ impl Generation {
     }
 
     fn lookup(&self, hash: u64, key: &[u8]) -> Option<u16> {
-        self.shard(hash)
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied()
+        self.shard(hash).read().get(key).copied()
     }
 
     fn value_path(&self, hash: u64, idx: u16) -> PathBuf {
@@ -241,23 +235,16 @@ impl Generation {
     /// recounts it.
     fn insert_scanned(&self, keys: Vec<(Box<[u8]>, u16)>, hasher: fn(&[u8]) -> u64) {
         for (key, idx) in keys {
-            self.shard(hasher(&key))
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, idx);
+            self.shard(hasher(&key)).write().insert(key, idx);
         }
-        let count = self
-            .shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum();
+        let count = self.shards.iter().map(|s| s.read().len()).sum();
         self.count.store(count, Ordering::Relaxed);
     }
 
     fn map_snapshot(&self) -> Vec<(Box<[u8]>, u16)> {
         let mut out = Vec::with_capacity(self.count.load(Ordering::Relaxed));
         for shard in self.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.read();
             out.extend(shard.iter().map(|(k, &i)| (k.clone(), i)));
         }
         out
@@ -785,7 +772,7 @@ impl Store {
         }
         let inner = &self.inner;
         inner.check_writable()?;
-        let _c = lock(&inner.clear_lock);
+        let _c = inner.clear_lock.lock();
         let deadline = now_millis().saturating_add(delay.as_millis() as u64).max(1);
         write_small_file(
             &*inner.fs,
@@ -961,10 +948,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.inner.stop.stop();
         {
-            let _g = lock(&self.inner.doomed);
+            let _g = self.inner.doomed.lock();
             self.inner.doomed_cv.notify_all();
         }
-        for t in lock(&self.threads).drain(..) {
+        for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
         let inner = &self.inner;
@@ -1020,11 +1007,11 @@ fn parse_counter(value: &[u8]) -> Option<u64> {
 
 impl Inner {
     fn current_gen(&self) -> Arc<Generation> {
-        self.gen.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.gen.read().clone()
     }
 
     fn gen_read(&self) -> RwLockReadGuard<'_, Arc<Generation>> {
-        self.gen.read().unwrap_or_else(|e| e.into_inner())
+        self.gen.read()
     }
 
     fn stripe(&self, hash: u64) -> &Stripe {
@@ -1044,14 +1031,14 @@ impl Inner {
     fn check_writable(&self) -> Result<()> {
         if self.read_only.load(Ordering::SeqCst) {
             return Err(Error::ReadOnly {
-                reason: lock(&self.read_only_reason).clone(),
+                reason: self.read_only_reason.lock().clone(),
             });
         }
         Ok(())
     }
 
     fn set_read_only(&self, reason: String) {
-        let mut r = lock(&self.read_only_reason);
+        let mut r = self.read_only_reason.lock();
         if !self.read_only.swap(true, Ordering::SeqCst) {
             *r = reason;
         }

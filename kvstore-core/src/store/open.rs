@@ -14,7 +14,7 @@ impl Inner {
         // map record) without reading every file.
         let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.count.load(Ordering::Relaxed));
         for shard in gen.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.read();
             mapped.extend(shard.iter().map(|(k, &idx)| ((self.hasher)(k), idx)));
         }
         mapped.sort_unstable();
@@ -40,7 +40,7 @@ impl Inner {
                         // Made in this session: already pooled or in use.
                         continue;
                     }
-                    let mut pool = lock(&gen.spares[sub]);
+                    let mut pool = gen.spares[sub].lock();
                     if pool.len() < SPARES_PER_SUBDIR {
                         if !pool.contains(id) {
                             pool.ready.push(id);
@@ -68,7 +68,7 @@ impl Inner {
         if !std::ptr::eq(&**current, gen) {
             return;
         }
-        let _g = lock(&self.stripe(hash).lock);
+        let _g = self.stripe(hash).lock.lock();
         if self
             .owned_by_mapped_key(gen, path, hash, idx)
             .unwrap_or(true)
@@ -154,7 +154,7 @@ pub(super) fn load_generation(
             if !rebuild {
                 for (i, m) in tmp.into_iter().enumerate() {
                     count += m.len();
-                    *shards[i].write().unwrap_or_else(|e| e.into_inner()) = m;
+                    *shards[i].write() = m;
                 }
             }
         }
@@ -210,12 +210,12 @@ pub(super) fn load_generation(
         }
         gen.insert_scanned(scan.keys, hasher);
         let (file, records) = write_log_snapshot(fs, &gen, sync)?;
-        *lock(&gen.log) = LogState { file, records };
+        *gen.log.lock() = LogState { file, records };
     } else {
         let file = fs
             .open_append(&log_path)
             .map_err(|e| io_err(&log_path, e))?;
-        *lock(&gen.log) = LogState { file, records };
+        *gen.log.lock() = LogState { file, records };
     }
     Ok(gen)
 }

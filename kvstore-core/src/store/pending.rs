@@ -98,7 +98,7 @@ impl Pending {
         if self.keys.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let shard = lock(self.shard(hash));
+        let shard = self.shard(hash).lock();
         shard.get(key).map(|slot| match &slot.latest.change {
             Change::Put(it) => Some(it.clone()),
             Change::Remove => None,
@@ -110,7 +110,7 @@ impl Pending {
     /// Stripe lock of the key held.
     pub(super) fn stage(&self, hash: u64, key: &[u8], n: u64, change: Change, taken: u64) {
         let add = cost(key, &change);
-        let mut shard = lock(self.shard(hash));
+        let mut shard = self.shard(hash).lock();
         match shard.get_mut(key) {
             Some(slot) => {
                 let new = Staged { n, change };
@@ -147,7 +147,7 @@ impl Pending {
     pub(super) fn due(&self, synced: u64) -> Vec<(Box<[u8]>, Staged)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = lock(shard);
+            let shard = shard.lock();
             for (key, slot) in shard.iter() {
                 let pick = if slot.latest.n <= synced {
                     Some(&slot.latest)
@@ -164,7 +164,8 @@ impl Pending {
 
     /// Whether the key still has change `n` staged (as latest or prev).
     pub(super) fn has(&self, hash: u64, key: &[u8], n: u64) -> bool {
-        lock(self.shard(hash))
+        self.shard(hash)
+            .lock()
             .get(key)
             .is_some_and(|s| s.latest.n == n || s.prev.as_ref().is_some_and(|p| p.n == n))
     }
@@ -172,7 +173,7 @@ impl Pending {
     /// Change `n` of the key is in the value files: it and everything
     /// older of the key leave the table.
     pub(super) fn applied(&self, hash: u64, key: &[u8], n: u64) {
-        let mut shard = lock(self.shard(hash));
+        let mut shard = self.shard(hash).lock();
         let Some(slot) = shard.get_mut(key) else {
             return;
         };
@@ -201,27 +202,27 @@ impl Pending {
     /// generation, whose journal entries replay ignores).
     pub(super) fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
+            let mut shard = shard.lock();
             let n = shard.len();
             shard.clear();
             self.keys.fetch_sub(n, Ordering::Release);
         }
         self.bytes.store(0, Ordering::Relaxed);
-        let _g = lock(&self.room);
+        let _g = self.room.lock();
         self.room_cv.notify_all();
     }
 
     /// Waits until `full()` is false or `timeout` passed.
     pub(super) fn wait_for_room(&self, timeout: Duration, full: impl Fn() -> bool) {
-        let g = lock(&self.room);
+        let mut g = self.room.lock();
         if full() {
-            let _ = self.room_cv.wait_timeout(g, timeout);
+            let _ = self.room_cv.wait_for(&mut g, timeout);
         }
     }
 
     /// Wakes the writers waiting for room (the flusher has made some).
     pub(super) fn notify_room(&self) {
-        let _g = lock(&self.room);
+        let _g = self.room.lock();
         self.room_cv.notify_all();
     }
 
@@ -232,7 +233,7 @@ impl Pending {
         }
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = lock(shard);
+            let shard = shard.lock();
             out.extend(
                 shard
                     .iter()

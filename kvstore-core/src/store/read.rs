@@ -93,7 +93,7 @@ impl Inner {
         }
         // Missing, another key, or damage: look again under the lock, where
         // no writer can be between steps.
-        let _g = lock(&stripe.lock);
+        let _g = stripe.lock.lock();
         let cur = self.current(&gen, hash, key)?;
         if let Some(item) = &cur.item {
             self.cache.insert(hash, key, item.clone());

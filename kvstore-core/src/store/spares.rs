@@ -26,7 +26,7 @@ impl Inner {
     /// full). A missing file is fine.
     pub(super) fn retire_file(&self, gen: &Generation, hash: u64, path: &Path) -> Result<()> {
         let sub = layout::subdir_index(hash);
-        let mut pool = lock(&gen.spares[sub]);
+        let mut pool = gen.spares[sub].lock();
         let res = if pool.len() < SPARES_PER_SUBDIR {
             let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
             let spare = gen.spare_path(sub, id);
@@ -76,7 +76,7 @@ impl Inner {
         rec: &[u8],
     ) -> Option<u64> {
         loop {
-            let pooled = lock(&gen.spares[sub]).ready.pop();
+            let pooled = gen.spares[sub].lock().ready.pop();
             let id = pooled?;
             let path = gen.spare_path(sub, id);
             match self.fs.write_at(&path, 0, rec) {
@@ -101,7 +101,7 @@ impl Inner {
     /// when the pool is full).
     pub(super) fn recycle_spare(&self, gen: &Generation, sub: usize, old: Option<u64>) {
         let Some(id) = old else { return };
-        let mut pool = lock(&gen.spares[sub]);
+        let mut pool = gen.spares[sub].lock();
         if pool.len() < SPARES_PER_SUBDIR {
             pool.ready.push(id);
         } else {
@@ -112,6 +112,6 @@ impl Inner {
 
     /// Returns an unused spare (maybe written with a record) to the pool.
     pub(super) fn give_back(&self, gen: &Generation, sub: usize, id: u64) {
-        lock(&gen.spares[sub]).ready.push(id);
+        gen.spares[sub].lock().ready.push(id);
     }
 }

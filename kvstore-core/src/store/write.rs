@@ -26,7 +26,7 @@ impl Inner {
     ) -> Result<R> {
         let hash = (self.hasher)(key);
         let gen = self.gen_read();
-        let _g = lock(&self.stripe(hash).lock);
+        let _g = self.stripe(hash).lock.lock();
         let cur = self.current(&gen, hash, key)?;
         f(&gen, hash, cur)
     }
