@@ -62,7 +62,6 @@ impl Inner {
 
     /// Recycles a value file that no map entry points to, after checking
     /// again under the stripe lock (a write may have mapped it since).
-
     pub(super) fn sweep_stray(&self, gen: &Generation, path: &Path, hash: u64, idx: u16) {
         let current = self.gen_read();
         if !std::ptr::eq(&**current, gen) {

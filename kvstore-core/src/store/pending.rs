@@ -52,9 +52,12 @@ fn cost(key: &[u8], change: &Change) -> usize {
 /// Shards of the table (by key hash), as the map's.
 const SHARDS: usize = 64;
 
+/// One shard: key -> its staged changes.
+type Shard = Mutex<HashMap<Box<[u8]>, Slot>>;
+
 /// The pending table.
 pub(super) struct Pending {
-    shards: Box<[Mutex<HashMap<Box<[u8]>, Slot>>]>,
+    shards: Box<[Shard]>,
     /// Keys in the table: reads skip it while this is 0.
     keys: AtomicUsize,
     bytes: AtomicUsize,
@@ -76,7 +79,7 @@ impl Pending {
         }
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<HashMap<Box<[u8]>, Slot>> {
+    fn shard(&self, hash: u64) -> &Shard {
         &self.shards[(hash as usize) % SHARDS]
     }
 
