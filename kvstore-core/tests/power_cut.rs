@@ -19,9 +19,9 @@
 //! `c`: the last acknowledged value, or the value of the one operation that
 //! was in flight on that key at `c`. A `clear` in flight must be all or
 //! nothing. Under `Periodic` the guarantee is the last journal flush
-//! completed before `c`: every write acknowledged before the flusher took
-//! the journal buffer for it (the recorder notes the flusher thread's
-//! operations to find that point).
+//! completed before `c`: every write acknowledged before the flusher's
+//! sync of the journal (the recorder notes which syncs the flusher thread
+//! made).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -95,18 +95,12 @@ struct Log {
     /// Live names of files -> inode.
     names: HashMap<PathBuf, Ino>,
     next_ino: Ino,
-    /// Position of the flusher thread's last operation.
-    flusher_last: Option<usize>,
-    /// `Periodic`: the journal batch being written by the flusher (from
-    /// its first write, which may grow the file, to its sync): the position
-    /// of the flusher's last operation before it (`None` if there was
-    /// none). Every write acknowledged at or before that position was
-    /// appended to the journal buffer before the flusher took it, so it is
-    /// in the batch.
-    batch_from: Option<Option<usize>>,
-    /// `Periodic`: completed journal flushes, as (every write acknowledged
-    /// at or before this position is in it, position of its sync).
-    flushes: Vec<(usize, usize)>,
+    /// `Periodic`: positions of the flusher's syncs of a journal file.
+    /// A writer's journal entry is written to the file before the write is
+    /// acknowledged, so every write acknowledged at or before such a
+    /// position is durable once the sync is (a checkpoint syncs the old
+    /// file before it switches to a new one).
+    flushes: Vec<usize>,
 }
 
 /// Whether the calling thread is the store's `Periodic` flusher.
@@ -122,9 +116,6 @@ fn is_journal(rel: &Path) -> bool {
 
 impl Log {
     fn push(&mut self, op: Op) {
-        if on_flusher() {
-            self.flusher_last = Some(self.ops.len());
-        }
         self.ops.push(op);
         self.durable_at.push(None);
     }
@@ -236,11 +227,7 @@ impl FileSystem for RecordingFs {
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         StdFileSystem.write_at(path, offset, data)?;
-        let rel = self.rel(path);
-        if on_flusher() && offset > 0 && is_journal(&rel) && log.batch_from.is_none() {
-            log.batch_from = Some(log.flusher_last);
-        }
-        let ino = log.names[&rel];
+        let ino = log.names[&self.rel(path)];
         log.push(Op::Write {
             ino,
             off: offset,
@@ -320,10 +307,8 @@ impl FileSystem for RecordingFs {
         let ino = log.names[&rel];
         log.mark(|op| op.data_ino() == Some(ino), Op::Sync);
         if on_flusher() && is_journal(&rel) {
-            if let Some(from) = log.batch_from.take() {
-                let at = log.ops.len() - 1;
-                log.flushes.push((from.unwrap_or(0), at));
-            }
+            let at = log.ops.len() - 1;
+            log.flushes.push(at);
         }
         Ok(())
     }
@@ -988,13 +973,12 @@ fn power_cuts(durability: Durability, default_cuts: usize, no_exchange: bool) {
         };
         let guaranteed = match durability {
             Durability::Always => cut,
-            // What the last journal flush that completed before the cut
-            // holds.
+            // The last journal flush that completed before the cut.
             _ => log
                 .flushes
                 .iter()
-                .filter(|&&(_, at)| at < cut)
-                .map(|&(from, _)| from)
+                .copied()
+                .filter(|&at| at < cut)
                 .max()
                 .unwrap_or(0),
         };

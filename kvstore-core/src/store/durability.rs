@@ -123,37 +123,62 @@ impl Inner {
         };
         let mut tick = self.tick.lock();
         self.check_writable()?;
-        // Only this pass leads batches in `Periodic` mode: after it, every
-        // entry taken into a batch is durable (`synced`).
         let synced = self.journal_flush(j)?;
         self.pending.notify_room();
         for (key, staged) in self.pending.due(synced) {
-            if let Err(e) = self.apply_staged(&key, &staged) {
-                self.set_read_only(format!("applying a journaled write failed: {e}"));
-                self.pending.notify_room();
-                return Err(e);
-            }
+            let hash = (self.hasher)(&key);
+            let gen = self.gen_read();
+            let _g = self.stripe(hash).lock.lock();
+            self.apply_staged(&gen, hash, &key, &staged)?;
         }
         self.pending.notify_room();
         let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
             || self.journal_len(j) > CHECKPOINT_BYTES;
         if may_checkpoint && due && self.journal_since_checkpoint(j) > 0 {
             tick.last_checkpoint = Instant::now();
-            self.checkpoint_applied(j)?;
+            self.checkpoint_periodic(j)?;
         }
         Ok(())
     }
 
+    /// `Periodic` checkpoint: with every stripe lock held (so every change
+    /// written to the journal is staged, and no writer writes more), the
+    /// journal is flushed again, every staged change is applied, and the
+    /// journal switches files; then, with the writers going again, the
+    /// value files are made durable and the old journal file is retired.
+    /// The pause covers only the changes since the pass just before.
+    fn checkpoint_periodic(&self, j: &Journal) -> Result<()> {
+        let old = {
+            // Lock order as the writers': generation, then stripes.
+            let gen = self.gen_read();
+            let _stripes: Vec<_> = self.stripes.iter().map(|s| s.lock.lock()).collect();
+            let synced = self.journal_flush(j)?;
+            for (key, staged) in self.pending.due(synced) {
+                self.apply_staged(&gen, (self.hasher)(&key), &key, &staged)?;
+            }
+            self.pending.notify_room();
+            self.switch_journal(j)?
+        };
+        self.retire_journal(&old)
+    }
+
     /// Applies one staged change (journal entry durable) to the value
-    /// files, under the key's stripe lock, and drops it from the table.
-    fn apply_staged(&self, key: &[u8], staged: &Staged) -> Result<()> {
-        let hash = (self.hasher)(key);
-        let gen = self.gen_read();
-        let _g = self.stripe(hash).lock.lock();
+    /// files and drops it from the table; a failure turns the store
+    /// read-only. Generation read lock and the key's stripe lock held.
+    fn apply_staged(&self, gen: &Generation, hash: u64, key: &[u8], staged: &Staged) -> Result<()> {
         // Gone (a clear emptied the table) or applied by an earlier pass.
         if !self.pending.has(hash, key, staged.n) {
             return Ok(());
         }
+        self.apply_change(gen, hash, key, staged).inspect_err(|e| {
+            self.set_read_only(format!("applying a journaled write failed: {e}"));
+            self.pending.notify_room();
+        })?;
+        self.pending.applied(hash, key, staged.n);
+        Ok(())
+    }
+
+    fn apply_change(&self, gen: &Generation, hash: u64, key: &[u8], staged: &Staged) -> Result<()> {
         let idx = gen.lookup(hash, key);
         match &staged.change {
             Change::Put(it) => {
@@ -163,11 +188,9 @@ impl Inner {
                         max: self.max_value_bytes,
                     },
                 )?;
-                self.write_files(&gen, hash, key, idx, &rec)?;
+                self.write_files(gen, hash, key, idx, &rec)
             }
-            Change::Remove => self.remove_files(&gen, hash, key, idx)?,
+            Change::Remove => self.remove_files(gen, hash, key, idx),
         }
-        self.pending.applied(hash, key, staged.n);
-        Ok(())
     }
 }

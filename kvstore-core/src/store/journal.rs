@@ -39,9 +39,9 @@ pub(super) struct Journal {
     state: Mutex<JournalState>,
     /// Entries known durable: entry `n` is once `synced >= n`.
     pub(super) synced: AtomicU64,
-    /// Entries taken into batches (being written or durable), as
-    /// `state.taken`, readable without the lock.
-    pub(super) taken: AtomicU64,
+    /// Entries whose batch is written to the file (not necessarily
+    /// durable): in `Periodic` mode a writer waits for this, not `synced`.
+    pub(super) written: AtomicU64,
     /// Bytes of `state.buffer`, readable without the lock (`Periodic`
     /// back-pressure bounds it).
     pub(super) buffered: AtomicUsize,
@@ -150,7 +150,7 @@ impl Journal {
             file: Mutex::new(create_journal_file(fs, dir, seq)?),
             state: Mutex::new(JournalState::default()),
             synced: AtomicU64::new(0),
-            taken: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             buffered: AtomicUsize::new(0),
             any_failed: AtomicBool::new(false),
             open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -220,25 +220,42 @@ impl Inner {
         }
     }
 
-    /// `Periodic` mode: adds `entry` to the buffer of the next batch
-    /// without waiting for it; returns its number. The flusher makes it
-    /// durable ([`Inner::journal_flush`]).
-    pub(super) fn journal_append(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
+    /// `Periodic` mode: adds `entry` to the journal and waits until its
+    /// batch is written to the file (not flushed: that is the flusher's,
+    /// [`Inner::journal_flush`]), so that a process crash cannot lose it;
+    /// returns its number. Writers share the writes as they share flushes
+    /// in `Always`.
+    pub(super) fn journal_write_out(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
         self.check_writable()?;
-        let mut st = j.state.lock();
-        journal::encode(entry, &mut st.buffer);
-        j.buffered.store(st.buffer.len(), Ordering::Relaxed);
-        st.appended += 1;
-        Ok(st.appended)
+        let n = {
+            let mut st = j.state.lock();
+            journal::encode(entry, &mut st.buffer);
+            j.buffered.store(st.buffer.len(), Ordering::Relaxed);
+            st.appended += 1;
+            st.appended
+        };
+        self.journal_sync(j, n)?;
+        Ok(n)
     }
 
-    /// Makes every entry appended so far durable (leading the batches if
-    /// no writer is). Returns the number of the last durable entry: the
-    /// leader may have written later entries too, in more batches.
+    /// `Periodic` mode: makes every entry written to the journal file so
+    /// far durable (`fdatasync`); returns the number of the last one.
     pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
-        let n = j.state.lock().appended;
-        self.journal_sync(j, n)?;
-        Ok(j.synced.load(Ordering::SeqCst))
+        // Read under the file's lock: no batch is half written.
+        let (upto, path) = {
+            let f = j.file.lock();
+            (j.written.load(Ordering::SeqCst), f.path.clone())
+        };
+        if upto <= j.synced.load(Ordering::SeqCst) {
+            return Ok(upto);
+        }
+        if let Err(e) = self.fs.sync_file_data(&path) {
+            let e = io_err(&path, e);
+            self.set_read_only(format!("flush of the journal failed: {e}"));
+            return Err(e);
+        }
+        j.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(upto)
     }
 
     /// Adds `entry` to the buffer of the next batch; returns its number and
@@ -256,11 +273,17 @@ impl Inner {
         Ok((st.appended, st.epoch))
     }
 
-    /// Waits until entry `n` is durable, leading batches when no other
-    /// writer is.
+    /// Waits until entry `n` is durable (`Always`) or written to the file
+    /// (`Periodic`, where the flusher makes it durable), leading batches
+    /// when no other writer is.
     fn journal_sync(&self, j: &Journal, n: u64) -> Result<()> {
+        let done = if self.journaled_behind() {
+            &j.written
+        } else {
+            &j.synced
+        };
         loop {
-            if j.synced.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
+            if done.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
             let mut st = j.state.lock();
@@ -270,7 +293,7 @@ impl Inner {
                 let path = lock_path(j);
                 return Err(io_err(&path, io::Error::new(kind, what)));
             }
-            if j.synced.load(Ordering::SeqCst) >= n {
+            if done.load(Ordering::SeqCst) >= n {
                 return Ok(());
             }
             self.check_writable()?;
@@ -299,7 +322,6 @@ impl Inner {
                 j.buffered.store(0, Ordering::Relaxed);
                 let (from, upto) = (st.taken, st.appended);
                 st.taken = upto;
-                j.taken.store(upto, Ordering::SeqCst);
                 (frames, from, upto)
             };
             let res = if frames.is_empty() {
@@ -308,7 +330,7 @@ impl Inner {
                 self.journal_write_batch(j, &frames, from, upto)
             };
             let mut st = j.state.lock();
-            if res.is_ok() {
+            if res.is_ok() && !self.journaled_behind() {
                 j.synced.fetch_max(upto, Ordering::SeqCst);
             }
             // Entries up to `upto` are durable or failed; on an error every
@@ -366,14 +388,6 @@ impl Inner {
             self.fs.write_at(&f.path, f.len, &batch)
         });
         if let Err(e) = written {
-            if self.journaled_behind() {
-                // Acknowledged writes could not be journaled: nothing may
-                // be acknowledged any more (their changes stay readable
-                // from the pending table until the store is closed).
-                let e = io_err(&f.path, e);
-                self.set_read_only(format!("write of the journal failed: {e}"));
-                return Err(e);
-            }
             // Cut the torn batch off: its complete frames must not read as
             // good after a shorter batch written over its start.
             if let Err(e2) = self.fs.set_len(&f.path, f.len) {
@@ -391,6 +405,15 @@ impl Inner {
             return Ok(());
         }
         f.len += batch.len() as u64;
+        j.written.fetch_max(upto, Ordering::SeqCst);
+        // `Periodic`: the flusher makes it durable ([`Inner::journal_flush`]).
+        if self.journaled_behind() {
+            if f.len > CHECKPOINT_BYTES {
+                self.stop.kick();
+            }
+            j.state.lock().since_checkpoint += upto - from;
+            return Ok(());
+        }
         if let Err(e) = self.fs.sync_file_data(&f.path) {
             let e = io_err(&f.path, e);
             self.set_read_only(format!("flush of the journal failed: {e}"));
@@ -455,24 +478,24 @@ impl Inner {
             .map_err(|e| io_err(&old_path, e))
     }
 
-    /// `Periodic` checkpoint, run by the flusher right after its pass
-    /// (every entry in the current file is durable and applied: only that
-    /// pass writes batches): switches to a new file, makes the value files
-    /// durable (`syncfs`) and sets the old file aside.
-    pub(super) fn checkpoint_applied(&self, j: &Journal) -> Result<()> {
+    /// `Periodic` checkpoint, first half: switches to a new journal file
+    /// and returns the old one's path. The caller (the flusher) holds every
+    /// stripe lock and has applied every change written to the old file.
+    pub(super) fn switch_journal(&self, j: &Journal) -> Result<PathBuf> {
         let next_seq = j.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
-        let old_path = {
-            let mut f = j.file.lock();
-            let old = std::mem::replace(&mut *f, new);
-            j.state.lock().since_checkpoint = 0;
-            old.path
-        };
+        let mut f = j.file.lock();
+        let old = std::mem::replace(&mut *f, new);
+        j.state.lock().since_checkpoint = 0;
+        Ok(old.path)
+    }
+
+    /// `Periodic` checkpoint, second half: once the value files are
+    /// durable (`syncfs`), the old journal file is set aside for reuse.
+    pub(super) fn retire_journal(&self, old: &Path) -> Result<()> {
         self.group_sync()?;
         let spare = self.dir.join(layout::JOURNAL_SPARE);
-        self.fs
-            .rename(&old_path, &spare)
-            .map_err(|e| io_err(&old_path, e))
+        self.fs.rename(old, &spare).map_err(|e| io_err(old, e))
     }
 
     /// Bytes written to the current journal file.

@@ -1,19 +1,17 @@
 //! The pending table of `Durability::Periodic`: acknowledged changes whose
 //! journal entries the value files do not reflect yet, in front of the
-//! cache and the files for every read (see docs/DESIGN.md, "Periodic").
+//! cache and the files for every read (see docs/DESIGN.md, 3.3).
 //!
-//! A writer stages its change here right after appending the journal entry
-//! (both under the key's stripe lock, so per key the table and the journal
-//! agree on the order). The applier, after a journal flush, writes each
-//! key's newest *durable* change to the value files and removes it here.
+//! A writer stages its change here right after its journal entry is
+//! written to the file (both under the key's stripe lock, so per key the
+//! table and the journal agree on the order). The flusher, after making
+//! the journal durable, writes each key's newest *durable* change to the
+//! value files and removes it here.
 //!
-//! Per key the table keeps the latest change and, when the latest is not
-//! yet taken into a journal batch, the newest change that was (`prev`):
-//! a checkpoint retires a journal file only after every key's newest
-//! change of that file is in the value files, and the change that
-//! overwrote it here may not be durable yet. A change overwritten before
-//! any batch took it is written in the same batch as its successor (a
-//! leader takes the whole buffer), so dropping it loses nothing.
+//! Per key the table keeps the latest change and, when a newer one
+//! replaces a change not applied yet, that one as `prev`: the latest may
+//! not be durable when the flusher runs, and the key's files must still
+//! catch up with the newest change that is.
 
 use super::*;
 
@@ -108,24 +106,18 @@ impl Pending {
         })
     }
 
-    /// Stages the change of journal entry `n`; `taken` is the journal's
-    /// count of entries taken into batches, read after `n` was appended.
-    /// Stripe lock of the key held.
-    pub(super) fn stage(&self, hash: u64, key: &[u8], n: u64, change: Change, taken: u64) {
+    /// Stages the change of journal entry `n` (written to the journal
+    /// file). Stripe lock of the key held.
+    pub(super) fn stage(&self, hash: u64, key: &[u8], n: u64, change: Change) {
         let add = cost(key, &change);
         let mut shard = self.shard(hash).lock();
         match shard.get_mut(key) {
             Some(slot) => {
                 let new = Staged { n, change };
+                // The replaced change is written, so at least as durable
+                // as the older `prev`, which it supersedes.
                 let old = std::mem::replace(&mut slot.latest, new);
-                let mut freed = 0;
-                if old.n <= taken {
-                    if let Some(p) = slot.prev.replace(old) {
-                        freed = cost(key, &p.change);
-                    }
-                } else {
-                    freed = cost(key, &old.change);
-                }
+                let freed = slot.prev.replace(old).map_or(0, |p| cost(key, &p.change));
                 slot.bytes = slot.bytes + add - freed;
                 self.bytes.fetch_add(add, Ordering::Relaxed);
                 self.bytes.fetch_sub(freed, Ordering::Relaxed);

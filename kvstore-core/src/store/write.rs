@@ -113,19 +113,20 @@ impl Inner {
         })
     }
 
-    /// `Periodic`: appends `entry` to the journal (durable at the next
-    /// flush) and stages its change in the pending table, where reads see
-    /// it at once. Stripe lock of the key held, so that the journal and
-    /// the table agree on the order of the key's changes.
+    /// `Periodic`: writes `entry` to the journal file (durable at the
+    /// next flush; a process crash no longer loses it), then stages its
+    /// change in the pending table, where reads see it at once. Stripe lock
+    /// of the key held, so that the journal and the table agree on the
+    /// order of the key's changes, and so that a checkpoint holding every
+    /// stripe finds each written change staged.
     fn stage(&self, hash: u64, key: &[u8], entry: &Entry<'_>, change: Change) -> Result<()> {
         let Some(j) = &self.journal else {
             return Err(Error::ReadOnly {
                 reason: "no journal".to_string(),
             });
         };
-        let n = self.journal_append(j, entry)?;
-        let taken = j.taken.load(Ordering::SeqCst);
-        self.pending.stage(hash, key, n, change, taken);
+        let n = self.journal_write_out(j, entry)?;
+        self.pending.stage(hash, key, n, change);
         Ok(())
     }
 
