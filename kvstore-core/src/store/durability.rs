@@ -90,10 +90,18 @@ impl Inner {
             self.pending.over(self.pending.bytes())
                 || self.pending.over(j.buffered.load(Ordering::Relaxed))
         };
-        while full() {
+        if !full() {
+            return Ok(());
+        }
+        // Wait for the low water mark (hysteresis), not just the bound.
+        let busy = || {
+            !self.pending.below_low_water(self.pending.bytes())
+                || self.pending.over(j.buffered.load(Ordering::Relaxed))
+        };
+        while busy() {
             self.check_writable()?;
             self.stop.kick();
-            self.pending.wait_for_room(ROOM_WAIT, full);
+            self.pending.wait_for_room(ROOM_WAIT, busy);
         }
         Ok(())
     }
@@ -103,7 +111,7 @@ impl Inner {
     /// journal).
     pub(super) fn flusher_loop(&self, every: Duration) {
         while !self.stop.wait(every) {
-            if self.read_only.load(Ordering::SeqCst) {
+            if self.health.read_only() {
                 continue;
             }
             if let Err(e) = self.flush_and_apply(true) {

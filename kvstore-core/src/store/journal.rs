@@ -429,7 +429,7 @@ impl Inner {
     /// The checkpointer thread of an `Always` store.
     pub(super) fn checkpointer_loop(&self, every: Duration) {
         while !self.stop.wait(every) {
-            if self.read_only.load(Ordering::SeqCst) {
+            if self.health.read_only() {
                 continue;
             }
             if let Err(e) = self.checkpoint() {

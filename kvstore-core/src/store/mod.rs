@@ -44,6 +44,7 @@ use crate::MAX_KEY_BYTES;
 mod clear;
 mod durability;
 mod files;
+mod health;
 mod journal;
 mod map;
 mod open;
@@ -56,6 +57,7 @@ mod write;
 use self::clear::*;
 use self::durability::*;
 use self::files::*;
+use self::health::Health;
 use self::journal::*;
 use self::map::*;
 use self::open::*;
@@ -267,8 +269,7 @@ struct Inner {
     /// Pending `clear_after` deadline in Unix milliseconds; 0 = none.
     clear_deadline: AtomicU64,
     clear_lock: Mutex<()>,
-    read_only: AtomicBool,
-    read_only_reason: Mutex<String>,
+    health: Health,
     group: GroupSync,
     exchange_supported: AtomicBool,
     noreplace_supported: AtomicBool,
@@ -406,8 +407,7 @@ impl Store {
             cas_counter: AtomicU64::new(0),
             clear_deadline: AtomicU64::new(clear_deadline),
             clear_lock: Mutex::new(()),
-            read_only: AtomicBool::new(false),
-            read_only_reason: Mutex::new(String::new()),
+            health: Health::default(),
             group: GroupSync::default(),
             exchange_supported: AtomicBool::new(true),
             noreplace_supported: AtomicBool::new(true),
@@ -939,7 +939,7 @@ impl fmt::Debug for Store {
                 "keys",
                 &self.inner.current_gen().count.load(Ordering::Relaxed),
             )
-            .field("read_only", &self.inner.read_only.load(Ordering::Relaxed))
+            .field("read_only", &self.inner.health.read_only())
             .finish_non_exhaustive()
     }
 }
@@ -955,7 +955,7 @@ impl Drop for Store {
             let _ = t.join();
         }
         let inner = &self.inner;
-        if inner.durability != Durability::Never && !inner.read_only.load(Ordering::SeqCst) {
+        if inner.durability != Durability::Never && !inner.health.read_only() {
             // `Periodic`: every staged change is applied first; one that
             // cannot be keeps the journal for the next open to replay.
             let applied = !inner.journaled_behind() || inner.flush_and_apply(false).is_ok();
@@ -1029,19 +1029,11 @@ impl Inner {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.read_only.load(Ordering::SeqCst) {
-            return Err(Error::ReadOnly {
-                reason: self.read_only_reason.lock().clone(),
-            });
-        }
-        Ok(())
+        self.health.check()
     }
 
     fn set_read_only(&self, reason: String) {
-        let mut r = self.read_only_reason.lock();
-        if !self.read_only.swap(true, Ordering::SeqCst) {
-            *r = reason;
-        }
+        self.health.fail(reason)
     }
 
     fn next_cas(&self) -> u64 {

@@ -88,9 +88,21 @@ impl Pending {
 
     /// Whether `bytes` (of the table, or of the journal buffer that holds
     /// the same changes before coalescing) reach the bound: writers then
-    /// wait for the flusher.
+    /// wait for the flusher, until [`Pending::below_low_water`].
     pub(super) fn over(&self, bytes: usize) -> bool {
         bytes >= self.max_bytes
+    }
+
+    /// Whether `bytes` are below three quarters of the bound. Writers that
+    /// waited go on only then, all at once, rather than one at a time each
+    /// time a single change is applied (a herd of wake-ups that starves the
+    /// flusher of CPU).
+    pub(super) fn below_low_water(&self, bytes: usize) -> bool {
+        bytes < self.low_water()
+    }
+
+    fn low_water(&self) -> usize {
+        self.max_bytes - self.max_bytes / 4
     }
 
     /// The key's latest change, if it has one staged: `Some(None)` for a
@@ -186,9 +198,10 @@ impl Pending {
         };
         drop(shard);
         let before = self.bytes.fetch_sub(freed, Ordering::Relaxed);
-        // Waiting writers are woken when the table drops below its bound,
-        // not for every change applied.
-        if before >= self.max_bytes && before - freed < self.max_bytes {
+        // Waiting writers are woken when the table drops below its low
+        // water mark, not for every change applied.
+        let low = self.low_water();
+        if before >= low && before - freed < low {
             self.notify_room();
         }
     }
@@ -207,10 +220,10 @@ impl Pending {
         self.room_cv.notify_all();
     }
 
-    /// Waits until `full()` is false or `timeout` passed.
-    pub(super) fn wait_for_room(&self, timeout: Duration, full: impl Fn() -> bool) {
+    /// Waits until `busy()` is false or `timeout` passed.
+    pub(super) fn wait_for_room(&self, timeout: Duration, busy: impl Fn() -> bool) {
         let mut g = self.room.lock();
-        if full() {
+        if busy() {
             let _ = self.room_cv.wait_for(&mut g, timeout);
         }
     }

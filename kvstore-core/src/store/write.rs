@@ -143,7 +143,7 @@ impl Inner {
 
     /// Removes the key if it is (still) expired.
     pub(super) fn remove_if_expired(&self, key: &[u8]) -> Result<()> {
-        if self.read_only.load(Ordering::SeqCst) {
+        if self.health.read_only() {
             return Ok(());
         }
         self.with_key_locked(key, |gen, hash, cur| {
