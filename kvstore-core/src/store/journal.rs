@@ -27,11 +27,12 @@ pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 ///
 /// Group commit: writers encode their entry into `state.buffer` and wait;
 /// one leader at a time takes the whole buffer, writes it to the file in
-/// one write and runs one `fdatasync`, for every writer whose entry was in
-/// it. Writers that arrive meanwhile fill the next buffer. A waiting
-/// writer parks; the leader publishes `synced` and unparks exactly the
-/// writers it made durable (waking them through a condvar would send them
-/// all to fight for the state mutex).
+/// one write and (`Always`) runs one `fdatasync`, for every writer whose
+/// entry was in it. Writers that arrive meanwhile fill the next buffer. A
+/// waiting writer parks; the leader publishes `written` (and `synced`) and
+/// unparks exactly the writers it served (waking them through a condvar
+/// would send them all to fight for the state mutex). In `Periodic` the
+/// flusher runs the `fdatasync` later ([`Inner::journal_flush`]).
 pub(super) struct Journal {
     /// The file being written, held by the leader for its write and flush.
     /// Lock order: `file`, then `state`.

@@ -8,10 +8,10 @@
 //! - `Never`: change the value files now ([`Inner::write_files`]);
 //! - `Always`: journal the change and wait for its group commit, then
 //!   change the value files (`store/journal.rs`);
-//! - `Periodic`: journal the change without waiting and stage it in the
-//!   pending table (`store/pending.rs`); the flusher makes the journal
-//!   durable every interval and then applies the staged changes to the
-//!   value files (`store/durability.rs`).
+//! - `Periodic`: write the change to the journal file (no flush) and stage
+//!   it in the pending table (`store/pending.rs`); the flusher makes the
+//!   journal durable every interval and then applies the staged changes to
+//!   the value files (`store/durability.rs`).
 //!
 //! Readers take no lock: the pending table, then the cache, then the file.
 
