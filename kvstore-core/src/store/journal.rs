@@ -642,8 +642,7 @@ impl Inner {
                 self.remove_files(gen, hash, key, cur.idx)?;
             }
         }
-        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-        self.cache.remove(hash, key);
+        self.changed(hash, key, None);
         Ok(true)
     }
 }

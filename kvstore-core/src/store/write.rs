@@ -96,18 +96,14 @@ impl Inner {
                 }
                 _ => self.write_record(gen, hash, key, cur.idx, &rec, cas),
             };
-            // Readers that looked before this change must not cache what
-            // they read (see `Cache::insert_if`).
-            self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-            if let Err(e) = written {
+            match written {
+                Ok(()) => self.changed(hash, key, item.filter(|_| self.cache_enabled)),
                 // The file may or may not have changed: the cache must not
                 // claim either.
-                self.cache.remove(hash, key);
-                return Err(e);
-            }
-            match item {
-                Some(item) if self.cache_enabled => self.cache.insert(hash, key, item),
-                _ => {}
+                Err(e) => {
+                    self.changed(hash, key, None);
+                    return Err(e);
+                }
             }
             Ok(Some(cas))
         })
@@ -167,8 +163,7 @@ impl Inner {
         let entry = |gen| Entry::Remove { gen, cas, key };
         if self.journaled_behind() {
             self.stage(hash, key, &entry(gen.number), Change::Remove)?;
-            self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-            self.cache.remove(hash, key);
+            self.changed(hash, key, None);
             return Ok(());
         }
         let ticket = self.journal_write(gen, cas, entry)?;
@@ -194,8 +189,7 @@ impl Inner {
     ) -> Result<()> {
         let Some(idx) = idx else { return Ok(()) };
         self.log_remove(gen, hash, key)?;
-        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-        self.cache.remove(hash, key);
+        self.changed(hash, key, None);
         let path = gen.value_path(hash, idx);
         if let Err(e) = self.retire_file(gen, hash, &path) {
             log::warn!("removed key's file left in place: {e}");
@@ -205,6 +199,18 @@ impl Inner {
 }
 
 impl Inner {
+    /// The bookkeeping after any change of a key (stripe lock held): its
+    /// stripe's sequence number moves, so that readers that looked before
+    /// do not cache what they read (see `Cache::insert_if`), then the
+    /// cache holds `item` or nothing.
+    pub(super) fn changed(&self, hash: u64, key: &[u8], item: Option<Arc<CachedItem>>) {
+        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
+        match item {
+            Some(item) => self.cache.insert(hash, key, item),
+            None => self.cache.remove(hash, key),
+        }
+    }
+
     pub(super) fn mark_expiring(&self, gen: &Generation) -> Result<()> {
         if gen.expiring_marked.load(Ordering::Relaxed) {
             return Ok(());
