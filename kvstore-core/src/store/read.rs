@@ -51,20 +51,9 @@ impl Inner {
         self.clear_if_due()?;
         validate_key(key)?;
         let hash = (self.hasher)(key);
-        let stripe = self.stripe(hash);
-        // Loaded before anything is looked at: a change staged after this
-        // bumps it, so what the files show then is not cached.
-        let seq = stripe.seq.load(Ordering::Acquire);
         // Staged changes are newer than the cache and the files.
-        if let Some(staged) = self.pending.get(hash, key) {
-            let Some(it) = staged else {
-                return Ok(None);
-            };
-            if !expired(it.expiry) {
-                return Ok(Some(it));
-            }
-            self.remove_if_expired(key)?;
-            return Ok(None);
+        if let Some(found) = self.staged_item(hash, key)? {
+            return Ok(found);
         }
         if let Some(it) = self.cache.get(hash, key) {
             if !expired(it.expiry) {
@@ -72,6 +61,14 @@ impl Inner {
             }
             self.remove_if_expired(key)?;
             return Ok(None);
+        }
+        let stripe = self.stripe(hash);
+        // Loaded before a second look at the table: a change staged after
+        // that look bumps it, so what the files show then is not cached
+        // (a stale cache entry would outlive the staged change).
+        let seq = stripe.seq.load(Ordering::Acquire);
+        if let Some(found) = self.staged_item(hash, key)? {
+            return Ok(found);
         }
         let gen = self.gen_read();
         let Some(idx) = gen.lookup(hash, key) else {
@@ -99,6 +96,22 @@ impl Inner {
             self.cache.insert(hash, key, item.clone());
         }
         Ok(cur.item)
+    }
+
+    /// The key's staged change, if it has one: `Some(None)` for a removal
+    /// (or an expired item, removed now).
+    fn staged_item(&self, hash: u64, key: &[u8]) -> Result<Option<Option<Arc<CachedItem>>>> {
+        let Some(staged) = self.pending.get(hash, key) else {
+            return Ok(None);
+        };
+        match staged {
+            Some(it) if !expired(it.expiry) => Ok(Some(Some(it))),
+            Some(_) => {
+                self.remove_if_expired(key)?;
+                Ok(Some(None))
+            }
+            None => Ok(Some(None)),
+        }
     }
 
     /// Reads and checks the value file of (hash, idx).
