@@ -142,7 +142,9 @@ impl Inner {
         self.pending.notify_room();
         let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
             || self.journal_len(j) > CHECKPOINT_BYTES;
-        if may_checkpoint && due && self.journal_since_checkpoint(j) > 0 {
+        // One retirement at a time: the next checkpoint waits for it.
+        let retiring = self.retire.lock().is_some();
+        if may_checkpoint && due && !retiring && self.journal_since_checkpoint(j) > 0 {
             tick.last_checkpoint = Instant::now();
             self.checkpoint_periodic(j)?;
         }
@@ -153,8 +155,9 @@ impl Inner {
     /// written to the journal is staged, and no writer writes more), the
     /// journal is flushed again, every staged change is applied, and the
     /// journal switches files; then, with the writers going again, the
-    /// value files are made durable and the old journal file is retired.
-    /// The pause covers only the changes since the pass just before.
+    /// retirer thread makes the value files durable and retires the old
+    /// journal file, while this thread goes on applying. The pause covers
+    /// only the changes since the pass just before.
     fn checkpoint_periodic(&self, j: &Journal) -> Result<()> {
         let old = {
             // Lock order as the writers': generation, then stripes.
@@ -167,7 +170,35 @@ impl Inner {
             self.pending.notify_room();
             self.switch_journal(j)?
         };
-        self.retire_journal(&old)
+        *self.retire.lock() = Some(old);
+        self.retire_cv.notify_all();
+        Ok(())
+    }
+
+    /// The `Periodic` retirer thread: runs the `syncfs` of a checkpoint and
+    /// then sets its old journal file aside, off the flusher's thread (a
+    /// `syncfs` after a second of writes takes long on a slow disk, and the
+    /// flusher keeps applying meanwhile). Finishes a handed-over file
+    /// before it stops.
+    pub(super) fn retirer_loop(&self) {
+        loop {
+            let old = {
+                let mut slot = self.retire.lock();
+                loop {
+                    if let Some(old) = slot.clone() {
+                        break old;
+                    }
+                    if self.stop.stopped() {
+                        return;
+                    }
+                    self.retire_cv.wait_for(&mut slot, ROOM_WAIT);
+                }
+            };
+            if let Err(e) = self.retire_journal(&old) {
+                log::error!("journal checkpoint failed: {e}");
+            }
+            *self.retire.lock() = None;
+        }
     }
 
     /// Applies one staged change (journal entry durable) to the value

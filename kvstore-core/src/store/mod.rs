@@ -283,6 +283,10 @@ struct Inner {
     /// `Periodic`: one flush-and-apply pass at a time (the flusher,
     /// `Store::flush`, close).
     tick: Mutex<TickState>,
+    /// `Periodic`: the old journal file of a checkpoint, handed from the
+    /// flusher to the retirer thread.
+    retire: Mutex<Option<PathBuf>>,
+    retire_cv: Condvar,
     checkpoint_interval: Duration,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
@@ -416,6 +420,8 @@ impl Store {
             journal,
             pending: Pending::new(options.max_pending_bytes),
             tick: Mutex::new(TickState::new()),
+            retire: Mutex::new(None),
+            retire_cv: Condvar::new(),
             checkpoint_interval: options.checkpoint_interval,
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
@@ -438,9 +444,13 @@ impl Store {
             })?);
         }
         if let Durability::Periodic(every) = options.durability {
-            let inner = inner.clone();
+            let flusher = inner.clone();
             let every = every.max(Duration::from_millis(1));
-            threads.push(spawn("kvstore-flusher", move || inner.flusher_loop(every))?);
+            threads.push(spawn("kvstore-flusher", move || {
+                flusher.flusher_loop(every)
+            })?);
+            let retirer = inner.clone();
+            threads.push(spawn("kvstore-retirer", move || retirer.retirer_loop())?);
         }
         if inner.durability == Durability::Always {
             let inner = inner.clone();
@@ -950,6 +960,10 @@ impl Drop for Store {
         {
             let _g = self.inner.doomed.lock();
             self.inner.doomed_cv.notify_all();
+        }
+        {
+            let _g = self.inner.retire.lock();
+            self.inner.retire_cv.notify_all();
         }
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
