@@ -6,7 +6,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::item::Expiry;
 
@@ -49,12 +51,6 @@ pub struct Cache {
     shard_budget: AtomicUsize,
 }
 
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // A panic while holding the lock cannot leave the shard inconsistent in
-    // a way that matters for a cache: keep using it.
-    shard.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Cache {
     /// A cache of about `budget` bytes.
     pub fn new(budget: usize) -> Cache {
@@ -75,7 +71,7 @@ impl Cache {
 
     /// The cached item of `key`, if any.
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Arc<CachedItem>> {
-        let mut shard = lock(self.shard(hash)?);
+        let mut shard = self.shard(hash)?.lock();
         let entry = shard.map.get_mut(key)?;
         entry.referenced = true;
         Some(entry.item.clone())
@@ -94,7 +90,7 @@ impl Cache {
         let Some(shard) = self.shard(hash) else {
             return;
         };
-        let mut shard = lock(shard);
+        let mut shard = shard.lock();
         if still_valid() {
             self.insert_locked(&mut shard, key, item);
         }
@@ -105,7 +101,7 @@ impl Cache {
         let Some(shard) = self.shard(hash) else {
             return;
         };
-        let mut shard = lock(shard);
+        let mut shard = shard.lock();
         self.insert_locked(&mut shard, key, item);
     }
 
@@ -181,13 +177,13 @@ impl Cache {
         let Some(shard) = self.shard(hash) else {
             return;
         };
-        remove_locked(&mut lock(shard), key);
+        remove_locked(&mut shard.lock(), key);
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
+            let mut shard = shard.lock();
             shard.map.clear();
             shard.fifo.clear();
             shard.bytes = 0;
@@ -214,14 +210,14 @@ impl Cache {
         }
         self.shard_budget.store(budget / SHARDS, Ordering::Relaxed);
         for shard in self.shards.iter() {
-            self.evict(&mut lock(shard));
+            self.evict(&mut shard.lock());
         }
         true
     }
 
     /// Bytes currently accounted.
     pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).bytes).sum()
+        self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 }
 

@@ -240,43 +240,24 @@ impl FileSystem for StdFileSystem {
 }
 
 #[cfg(target_os = "linux")]
-const RENAME_EXCHANGE: libc::c_uint = libc::RENAME_EXCHANGE;
+const RENAME_EXCHANGE: rustix::fs::RenameFlags = rustix::fs::RenameFlags::EXCHANGE;
 #[cfg(target_os = "linux")]
-const RENAME_NOREPLACE: libc::c_uint = libc::RENAME_NOREPLACE;
+const RENAME_NOREPLACE: rustix::fs::RenameFlags = rustix::fs::RenameFlags::NOREPLACE;
 #[cfg(not(target_os = "linux"))]
 const RENAME_EXCHANGE: u32 = 2;
 #[cfg(not(target_os = "linux"))]
 const RENAME_NOREPLACE: u32 = 1;
 
 #[cfg(target_os = "linux")]
-fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let a = CString::new(a.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a nul byte"))?;
-    let b = CString::new(b.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a nul byte"))?;
-    // SAFETY: both pointers are valid nul-terminated strings for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Err(io::Error::new(
+fn renameat2(a: &Path, b: &Path, flags: rustix::fs::RenameFlags) -> io::Result<()> {
+    use rustix::io::Errno;
+    match rustix::fs::renameat_with(rustix::fs::CWD, a, rustix::fs::CWD, b, flags) {
+        Ok(()) => Ok(()),
+        Err(e @ (Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("renameat2 flags {flags} not supported here: {err}"),
+            format!("renameat2 flags {flags:?} not supported here: {e}"),
         )),
-        _ => Err(err),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -290,15 +271,8 @@ fn renameat2(_a: &Path, _b: &Path, _flags: u32) -> io::Result<()> {
 
 #[cfg(target_os = "linux")]
 fn syncfs(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let file = File::open(path)?;
-    // SAFETY: the descriptor is valid while `file` lives.
-    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::syncfs(&file)?)
 }
 
 #[cfg(not(target_os = "linux"))]

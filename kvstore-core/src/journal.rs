@@ -1,12 +1,6 @@
-//! The write-ahead journal of `Durability::Always`: a checksummed file
-//! format of batches of entries. Pure functions over byte slices.
-//!
-//! In `Always` mode a write first appends its whole record to the journal
-//! and waits for a group-committed `fdatasync` of it (one flush shared by
-//! every writer waiting at that moment), and only then changes the value
-//! files, without flushing them. After a power cut, opening the store
-//! replays the journal onto the files; a checkpoint (`syncfs`, then the
-//! journal file is set aside for reuse) bounds its length.
+//! The write-ahead journal of `Durability::Periodic` and `Always`: a
+//! checksummed file format of batches of entries. Pure functions over byte
+//! slices. How the store uses it: docs/DESIGN.md, sections 2.3 and 3.
 //!
 //! ```text
 //! file:    header, then batches

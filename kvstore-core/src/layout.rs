@@ -120,13 +120,6 @@ pub const JOURNAL_PREFIX: &str = "journal.";
 /// A journal file set aside by a checkpoint for reuse (not replayed).
 pub const JOURNAL_SPARE: &str = "journal.spare";
 
-/// Marker in the store directory: a session in `Durability::Periodic` is
-/// open, or ended without closing (a crash, a power cut). Its power-cut
-/// leftovers may hold keys that only `Periodic`'s recovery brings back, so
-/// opening the store in another mode runs that recovery first. A clean
-/// close removes it.
-pub const PERIODIC_MARK: &str = "PERIODIC";
-
 /// File name of journal number `n`.
 pub fn journal_name(n: u64) -> String {
     format!("{JOURNAL_PREFIX}{n}")

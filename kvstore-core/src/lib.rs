@@ -44,20 +44,20 @@
 //!
 //! Internals: `layout.rs` (key -> FNV-1a 64 path under 256 subdirectories,
 //! file names), `record.rs` (value-file format with crc32), `maplog.rs` (the
-//! map log format), `journal.rs` (the write-ahead journal of
-//! `Durability::Always`), `lock.rs` (the fs2 directory lock), `cache.rs` (the
-//! bounded value cache).
+//! map log format), `journal.rs` (the write-ahead journal format of
+//! `Durability::Periodic` and `Always`), `lock.rs` (the fs2 directory
+//! lock), `cache.rs` (the bounded value cache).
 //!
 //! ## On disk
 //! ```text
 //! <dir>/LOCK  CURRENT  EPOCH  [CLEAR_AT]
-//! <dir>/journal.<n>  journal.spare     (`Durability::Always`: write-ahead journal)
+//! <dir>/journal.<n>  journal.spare     (`Periodic`, `Always`: write-ahead journal)
 //! <dir>/gen-<N>/map.log
 //! <dir>/gen-<N>/<hh>/<fnv1a64 hex>[.<collision index>]
 //! ```
-//! See the module docs of `store/mod.rs` (how a write works) and the format
-//! tables in `record.rs` and `maplog.rs`; `docs/PERFORMANCE.md` has the
-//! measured figures.
+//! The design (media assumptions, byte tables of every file, the write
+//! protocol of each durability mode, recovery on open) is in
+//! docs/DESIGN.md; `docs/PERFORMANCE.md` has the measured figures.
 #![warn(missing_docs)]
 
 mod cache;
@@ -70,6 +70,7 @@ mod lock;
 mod maplog;
 pub mod options;
 mod record;
+mod retry;
 mod store;
 
 pub use error::{Error, Result};

@@ -8,11 +8,12 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::layout::LOCK_FILE;
+use crate::retry::retry_for;
 
 /// How long a contended lock is retried before `Locked` is returned.
 ///
@@ -42,21 +43,21 @@ pub fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<DirLock> {
         source,
     };
     let mut file = fs.open_lock_file(&path).map_err(io_err)?;
-    let deadline = Instant::now() + CONTENTION_GRACE;
-    loop {
-        match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => break,
-            Err(e) if is_contention(&e) && Instant::now() < deadline => {
-                std::thread::sleep(CONTENTION_GRACE / 10);
-            }
-            Err(e) if is_contention(&e) => {
-                return Err(Error::Locked {
-                    dir: dir.to_path_buf(),
-                    pid: read_pid(&mut file),
-                })
-            }
-            Err(e) => return Err(io_err(e)),
+    let locked = retry_for(
+        CONTENTION_GRACE,
+        CONTENTION_GRACE / 10,
+        is_contention,
+        || fs2::FileExt::try_lock_exclusive(&file),
+    );
+    match locked {
+        Ok(()) => {}
+        Err(e) if is_contention(&e) => {
+            return Err(Error::Locked {
+                dir: dir.to_path_buf(),
+                pid: read_pid(&mut file),
+            })
         }
+        Err(e) => return Err(io_err(e)),
     }
     // Best effort: the pid only improves the error message of others.
     let pid = format!("{}\n", std::process::id());

@@ -11,8 +11,13 @@ pub enum Durability {
     /// Leave write-back to the OS: acknowledged writes survive a process
     /// crash or `kill -9`, not a power cut.
     Never,
-    /// Flush everything to stable storage every interval in the background:
-    /// at most that window is lost on a power cut.
+    /// Every change is appended to a write-ahead journal that a background
+    /// flusher makes durable every interval; the value files change only
+    /// after that, behind the journal. A power cut loses at most the
+    /// changes since the last completed flush, never older ones, whatever
+    /// mode the store is reopened in. Reads see every acknowledged change
+    /// at once (a bounded table of pending changes sits in front of the
+    /// files, see [`Options::max_pending_bytes`]).
     Periodic(Duration),
     /// A write returns only once it is on stable storage: its record is
     /// appended to a write-ahead journal and flushed (`fdatasync`) before
@@ -43,9 +48,13 @@ pub struct Options {
     pub(crate) file_system: Arc<dyn FileSystem>,
     pub(crate) key_hasher: fn(&[u8]) -> u64,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) max_pending_bytes: usize,
 }
 
-/// Default interval between journal checkpoints in `Durability::Always`.
+/// Default bound of the pending table of `Durability::Periodic`: 64 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Default interval between journal checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Options {
@@ -59,6 +68,7 @@ impl Options {
             file_system: Arc::new(StdFileSystem),
             key_hasher: crate::layout::fnv1a64,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
         }
     }
 
@@ -89,8 +99,8 @@ impl Options {
         self
     }
 
-    /// `Durability::Always` only: how often the write-ahead journal is
-    /// checkpointed when there were writes (everything flushed with
+    /// `Durability::Periodic` and `Always`: how often the write-ahead
+    /// journal is checkpointed when there were writes (everything flushed with
     /// `syncfs`, then the journal file removed), which bounds the replay
     /// after a power cut (default 1 s; sooner when the journal passes
     /// 32 MiB).
@@ -99,13 +109,27 @@ impl Options {
         self
     }
 
-    /// **Testing hook**: the function that maps a key to the 64-bit hash
+    /// `Durability::Periodic` only: the most bytes of acknowledged changes
+    /// (keys, values and about 128 bytes of bookkeeping each) held in
+    /// memory until the flusher has applied them to the value files
+    /// (default 64 MiB). When the table is full, writers wait for the
+    /// flusher, which is asked to run at once: memory stays bounded under
+    /// any write rate. [`Store::pending_bytes`](crate::Store::pending_bytes)
+    /// reads the current figure.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Options {
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// **Testing hook** (cargo feature `test-support`, for this crate's
+    /// own tests): the function that maps a key to the 64-bit hash
     /// naming its file (default FNV-1a 64). A deliberately weak hasher
     /// forces hash collisions. A store must always be opened with the same
     /// hasher (the files are named by it); [`Store::verify`](crate::Store::verify)
     /// and [`Store::repair`](crate::Store::repair) assume the default, use
     /// [`Store::verify_with`](crate::Store::verify_with) and
     /// [`Store::repair_with`](crate::Store::repair_with) otherwise.
+    #[cfg(feature = "test-support")]
     pub fn key_hasher(mut self, hasher: fn(&[u8]) -> u64) -> Options {
         self.key_hasher = hasher;
         self
@@ -125,6 +149,7 @@ impl std::fmt::Debug for Options {
             .field("cache_bytes", &self.cache_bytes)
             .field("max_value_bytes", &self.max_value_bytes)
             .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("max_pending_bytes", &self.max_pending_bytes)
             .finish_non_exhaustive()
     }
 }

@@ -175,54 +175,8 @@ pub fn decode(buf: &[u8]) -> Result<Record<'_>, String> {
     })
 }
 
-/// Magic bytes of a tombstone: written over a removed key's file (and its
-/// old files not yet reused) in `Periodic` mode, so that recovery after a
-/// power cut can tell a removal from a lost write.
-pub const TOMBSTONE_MAGIC: [u8; 4] = *b"KVSD";
-
-/// Encodes a tombstone of `key`: a record with no value and
-/// [`TOMBSTONE_MAGIC`]. `None` if the key is too long for the format.
-pub fn encode_tombstone(key: &[u8], cas: u64) -> Option<Vec<u8>> {
-    let mut buf = encode(key, b"", 0, Expiry::Never, cas)?;
-    buf[..4].copy_from_slice(&TOMBSTONE_MAGIC);
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&buf[..32]);
-    hasher.update(key);
-    let crc = hasher.finalize();
-    buf[32..36].copy_from_slice(&crc.to_le_bytes());
-    Some(buf)
-}
-
-/// Decodes a tombstone at the start of `buf`: its key and cas.
-pub fn decode_tombstone(buf: &[u8]) -> Option<(&[u8], u64)> {
-    if buf.len() < HEADER_LEN || buf[..4] != TOMBSTONE_MAGIC || buf[4] != FORMAT_VERSION {
-        return None;
-    }
-    let key_len = u16::from_le_bytes([buf[6], buf[7]]) as usize;
-    if u32_at(buf, 12) != 0 {
-        return None;
-    }
-    let key = buf.get(HEADER_LEN..HEADER_LEN + key_len)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&buf[..32]);
-    hasher.update(key);
-    (hasher.finalize() == u32_at(buf, 32)).then(|| (key, u64_at(buf, 24)))
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn tombstones_round_trip_and_are_not_records() {
-        let t = encode_tombstone(b"key", 77).unwrap();
-        assert_eq!(decode_tombstone(&t), Some((&b"key"[..], 77)));
-        assert!(decode(&t).is_err());
-        let r = encode(b"key", b"", 0, Expiry::Never, 77).unwrap();
-        assert_eq!(decode_tombstone(&r), None);
-        let mut bad = t.clone();
-        bad[HEADER_LEN] ^= 1;
-        assert_eq!(decode_tombstone(&bad), None);
-    }
-
     use super::*;
 
     #[test]

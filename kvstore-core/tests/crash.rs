@@ -1,5 +1,6 @@
-//! Tests with a second process: crash (SIGKILL) during concurrent writes and
-//! during `clear()`, and the directory lock across processes.
+//! Tests with a second process: crash (SIGKILL) during concurrent writes
+//! (rounds in `Never`, `Periodic` and `Always` in turn) and during
+//! `clear()`, and the directory lock across processes.
 //!
 //! The child is this test binary itself, re-invoked to run only
 //! `child_entry` with `KVSTORE_TEST_CHILD=<role>:<dir>` in its environment;
@@ -22,6 +23,21 @@ const CLEAR_KEYS: usize = 30;
 fn never() -> Options {
     Options::new().durability(Durability::Never)
 }
+
+/// The durability mode named `name` (the writer rounds cycle through all).
+fn mode(name: &str) -> Options {
+    let durability = match name {
+        "never" => Durability::Never,
+        // Long enough that the flusher's own passes are rare: writes are
+        // mostly in the journal and the pending table when the kill comes.
+        "periodic" => Durability::Periodic(Duration::from_millis(200)),
+        "always" => Durability::Always,
+        other => panic!("unknown mode {other}"),
+    };
+    Options::new().durability(durability)
+}
+
+const MODES: [&str; 3] = ["never", "periodic", "always"];
 
 /// Operation `i` of writer `t` in round `r`: a set (value names key and
 /// step, length varies up to past one page) or, every 7th, a delete.
@@ -51,9 +67,10 @@ fn child_entry() {
     let (role, dir) = spec.split_once(':').expect("role:dir");
     let dir = Path::new(dir);
     match role.split_once('=').unwrap_or((role, "")) {
-        ("writer", round) => {
+        ("writer", spec) => {
+            let (round, mode_name) = spec.split_once('/').expect("round/mode");
             let round: u32 = round.parse().unwrap();
-            let store = Store::open_with(dir, never()).unwrap();
+            let store = Store::open_with(dir, mode(mode_name)).unwrap();
             ack("READY");
             std::thread::scope(|s| {
                 for t in 0..WRITERS {
@@ -170,10 +187,11 @@ fn sigkill_during_concurrent_writes_loses_no_acknowledged_write() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
     // Expected state of the keys of every finished round.
     let mut settled: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-    let rounds = 5;
+    let rounds = 6;
     let mut total_acks = 0;
     for round in 0..rounds {
-        let (child, rx) = spawn_child(&format!("writer={round}"), &dir);
+        let mode_name = MODES[round as usize % MODES.len()];
+        let (child, rx) = spawn_child(&format!("writer={round}/{mode_name}"), &dir);
         wait_for(&rx, "READY");
         let acks = kill_after(child, &rx, Duration::from_millis(rng.gen_range(30..300)));
         let mut last: Vec<Option<u64>> = vec![None; WRITERS];
@@ -205,7 +223,7 @@ fn sigkill_during_concurrent_writes_loses_no_acknowledged_write() {
                 let ok = got == acked || (key == next_key && got == next_value);
                 assert!(
                     ok,
-                    "round {round} key {key}: got {:?}, acknowledged {:?} (writer {t} acked {done} ops)",
+                    "round {round} ({mode_name}) key {key}: got {:?}, acknowledged {:?} (writer {t} acked {done} ops)",
                     got.as_ref().map(|v| String::from_utf8_lossy(&v[..v.len().min(40)]).to_string()),
                     acked.as_ref().map(|v| String::from_utf8_lossy(&v[..v.len().min(40)]).to_string()),
                 );

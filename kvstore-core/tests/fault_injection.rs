@@ -2,7 +2,11 @@
 //! the Nth call of each kind of file-system step (write, create, rename,
 //! exchange, rename-without-replace, remove, truncate, fsync, syncfs,
 //! directory create/remove, log append and its sync) during set (new key and existing key), append,
-//! delete, clear and map-log compaction, in `Never` and `Always` modes.
+//! delete, clear and map-log compaction, in `Never`, `Periodic` and
+//! `Always` modes. In `Periodic` the operation is followed by
+//! `Store::flush`, which writes the journal and runs the applier (the
+//! background flusher does not run during the test), so its steps are
+//! injected too.
 //!
 //! Each injection runs on a fresh copy of a prepared store directory. A
 //! first, fault-free run counts the calls of each kind the operation makes;
@@ -13,8 +17,11 @@
 //!   lost a map record does not pass as worked around);
 //! - after an error the previous value is still what a read returns (for
 //!   a failed *flush* the outcome is unknowable, as after a timeout: the old
-//!   or the new value, and the store turns read-only as DESIGN.md says;
-//!   a failed `clear` also turns it read-only); `clear` is all or nothing;
+//!   or the new value, and the store turns read-only as docs/DESIGN.md
+//!   says; a failed `clear` also turns it read-only); `clear` is all or
+//!   nothing. In `Periodic`, an operation acknowledged before its flush
+//!   failed stays readable until the store is reopened, which shows the old
+//!   or the new state (the journal write may or may not have failed);
 //! - the other keys stay readable while the fault lasts;
 //! - once the fault clears, the same operation succeeds (after a reopen if
 //!   the store turned read-only), and a reopen shows exactly what was read.
@@ -252,6 +259,10 @@ struct Tally {
     violations: Vec<String>,
 }
 
+fn periodic(mode: Durability) -> bool {
+    matches!(mode, Durability::Periodic(_))
+}
+
 fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
     let tpl = template(scenario);
     let opts = |fs: Arc<FaultyFs>| {
@@ -268,6 +279,9 @@ fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
     fs.0.arm(None);
     let (r, expected_after) = scenario.run(&store, &base_map());
     r.unwrap();
+    if periodic(mode) {
+        store.flush().unwrap();
+    }
     let counts = fs.0.counts();
     if scenario == Scenario::CompactingDelete {
         let created = fs.0.state.lock().unwrap().created.clone();
@@ -295,7 +309,7 @@ fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
                     sticky,
                 };
                 let what = format!("{scenario:?} {mode:?} {fault:?}");
-                if let Err(v) = inject(tpl.path(), scenario, fault, &opts, tally) {
+                if let Err(v) = inject(tpl.path(), scenario, mode, fault, &opts, tally) {
                     tally.violations.push(format!("{what}: {v}"));
                 }
             }
@@ -306,6 +320,7 @@ fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
 fn inject(
     tpl: &Path,
     scenario: Scenario,
+    mode: Durability,
     fault: Fault,
     opts: &dyn Fn(Arc<FaultyFs>) -> Options,
     tally: &mut Tally,
@@ -317,6 +332,9 @@ fn inject(
     let before = base_map();
     fs.0.arm(Some(fault));
     let (r, after) = scenario.run(&store, &before);
+    // `Periodic`: acknowledged, then flushed (journal and applier).
+    let acked = periodic(mode) && r.is_ok();
+    let r = if acked { store.flush() } else { r };
     if fs.0.state.lock().unwrap().injected == 0 {
         // Only a background thread (sweeper, deleter) made that call in
         // the counting run.
@@ -347,7 +365,11 @@ fn inject(
         }
         Err(e) => {
             tally.errors += 1;
-            let ok = seen == before || (fault.kind.is_flush() && seen == after);
+            let ok = if acked {
+                seen == after
+            } else {
+                seen == before || (fault.kind.is_flush() && seen == after)
+            };
             if !ok {
                 return Err(format!(
                     "failed ({e}) but reads show {seen:?} instead of the previous state"
@@ -362,7 +384,7 @@ fn inject(
     let store = if read_only {
         // DESIGN.md: a failed flush turns the store read-only until it is
         // reopened; so does a failed generation switch (clear).
-        if !(r.is_err() && (fault.kind.is_flush() || scenario == Scenario::Clear)) {
+        if !(r.is_err() && (fault.kind.is_flush() || scenario == Scenario::Clear || acked)) {
             return Err("store turned read-only without a failed flush or clear".into());
         }
         drop(store);
@@ -376,7 +398,10 @@ fn inject(
     let now = read_all(&store).map_err(|e| format!("read after fault: {e}"))?;
     // After a failed flush the disk may hold the operation's outcome even
     // though the running store kept showing the old state.
-    let flush_outcome = read_only && fault.kind.is_flush() && now == after;
+    // So may a `Periodic` store whose flush failed show the state before
+    // the acknowledged operation (its journal write failed).
+    let flush_outcome = read_only
+        && ((fault.kind.is_flush() && now == after) || (acked && (now == after || now == before)));
     if now != seen && !flush_outcome {
         return Err(format!("state changed by itself: {seen:?} -> {now:?}"));
     }
@@ -384,6 +409,9 @@ fn inject(
     // redone on the state now present).
     let (r2, after2) = scenario.run(&store, &now);
     r2.map_err(|e| format!("operation still fails after the fault cleared: {e}"))?;
+    store
+        .flush()
+        .map_err(|e| format!("flush still fails after the fault cleared: {e}"))?;
     let got = read_all(&store).map_err(|e| e.to_string())?;
     if got != after2 {
         return Err(format!("after retry {got:?}, expected {after2:?}"));
@@ -445,6 +473,12 @@ fn run_all(mode: Durability) {
 #[test]
 fn faults_during_writes_with_durability_never() {
     run_all(Durability::Never);
+}
+
+#[test]
+fn faults_during_writes_with_durability_periodic() {
+    // The flusher does not run by itself during the test.
+    run_all(Durability::Periodic(std::time::Duration::from_secs(3600)));
 }
 
 #[test]

@@ -1,5 +1,9 @@
 //! Model test: random sequences of operations, including reopening the
-//! store, applied both to a `Store` and to a `HashMap`; every read agrees.
+//! store and flushing it, applied both to a `Store` and to a `HashMap`;
+//! every read agrees. Each case runs in one durability mode (`Periodic`
+//! with a flusher that only runs when asked or when its small pending table
+//! is full, so reads meet changes not yet applied), with or without the
+//! cache and with or without a hasher that forces collisions.
 
 use std::collections::HashMap;
 
@@ -20,6 +24,42 @@ enum Op {
     Append(u8, Vec<u8>),
     Incr(u8, u64),
     Reopen,
+    Flush,
+}
+
+/// How a case opens its store.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    mode: Durability,
+    cache: bool,
+    collide: bool,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    let mode = prop_oneof![
+        Just(Durability::Never),
+        // The flusher does not run by itself during a case: only
+        // `Store::flush`, a full pending table (16 KiB) or a close apply
+        // the pending changes.
+        Just(Durability::Periodic(std::time::Duration::from_secs(3600))),
+        Just(Durability::Periodic(std::time::Duration::from_millis(1))),
+        Just(Durability::Always),
+    ];
+    (mode, any::<bool>(), any::<bool>()).prop_map(|(mode, cache, collide)| Setup {
+        mode,
+        cache,
+        collide,
+    })
+}
+
+/// Four hashes for every key: keys share names and collision indexes.
+fn colliding_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h & 3
 }
 
 fn key(k: u8) -> Vec<u8> {
@@ -58,23 +98,30 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (k.clone(), value()).prop_map(|(k, v)| Op::Append(k, v)),
         2 => (k, prop_oneof![Just(1u64), Just(u64::MAX), 0u64..1000]).prop_map(|(k, d)| Op::Incr(k, d)),
         2 => Just(Op::Reopen),
+        1 => Just(Op::Flush),
     ]
 }
 
-fn open(dir: &std::path::Path, cache: bool) -> Store {
-    let cache_bytes = if cache { 1 << 20 } else { 0 };
-    Store::open_with(
-        dir,
-        Options::new()
-            .durability(Durability::Never)
-            .cache_bytes(cache_bytes),
-    )
-    .unwrap()
+fn options(setup: Setup) -> Options {
+    let cache_bytes = if setup.cache { 1 << 20 } else { 0 };
+    let options = Options::new()
+        .durability(setup.mode)
+        .cache_bytes(cache_bytes)
+        .max_pending_bytes(16 << 10);
+    if setup.collide {
+        options.key_hasher(colliding_hash)
+    } else {
+        options
+    }
 }
 
-fn run(ops: Vec<Op>, cache: bool) -> Result<(), TestCaseError> {
+fn open(dir: &std::path::Path, setup: Setup) -> Store {
+    Store::open_with(dir, options(setup)).unwrap()
+}
+
+fn run(ops: Vec<Op>, setup: Setup) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().unwrap();
-    let mut store = open(tmp.path(), cache);
+    let mut store = open(tmp.path(), setup);
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     for op in ops {
         match op {
@@ -176,14 +223,15 @@ fn run(ops: Vec<Op>, cache: bool) -> Result<(), TestCaseError> {
             }
             Op::Reopen => {
                 drop(store);
-                store = open(tmp.path(), cache);
+                store = open(tmp.path(), setup);
             }
+            Op::Flush => store.flush().unwrap(),
         }
         prop_assert_eq!(store.len(), model.len());
     }
     // Final full comparison, after one more reopen.
     drop(store);
-    let store = open(tmp.path(), cache);
+    let store = open(tmp.path(), setup);
     let mut keys = store.keys().unwrap();
     keys.sort();
     let mut want: Vec<Vec<u8>> = model.keys().cloned().collect();
@@ -193,8 +241,9 @@ fn run(ops: Vec<Op>, cache: bool) -> Result<(), TestCaseError> {
         prop_assert_eq!(store.get(k).unwrap(), Some(v.clone()));
     }
     drop(store);
-    let report = Store::verify(tmp.path()).unwrap();
+    let report = Store::verify_with(tmp.path(), options(setup)).unwrap();
     prop_assert!(report.is_ok(), "{}", report);
+    prop_assert_eq!(report.keys_ok, model.len() as u64, "{}", report);
     Ok(())
 }
 
@@ -207,7 +256,7 @@ proptest! {
     })]
 
     #[test]
-    fn store_agrees_with_a_hashmap(ops in prop::collection::vec(op(), 1..60), cache in any::<bool>()) {
-        run(ops, cache)?;
+    fn store_agrees_with_a_hashmap(ops in prop::collection::vec(op(), 1..60), setup in setup()) {
+        run(ops, setup)?;
     }
 }

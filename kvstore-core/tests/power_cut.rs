@@ -1,4 +1,5 @@
-//! Power-cut simulation for `Durability::Always` (ALICE-style).
+//! Power-cut simulation for `Durability::Always` and `Periodic`
+//! (ALICE-style).
 //!
 //! A [`RecordingFs`] wraps the real file system: every mutating call is
 //! performed on a real directory *and* appended to a log of logical
@@ -17,7 +18,10 @@
 //! and every key is checked against what the writers saw acknowledged before
 //! `c`: the last acknowledged value, or the value of the one operation that
 //! was in flight on that key at `c`. A `clear` in flight must be all or
-//! nothing.
+//! nothing. Under `Periodic` the guarantee is the last journal flush
+//! completed before `c`: every write acknowledged before the flusher's
+//! sync of the journal (the recorder notes which syncs the flusher thread
+//! made).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -91,6 +95,23 @@ struct Log {
     /// Live names of files -> inode.
     names: HashMap<PathBuf, Ino>,
     next_ino: Ino,
+    /// `Periodic`: positions of the flusher's syncs of a journal file.
+    /// A writer's journal entry is written to the file before the write is
+    /// acknowledged, so every write acknowledged at or before such a
+    /// position is durable once the sync is (a checkpoint syncs the old
+    /// file before it switches to a new one).
+    flushes: Vec<usize>,
+}
+
+/// Whether the calling thread is the store's `Periodic` flusher.
+fn on_flusher() -> bool {
+    std::thread::current().name() == Some("kvstore-flusher")
+}
+
+fn is_journal(rel: &Path) -> bool {
+    rel.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("journal.") && n != "journal.spare")
 }
 
 impl Log {
@@ -282,8 +303,13 @@ impl FileSystem for RecordingFs {
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         StdFileSystem.sync_file(path)?;
-        let ino = log.names[&self.rel(path)];
+        let rel = self.rel(path);
+        let ino = log.names[&rel];
         log.mark(|op| op.data_ino() == Some(ino), Op::Sync);
+        if on_flusher() && is_journal(&rel) {
+            let at = log.ops.len() - 1;
+            log.flushes.push(at);
+        }
         Ok(())
     }
 
@@ -401,7 +427,9 @@ fn describe(data: &[u8]) -> String {
 /// and on the inodes that ever were under them or held a record of the key
 /// (up to 40 operations past the cut; flushes from 400 before it), each
 /// marked durable, volatile kept, volatile dropped or after the cut; then
-/// those names and inodes on the disk the cut left.
+/// those names and inodes on the disk the cut left. With
+/// `KVSTORE_DEBUG_ALL`, every operation up to the cut and the journal
+/// flushes first.
 #[allow(clippy::too_many_arguments)]
 fn dump_key_history(
     log: &Log,
@@ -459,6 +487,22 @@ fn dump_key_history(
         }
     }
     eprintln!("==== key {key} (names *{hex}*) cut {cut} guaranteed {guaranteed} inodes {inos:?}");
+    if std::env::var("KVSTORE_DEBUG_ALL").is_ok() {
+        for (i, op) in log.ops.iter().enumerate().take(cut + 5) {
+            let d = match op {
+                Op::Write { ino, off, data, .. } => {
+                    format!("WRITE ino {ino} @{off} {}", describe(data))
+                }
+                other => format!("{other:?}"),
+            };
+            eprintln!(
+                "  ALL {i} {d} kept={:?} durable={:?}",
+                kept.get(i),
+                log.durable_at[i]
+            );
+        }
+        eprintln!("  FLUSHES {:?}", log.flushes);
+    }
     for e in run.events.iter().filter(|e| e.key == key) {
         eprintln!(
             "  event [{}, {}] {:?}",
@@ -929,10 +973,13 @@ fn power_cuts(durability: Durability, default_cuts: usize, no_exchange: bool) {
         };
         let guaranteed = match durability {
             Durability::Always => cut,
-            // The last flush that completed before the cut.
-            _ => (opened_at..cut)
-                .rev()
-                .find(|&i| matches!(log.ops[i], Op::SyncAll))
+            // The last journal flush that completed before the cut.
+            _ => log
+                .flushes
+                .iter()
+                .copied()
+                .filter(|&at| at < cut)
+                .max()
                 .unwrap_or(0),
         };
         let allowed = run.allowed(cut, guaranteed);

@@ -9,7 +9,7 @@ impl Inner {
         if deadline == 0 || now_millis() < deadline {
             return Ok(());
         }
-        let guard = lock(&self.clear_lock);
+        let guard = self.clear_lock.lock();
         let deadline = self.clear_deadline.load(Ordering::SeqCst);
         if deadline == 0 || now_millis() < deadline {
             return Ok(());
@@ -18,7 +18,7 @@ impl Inner {
     }
 
     pub(super) fn clear_now(&self) -> Result<()> {
-        let guard = lock(&self.clear_lock);
+        let guard = self.clear_lock.lock();
         self.clear_locked(guard)
     }
 
@@ -28,7 +28,7 @@ impl Inner {
     pub(super) fn clear_locked(&self, _clear: MutexGuard<'_, ()>) -> Result<()> {
         self.check_writable()?;
         let sync_meta = self.durability != Durability::Never;
-        let mut gen = self.gen.write().unwrap_or_else(|e| e.into_inner());
+        let mut gen = self.gen.write();
         let n = self.next_gen.fetch_add(1, Ordering::SeqCst);
         let gen_dir = self.dir.join(layout::gen_name(n));
         create_generation_dir(&*self.fs, &gen_dir, sync_meta)?;
@@ -36,7 +36,7 @@ impl Inner {
         {
             Ok(g) => g,
             Err(e) => {
-                lock(&self.doomed).push(gen_dir);
+                self.doomed.lock().push(gen_dir);
                 return Err(e);
             }
         };
@@ -52,8 +52,10 @@ impl Inner {
             self.set_read_only(format!("switching generation failed: {e}"));
             return Err(e);
         }
-        self.changes.fetch_add(1, Ordering::SeqCst);
         let old = std::mem::replace(&mut *gen, Arc::new(new_gen));
+        // Staged changes of the old generation: replay ignores their
+        // journal entries, and nothing applies them now.
+        self.pending.clear();
         self.cache.clear();
         for s in self.stripes.iter() {
             s.seq.fetch_add(1, Ordering::Release);
@@ -62,7 +64,7 @@ impl Inner {
         if self.clear_deadline.swap(0, Ordering::SeqCst) != 0 {
             let _ = self.fs.remove_file(&self.dir.join(layout::CLEAR_AT_FILE));
         }
-        let mut doomed = lock(&self.doomed);
+        let mut doomed = self.doomed.lock();
         doomed.push(old.dir.clone());
         self.doomed_cv.notify_all();
         Ok(())
@@ -75,7 +77,7 @@ impl Inner {
     pub(super) fn deleter_loop(&self) {
         loop {
             let next = {
-                let mut doomed = lock(&self.doomed);
+                let mut doomed = self.doomed.lock();
                 loop {
                     if self.stop.stopped() {
                         return;
@@ -83,10 +85,7 @@ impl Inner {
                     if let Some(d) = doomed.pop() {
                         break d;
                     }
-                    doomed = self
-                        .doomed_cv
-                        .wait(doomed)
-                        .unwrap_or_else(|e| e.into_inner());
+                    self.doomed_cv.wait(&mut doomed);
                 }
             };
             if let Err(e) = remove_tree(&*self.fs, &next, &self.stop) {

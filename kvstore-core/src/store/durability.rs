@@ -1,4 +1,6 @@
-//! Durability: the flusher thread, group commit, and noting each write step for the flusher.
+//! Durability: group commit of `syncfs`, and the `Periodic` flusher that makes the journal durable and applies the pending table behind it (see docs/DESIGN.md).
+
+use std::time::Instant;
 
 use super::*;
 
@@ -18,18 +20,10 @@ pub(super) struct SyncState {
 }
 
 impl Inner {
-    /// Called after each file step of a write: notes that there is
-    /// something to flush, so the periodic flusher does not skip the
-    /// interval. (`Always` makes a write durable through the journal before
-    /// its file steps, see `store/journal.rs`, so no step waits here.)
-    pub(super) fn note_change(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-    }
-
     /// Waits until a `syncfs` that started after this call has finished;
     /// one leader flushes for all waiting callers (group commit).
     pub(super) fn group_sync(&self) -> Result<()> {
-        let mut st = lock(&self.group.state);
+        let mut st = self.group.state.lock();
         st.requested += 1;
         let ticket = st.requested;
         loop {
@@ -41,14 +35,12 @@ impl Inner {
                 st.running = true;
                 let target = st.requested;
                 drop(st);
-                let number = self.flush_started.fetch_add(1, Ordering::SeqCst) + 1;
                 let res = self.fs.syncfs(&self.dir);
-                st = lock(&self.group.state);
+                st = self.group.state.lock();
                 st.running = false;
                 match res {
                     Ok(()) => {
                         st.done = st.done.max(target);
-                        self.flush_done.fetch_max(number, Ordering::SeqCst);
                     }
                     Err(e) => {
                         self.set_read_only(format!("flush of {} failed: {e}", self.dir.display()));
@@ -58,44 +50,186 @@ impl Inner {
                 }
                 self.group.cv.notify_all();
             } else {
-                st = self.group.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                self.group.cv.wait(&mut st);
             }
         }
     }
 }
 
+/// The `Periodic` flusher's own state.
+pub(super) struct TickState {
+    last_checkpoint: Instant,
+}
+
+impl TickState {
+    pub(super) fn new() -> TickState {
+        TickState {
+            last_checkpoint: Instant::now(),
+        }
+    }
+}
+
+/// Longest a writer waits for the applier at a time before it looks at the
+/// store's health again.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
+
 impl Inner {
+    /// Whether writes are applied to the value files behind the journal by
+    /// the flusher (`Periodic`), rather than by the writer.
+    pub(super) fn journaled_behind(&self) -> bool {
+        matches!(self.durability, Durability::Periodic(_))
+    }
+
+    /// `Periodic` back-pressure: waits while the pending table or the
+    /// journal buffer is at the bound, asking the flusher to run now.
+    pub(super) fn wait_for_room(&self) -> Result<()> {
+        let Some(j) = self.journal.as_ref().filter(|_| self.journaled_behind()) else {
+            return Ok(());
+        };
+        let full = || {
+            self.pending.over(self.pending.bytes())
+                || self.pending.over(j.buffered.load(Ordering::Relaxed))
+        };
+        if !full() {
+            return Ok(());
+        }
+        // Wait for the low water mark (hysteresis), not just the bound.
+        let busy = || {
+            !self.pending.below_low_water(self.pending.bytes())
+                || self.pending.over(j.buffered.load(Ordering::Relaxed))
+        };
+        while busy() {
+            self.check_writable()?;
+            self.stop.kick();
+            self.pending.wait_for_room(ROOM_WAIT, busy);
+        }
+        Ok(())
+    }
+
+    /// The `Periodic` flusher thread: a flush-and-apply pass every
+    /// interval, or at once when kicked (a full pending table, a long
+    /// journal).
     pub(super) fn flusher_loop(&self, every: Duration) {
-        let mut flushed = 0;
-        let mut last = std::time::Instant::now();
         while !self.stop.wait(every) {
-            // Kicked by a writer short of spares: not more often than
-            // every KICK_GAP.
-            let since = last.elapsed();
-            if since < KICK_GAP.min(every) {
-                std::thread::sleep(KICK_GAP.min(every) - since);
-                if self.stop.stopped() {
-                    return;
-                }
-            }
-            last = std::time::Instant::now();
-            let changes = self.changes.load(Ordering::SeqCst);
-            if self.read_only.load(Ordering::SeqCst) || changes == flushed {
+            if self.health.read_only() {
                 continue;
             }
-            flushed = changes;
-            if let Err(e) = self.group_sync() {
+            if let Err(e) = self.flush_and_apply(true) {
                 log::error!("periodic flush failed, store is now read-only: {e}");
-                continue;
             }
-            // Spares freed before that flush are neutralized now; a second
-            // flush makes them reusable right away.
-            if self.neutralize_matured() {
-                flushed = self.changes.load(Ordering::SeqCst);
-                if let Err(e) = self.group_sync() {
-                    log::error!("periodic flush failed, store is now read-only: {e}");
+        }
+    }
+
+    /// `Periodic`: makes the journal durable, applies every staged change
+    /// it covers to the value files, and (with `may_checkpoint`, when one
+    /// is due) checkpoints the journal. A failure turns the store
+    /// read-only: acknowledged changes then stay in the pending table
+    /// (readable) and in the journal (replayed by the next open).
+    pub(super) fn flush_and_apply(&self, may_checkpoint: bool) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let mut tick = self.tick.lock();
+        self.check_writable()?;
+        let synced = self.journal_flush(j)?;
+        self.pending.notify_room();
+        for (key, staged) in self.pending.due(synced) {
+            let hash = (self.hasher)(&key);
+            let gen = self.gen_read();
+            let _g = self.stripe(hash).lock.lock();
+            self.apply_staged(&gen, hash, &key, &staged)?;
+        }
+        self.pending.notify_room();
+        let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
+            || self.journal_len(j) > CHECKPOINT_BYTES;
+        // One retirement at a time: the next checkpoint waits for it.
+        let retiring = self.retire.lock().is_some();
+        if may_checkpoint && due && !retiring && self.journal_since_checkpoint(j) > 0 {
+            tick.last_checkpoint = Instant::now();
+            self.checkpoint_periodic(j)?;
+        }
+        Ok(())
+    }
+
+    /// `Periodic` checkpoint: with every stripe lock held (so every change
+    /// written to the journal is staged, and no writer writes more), the
+    /// journal is flushed again, every staged change is applied, and the
+    /// journal switches files; then, with the writers going again, the
+    /// retirer thread makes the value files durable and retires the old
+    /// journal file, while this thread goes on applying. The pause covers
+    /// only the changes since the pass just before.
+    fn checkpoint_periodic(&self, j: &Journal) -> Result<()> {
+        let old = {
+            // Lock order as the writers': generation, then stripes.
+            let gen = self.gen_read();
+            let _stripes: Vec<_> = self.stripes.iter().map(|s| s.lock.lock()).collect();
+            let synced = self.journal_flush(j)?;
+            for (key, staged) in self.pending.due(synced) {
+                self.apply_staged(&gen, (self.hasher)(&key), &key, &staged)?;
+            }
+            self.pending.notify_room();
+            self.switch_journal(j)?
+        };
+        *self.retire.lock() = Some(old);
+        self.retire_cv.notify_all();
+        Ok(())
+    }
+
+    /// The `Periodic` retirer thread: runs the `syncfs` of a checkpoint and
+    /// then sets its old journal file aside, off the flusher's thread (a
+    /// `syncfs` after a second of writes takes long on a slow disk, and the
+    /// flusher keeps applying meanwhile). Finishes a handed-over file
+    /// before it stops.
+    pub(super) fn retirer_loop(&self) {
+        loop {
+            let old = {
+                let mut slot = self.retire.lock();
+                loop {
+                    if let Some(old) = slot.clone() {
+                        break old;
+                    }
+                    if self.stop.stopped() {
+                        return;
+                    }
+                    self.retire_cv.wait_for(&mut slot, ROOM_WAIT);
                 }
+            };
+            if let Err(e) = self.retire_journal(&old) {
+                log::error!("journal checkpoint failed: {e}");
             }
+            *self.retire.lock() = None;
+        }
+    }
+
+    /// Applies one staged change (journal entry durable) to the value
+    /// files and drops it from the table; a failure turns the store
+    /// read-only. Generation read lock and the key's stripe lock held.
+    fn apply_staged(&self, gen: &Generation, hash: u64, key: &[u8], staged: &Staged) -> Result<()> {
+        // Gone (a clear emptied the table) or applied by an earlier pass.
+        if !self.pending.has(hash, key, staged.n) {
+            return Ok(());
+        }
+        self.apply_change(gen, hash, key, staged).inspect_err(|e| {
+            self.set_read_only(format!("applying a journaled write failed: {e}"));
+            self.pending.notify_room();
+        })?;
+        self.pending.applied(hash, key, staged.n);
+        Ok(())
+    }
+
+    fn apply_change(&self, gen: &Generation, hash: u64, key: &[u8], staged: &Staged) -> Result<()> {
+        let idx = gen.lookup(hash, key);
+        match &staged.change {
+            Change::Put(it) => {
+                let rec = record::encode(key, &it.value, it.flags, it.expiry, it.cas).ok_or(
+                    Error::ValueTooLarge {
+                        len: it.value.len(),
+                        max: self.max_value_bytes,
+                    },
+                )?;
+                self.write_files(gen, hash, key, idx, &rec)
+            }
+            Change::Remove => self.remove_files(gen, hash, key, idx),
         }
     }
 }

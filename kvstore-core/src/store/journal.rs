@@ -1,52 +1,15 @@
-//! The write-ahead journal of `Durability::Always` at run time: group
-//! commit, checkpoints, reuse of journal files and replay on open. The file format is in
-//! `crate::journal`.
+//! The write-ahead journal at run time: group commit (`Always` writers
+//! lead batches; in `Periodic` the flusher does), checkpoints, reuse of
+//! journal files and replay on open. The file format is in
+//! `crate::journal`; the protocol and why each step is there in
+//! docs/DESIGN.md (sections 3.2, 3.3, 3.5 and 4).
 //!
-//! # Why a journal
-//! DESIGN.md's first `Always` order (data fsynced, renamed, directory
-//! fsynced, map record fsynced) costs two or three flushes of the whole
-//! file system per write; even shared by 16 writers that stays near one
-//! fsync per write. Instead an `Always` write:
-//!
-//! 1. adds its whole record (or its removal) to the journal's buffer,
-//!    under the key's stripe lock;
-//! 2. waits for a group commit: one leader writes the whole buffer as one
-//!    batch at the end of the journal file and runs one `fdatasync` for
-//!    every writer in it (and, while writers keep coming, up to
-//!    `LEAD_ROUNDS - 1` more batches: it is already running, where a
-//!    hand-off costs a wake-up);
-//! 3. only then changes the value files, without flushing them, and
-//!    returns. A write whose file change fails adds a *cancel* entry
-//!    (flushed too) before it reports the error, so replay never applies a
-//!    write its caller was told had failed.
-//!
-//! Every change to the value files since the last checkpoint therefore has
-//! a durable journal entry *before* it happens, which is what makes
-//! recycling freed files at once safe: whatever a power cut leaves of a
-//! file touched since then, replay rewrites it.
-//!
-//! # Checkpoints, reuse and replay
-//! A background thread switches to a new journal file every
-//! `Options::checkpoint_interval` (sooner when it passes
-//! [`CHECKPOINT_BYTES`]), waits until the writers of the old file have
-//! finished their file changes, runs `syncfs` and sets the old file aside
-//! as `journal.spare`. The next switch renames the spare to the new number
-//! and rewrites it from the start, so its blocks are reused in place and a
-//! batch's `fdatasync` does not have to write the inode (measured: 19k
-//! against 25-28k overwrites/s of 1000 B with 16 writers over 8 s, append
-//! and unlink against reuse). The batches of its earlier use that follow
-//! the new end fail their checksum, which covers the file's number. A file
-//! that must grow grows by [`JOURNAL_GROW`] of zeros at once (zeros read
-//! as the end), for the same reason: 3 s runs of 16 writers, alternating,
-//! 24-27k -> 29-33k overwrites/s of 100 B.
-//!
-//! Opening a store (in any mode) replays the journal files it finds, oldest
-//! first: for each key of the current generation, the last entry that was
-//! not cancelled is applied to the files (skipped when the file already
-//! holds that cas), then `syncfs`, then the replayed files are removed.
-//! Replaying a prefix of the history on top of files that are at least as
-//! new as the journal's start gives the state after that prefix, so a
-//! crash during replay (or a set-aside whose rename was lost) is harmless.
+//! Reusing a checkpointed file (renamed from `journal.spare`) instead of
+//! creating one, and growing a file by [`JOURNAL_GROW`] of zeros at once,
+//! both let a batch's `fdatasync` rewrite data blocks without writing the
+//! inode (measured: 19k against 25-28k overwrites/s of 1000 B with 16
+//! writers over 8 s, append and unlink against reuse; 24-27k -> 29-33k
+//! overwrites/s of 100 B for the growth by zeros).
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,24 +21,31 @@ const LEAD_ROUNDS: u32 = 3;
 /// A journal file grows by at least this much at a time (zeros).
 const JOURNAL_GROW: u64 = 1 << 20;
 /// A journal file longer than this asks for a checkpoint at once.
-const CHECKPOINT_BYTES: u64 = 32 << 20;
+pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
-/// The journal of an `Always` store.
+/// The journal of a `Periodic` or `Always` store.
 ///
 /// Group commit: writers encode their entry into `state.buffer` and wait;
 /// one leader at a time takes the whole buffer, writes it to the file in
-/// one write and runs one `fdatasync`, for every writer whose entry was in
-/// it. Writers that arrive meanwhile fill the next buffer. A waiting
-/// writer parks; the leader publishes `synced` and unparks exactly the
-/// writers it made durable (waking them through a condvar would send them
-/// all to fight for the state mutex).
+/// one write and (`Always`) runs one `fdatasync`, for every writer whose
+/// entry was in it. Writers that arrive meanwhile fill the next buffer. A
+/// waiting writer parks; the leader publishes `written` (and `synced`) and
+/// unparks exactly the writers it served (waking them through a condvar
+/// would send them all to fight for the state mutex). In `Periodic` the
+/// flusher runs the `fdatasync` later ([`Inner::journal_flush`]).
 pub(super) struct Journal {
     /// The file being written, held by the leader for its write and flush.
     /// Lock order: `file`, then `state`.
     file: Mutex<JournalFile>,
     state: Mutex<JournalState>,
     /// Entries known durable: entry `n` is once `synced >= n`.
-    synced: AtomicU64,
+    pub(super) synced: AtomicU64,
+    /// Entries whose batch is written to the file (not necessarily
+    /// durable): in `Periodic` mode a writer waits for this, not `synced`.
+    pub(super) written: AtomicU64,
+    /// Bytes of `state.buffer`, readable without the lock (`Periodic`
+    /// back-pressure bounds it).
+    pub(super) buffered: AtomicUsize,
     /// Set while some entry's batch failed and its writer has not read
     /// the error yet (`state.failed`): the lock-free check is then off.
     any_failed: AtomicBool,
@@ -123,7 +93,6 @@ struct JournalState {
 /// (a checkpoint waits for it).
 pub(super) struct Ticket<'a> {
     inner: &'a Inner,
-    n: u64,
     epoch: u64,
     gen: u64,
     cas: u64,
@@ -134,7 +103,7 @@ impl Drop for Ticket<'_> {
         if let Some(j) = &self.inner.journal {
             let left = j.open_tickets[(self.epoch % 2) as usize].fetch_sub(1, Ordering::SeqCst);
             if left == 1 && j.checkpoint_waiting.load(Ordering::SeqCst) {
-                let _st = lock(&j.state);
+                let _st = j.state.lock();
                 j.released.notify_all();
             }
         }
@@ -182,6 +151,8 @@ impl Journal {
             file: Mutex::new(create_journal_file(fs, dir, seq)?),
             state: Mutex::new(JournalState::default()),
             synced: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            buffered: AtomicUsize::new(0),
             any_failed: AtomicBool::new(false),
             open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
             checkpoint_waiting: AtomicBool::new(false),
@@ -208,12 +179,11 @@ impl Inner {
         let (n, epoch) = self.journal_add(j, &entry(gen_no))?;
         let ticket = Ticket {
             inner: self,
-            n,
             epoch,
             gen: gen_no,
             cas,
         };
-        self.journal_sync(j, &ticket)?;
+        self.journal_sync(j, n)?;
         Ok(Some(ticket))
     }
 
@@ -237,28 +207,63 @@ impl Inner {
             cas: t.cas,
         };
         let res = self.journal_add(j, &cancel).and_then(|(n, epoch)| {
-            self.journal_sync(
-                j,
-                &Ticket {
-                    inner: self,
-                    n,
-                    epoch,
-                    gen: t.gen,
-                    cas: t.cas,
-                },
-            )
+            let _ticket = Ticket {
+                inner: self,
+                epoch,
+                gen: t.gen,
+                cas: t.cas,
+            };
+            self.journal_sync(j, n)
         });
         if let Err(e) = res {
             log::warn!("cannot cancel a failed write in the journal yet: {e}");
-            journal::encode(&cancel, &mut lock(&j.state).retry_cancels);
+            journal::encode(&cancel, &mut j.state.lock().retry_cancels);
         }
+    }
+
+    /// `Periodic` mode: adds `entry` to the journal and waits until its
+    /// batch is written to the file (not flushed: that is the flusher's,
+    /// [`Inner::journal_flush`]), so that a process crash cannot lose it;
+    /// returns its number. Writers share the writes as they share flushes
+    /// in `Always`.
+    pub(super) fn journal_write_out(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
+        self.check_writable()?;
+        let n = {
+            let mut st = j.state.lock();
+            journal::encode(entry, &mut st.buffer);
+            j.buffered.store(st.buffer.len(), Ordering::Relaxed);
+            st.appended += 1;
+            st.appended
+        };
+        self.journal_sync(j, n)?;
+        Ok(n)
+    }
+
+    /// `Periodic` mode: makes every entry written to the journal file so
+    /// far durable (`fdatasync`); returns the number of the last one.
+    pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
+        // Read under the file's lock: no batch is half written.
+        let (upto, path) = {
+            let f = j.file.lock();
+            (j.written.load(Ordering::SeqCst), f.path.clone())
+        };
+        if upto <= j.synced.load(Ordering::SeqCst) {
+            return Ok(upto);
+        }
+        if let Err(e) = self.fs.sync_file_data(&path) {
+            let e = io_err(&path, e);
+            self.set_read_only(format!("flush of the journal failed: {e}"));
+            return Err(e);
+        }
+        j.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(upto)
     }
 
     /// Adds `entry` to the buffer of the next batch; returns its number and
     /// the checkpoint epoch (its ticket is counted open in it).
     fn journal_add(&self, j: &Journal, entry: &Entry<'_>) -> Result<(u64, u64)> {
         self.check_writable()?;
-        let mut st = lock(&j.state);
+        let mut st = j.state.lock();
         if !st.retry_cancels.is_empty() {
             let retry = std::mem::take(&mut st.retry_cancels);
             st.buffer.extend_from_slice(&retry);
@@ -269,22 +274,27 @@ impl Inner {
         Ok((st.appended, st.epoch))
     }
 
-    /// Waits until entry `n` is durable, leading batches when no other
-    /// writer is.
-    fn journal_sync(&self, j: &Journal, t: &Ticket<'_>) -> Result<()> {
-        let n = t.n;
+    /// Waits until entry `n` is durable (`Always`) or written to the file
+    /// (`Periodic`, where the flusher makes it durable), leading batches
+    /// when no other writer is.
+    fn journal_sync(&self, j: &Journal, n: u64) -> Result<()> {
+        let done = if self.journaled_behind() {
+            &j.written
+        } else {
+            &j.synced
+        };
         loop {
-            if j.synced.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
+            if done.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             if let Some((kind, what)) = st.failed.remove(&n) {
                 j.any_failed.store(!st.failed.is_empty(), Ordering::SeqCst);
                 drop(st);
                 let path = lock_path(j);
                 return Err(io_err(&path, io::Error::new(kind, what)));
             }
-            if j.synced.load(Ordering::SeqCst) >= n {
+            if done.load(Ordering::SeqCst) >= n {
                 return Ok(());
             }
             self.check_writable()?;
@@ -308,8 +318,9 @@ impl Inner {
     fn lead_batches(&self, j: &Journal) -> Result<()> {
         for round in 1..=LEAD_ROUNDS {
             let (frames, from, upto) = {
-                let mut st = lock(&j.state);
+                let mut st = j.state.lock();
                 let frames = std::mem::take(&mut st.buffer);
+                j.buffered.store(0, Ordering::Relaxed);
                 let (from, upto) = (st.taken, st.appended);
                 st.taken = upto;
                 (frames, from, upto)
@@ -319,8 +330,8 @@ impl Inner {
             } else {
                 self.journal_write_batch(j, &frames, from, upto)
             };
-            let mut st = lock(&j.state);
-            if res.is_ok() {
+            let mut st = j.state.lock();
+            if res.is_ok() && !self.journaled_behind() {
                 j.synced.fetch_max(upto, Ordering::SeqCst);
             }
             // Entries up to `upto` are durable or failed; on an error every
@@ -358,7 +369,7 @@ impl Inner {
     /// the file and flushes it. A failed write marks the entries failed
     /// (their writers read the error) and cuts the torn batch off.
     fn journal_write_batch(&self, j: &Journal, frames: &[u8], from: u64, upto: u64) -> Result<()> {
-        let mut f = lock(&j.file);
+        let mut f = j.file.lock();
         let mut batch = Vec::with_capacity(journal::FRAME_HEADER + frames.len());
         batch.extend_from_slice(&journal::batch_header(f.seq, frames));
         batch.extend_from_slice(frames);
@@ -387,7 +398,7 @@ impl Inner {
                 ));
             }
             f.allocated = f.len;
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             for n in from + 1..=upto {
                 st.failed.insert(n, (e.kind(), e.to_string()));
             }
@@ -395,6 +406,15 @@ impl Inner {
             return Ok(());
         }
         f.len += batch.len() as u64;
+        j.written.fetch_max(upto, Ordering::SeqCst);
+        // `Periodic`: the flusher makes it durable ([`Inner::journal_flush`]).
+        if self.journaled_behind() {
+            if f.len > CHECKPOINT_BYTES {
+                self.stop.kick();
+            }
+            j.state.lock().since_checkpoint += upto - from;
+            return Ok(());
+        }
         if let Err(e) = self.fs.sync_file_data(&f.path) {
             let e = io_err(&f.path, e);
             self.set_read_only(format!("flush of the journal failed: {e}"));
@@ -403,14 +423,14 @@ impl Inner {
         if f.len > CHECKPOINT_BYTES {
             self.stop.kick();
         }
-        lock(&j.state).since_checkpoint += upto - from;
+        j.state.lock().since_checkpoint += upto - from;
         Ok(())
     }
 
     /// The checkpointer thread of an `Always` store.
     pub(super) fn checkpointer_loop(&self, every: Duration) {
         while !self.stop.wait(every) {
-            if self.read_only.load(Ordering::SeqCst) {
+            if self.health.read_only() {
                 continue;
             }
             if let Err(e) = self.checkpoint() {
@@ -426,27 +446,27 @@ impl Inner {
         let Some(j) = &self.journal else {
             return Ok(());
         };
-        if lock(&j.state).since_checkpoint == 0 {
+        if j.state.lock().since_checkpoint == 0 {
             return Ok(());
         }
-        let next_seq = lock(&j.file).seq + 1;
+        let next_seq = j.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
         // Tickets taken before the switch may have entries in the old file:
         // once they are all released, those entries are durable (their
         // batch was flushed) and their file changes done.
         let (old_path, old_epoch) = {
-            let mut f = lock(&j.file);
+            let mut f = j.file.lock();
             let old = std::mem::replace(&mut *f, new);
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             st.since_checkpoint = 0;
             st.epoch += 1;
             (old.path, st.epoch - 1)
         };
         {
-            let mut st = lock(&j.state);
+            let mut st = j.state.lock();
             j.checkpoint_waiting.store(true, Ordering::SeqCst);
             while j.open_tickets[(old_epoch % 2) as usize].load(Ordering::SeqCst) > 0 {
-                st = j.released.wait(st).unwrap_or_else(|e| e.into_inner());
+                j.released.wait(&mut st);
             }
             j.checkpoint_waiting.store(false, Ordering::SeqCst);
         }
@@ -457,6 +477,36 @@ impl Inner {
         self.fs
             .rename(&old_path, &spare)
             .map_err(|e| io_err(&old_path, e))
+    }
+
+    /// `Periodic` checkpoint, first half: switches to a new journal file
+    /// and returns the old one's path. The caller (the flusher) holds every
+    /// stripe lock and has applied every change written to the old file.
+    pub(super) fn switch_journal(&self, j: &Journal) -> Result<PathBuf> {
+        let next_seq = j.file.lock().seq + 1;
+        let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
+        let mut f = j.file.lock();
+        let old = std::mem::replace(&mut *f, new);
+        j.state.lock().since_checkpoint = 0;
+        Ok(old.path)
+    }
+
+    /// `Periodic` checkpoint, second half: once the value files are
+    /// durable (`syncfs`), the old journal file is set aside for reuse.
+    pub(super) fn retire_journal(&self, old: &Path) -> Result<()> {
+        self.group_sync()?;
+        let spare = self.dir.join(layout::JOURNAL_SPARE);
+        self.fs.rename(old, &spare).map_err(|e| io_err(old, e))
+    }
+
+    /// Bytes written to the current journal file.
+    pub(super) fn journal_len(&self, j: &Journal) -> u64 {
+        j.file.lock().len
+    }
+
+    /// Entries written since the last checkpoint.
+    pub(super) fn journal_since_checkpoint(&self, j: &Journal) -> u64 {
+        j.state.lock().since_checkpoint
     }
 
     /// At close: everything is made durable and the journal removed.
@@ -474,7 +524,7 @@ impl Inner {
 
 /// The path of the journal file being written.
 fn lock_path(j: &Journal) -> PathBuf {
-    lock(&j.file).path.clone()
+    j.file.lock().path.clone()
 }
 
 /// One journal entry of a key: its cas and its record (`None` for a
@@ -576,7 +626,7 @@ impl Inner {
     /// already agree.
     fn replay_one(&self, gen: &Generation, key: &[u8], cas: u64, op: Final) -> Result<bool> {
         let hash = (self.hasher)(key);
-        let _g = lock(&self.stripe(hash).lock);
+        let _g = self.stripe(hash).lock.lock();
         let cur = self.current(gen, hash, key)?;
         match op {
             Final::Put(rec) => {
@@ -592,8 +642,7 @@ impl Inner {
                 self.remove_files(gen, hash, key, cur.idx)?;
             }
         }
-        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-        self.cache.remove(hash, key);
+        self.changed(hash, key, None);
         Ok(true)
     }
 }

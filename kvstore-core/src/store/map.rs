@@ -25,7 +25,7 @@ impl Inner {
     }
 
     pub(super) fn log_put(&self, gen: &Generation, hash: u64, key: &[u8], idx: u16) -> Result<()> {
-        let mut log = lock(&gen.log);
+        let mut log = gen.log.lock();
         self.append_log(
             gen,
             &mut log,
@@ -34,11 +34,7 @@ impl Inner {
                 idx,
             },
         )?;
-        let old = gen
-            .shard(hash)
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.into(), idx);
+        let old = gen.shard(hash).write().insert(key.into(), idx);
         if old.is_none() {
             gen.count.fetch_add(1, Ordering::Relaxed);
         }
@@ -47,15 +43,11 @@ impl Inner {
     }
 
     pub(super) fn log_remove(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<()> {
-        let mut log = lock(&gen.log);
+        let mut log = gen.log.lock();
         // Only a logged removal is forgotten: if the append fails, the key
         // and its file stay as they were.
         self.append_log(gen, &mut log, &MapRecord::Remove { key: Bytes(key) })?;
-        let old = gen
-            .shard(hash)
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let old = gen.shard(hash).write().remove(key);
         if old.is_some() {
             gen.count.fetch_sub(1, Ordering::Relaxed);
         }

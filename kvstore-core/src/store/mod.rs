@@ -1,89 +1,19 @@
 //! The `Store`: the only code that decides which file holds what.
 //!
-//! # How a write works
-//! Every key lives in one value file, `gen-<N>/<hh>/<hash>[.<i>]`. A write
-//! never modifies a live file: the new record goes into a *spare* file of
-//! the same subdirectory (a recycled inode, written at offset 0 without
-//! truncation: the record header carries its length and checksum), which is
-//! then swapped with the live name by `renameat2(RENAME_EXCHANGE)`. The old
-//! inode becomes the next spare, so an overwrite frees no inode and no block
-//! (both are expensive on ext4 with `discard`). A new key renames a spare
-//! (or a freshly created file) to its name; a delete renames the key's file
-//! back to a spare name. Where exchange is unsupported the store falls back
-//! to temp file + rename.
+//! The design (media assumptions, on-disk formats, the write protocol of
+//! each durability mode, recovery on open) is in docs/DESIGN.md. A write
+//! reads top to bottom in [`Inner::update`] (`store/write.rs`): decide
+//! under the key's stripe lock, then, by mode:
 //!
-//! Readers never take a lock: they open the live name and read it. A spare
-//! may be rewritten while a slow reader still holds its inode; the checksum
-//! and the stored key catch that, and the reader retries under the key's
-//! stripe lock.
+//! - `Never`: change the value files now ([`Inner::write_files`]);
+//! - `Always`: journal the change and wait for its group commit, then
+//!   change the value files (`store/journal.rs`);
+//! - `Periodic`: write the change to the journal file (no flush) and stage
+//!   it in the pending table (`store/pending.rs`); the flusher makes the
+//!   journal durable every interval and then applies the staged changes to
+//!   the value files (`store/durability.rs`).
 //!
-//! # The life of a spare, and power cuts in `Periodic` mode
-//! `Always` journals every write before it touches a file (the record is
-//! appended to a write-ahead journal and flushed, shared by concurrent
-//! writers), so a power cut finds every acknowledged record: reopening
-//! replays the journal onto whatever the files hold (`store/journal.rs`).
-//! `Never` promises nothing for a power cut: a freed file is reusable at
-//! once. `Periodic` flushes only every interval, and the disk may receive
-//! a swap before the data written into the spare. Its promise (a power cut
-//! loses at most the writes since the last completed flush) rests on four
-//! rules:
-//!
-//! 1. **Held.** The old file of a swap (and a removed key's file) may hold
-//!    the key's last flushed record. It stays untouched, *held*, until a
-//!    flush that started after the swap has completed (`flush_started` /
-//!    `flush_done` number every `syncfs`, whoever runs it).
-//! 2. **Neutral.** After that flush, the flusher overwrites its first bytes
-//!    ([`NEUTRAL`]) so that it can never parse as a record, and it becomes
-//!    reusable once the next flush (run right away) has completed. So a
-//!    reused spare's durable content is never a valid record: if a swap
-//!    reaches the disk before the new data, the key's name shows a
-//!    neutral, torn or empty file, never an older value. Reuse thus waits
-//!    for flushes: a writer that finds no reusable spare creates a file
-//!    and kicks the flusher to run early (at most every `KICK_GAP`), and
-//!    the pool keeps more spares (`PERIODIC_SPARES_PER_SUBDIR`).
-//! 3. **Recovery.** A key whose file holds no good record of it is
-//!    recovered from its subdirectory: among its spares *and* the value
-//!    files of the other collision indexes of its hash (where a removal's
-//!    file stays when its move to the spares did not reach the disk, see
-//!    rule 4), the record or tombstone of that key with the highest cas
-//!    decides; a record (the held old file, or a newer one that made it) is
-//!    swapped back in. Reads do it under the key's stripe lock (only on
-//!    that failure path: a good file costs nothing extra), and so does the
-//!    sweep after open for every spare of an earlier session and every
-//!    stray value file that holds a record or tombstone, before it
-//!    neutralizes that file. [`Store::verify`] reports such a key as
-//!    recoverable and [`Store::repair`] restores it (both when given
-//!    `Periodic` options, the default).
-//! 4. **Tombstones.** A removal writes a tombstone (the key and a new cas,
-//!    [`record::TOMBSTONE_MAGIC`]) over the key's file and over its held
-//!    old files before moving the file to the spares, so recovery never
-//!    brings back a removed value (a tombstone with a higher cas than every
-//!    record means absent), and a new key is not placed on a name that a
-//!    file left since the last completed flush (the next collision index
-//!    is used), so that the departed file, which may hold the flushed
-//!    record, cannot be lost under the new name. If the power cut drops
-//!    the move, that file (the flushed record, or its tombstone) is still
-//!    under the old index when the key, re-added under the next one, shows
-//!    a bad file: rule 3 looks there too. Skipping it would let an older
-//!    record, in a spare whose neutralization was not durable yet, win.
-//!
-//! A new key's file whose data did not reach the disk reads as absent (it
-//! was written in the window). Where exchange is unsupported (the rename
-//! fallback), rule 1 cannot hold and `Periodic` may lose a key written in
-//! the window.
-//!
-//! # The map and its log
-//! In memory: key -> collision index (`u16`), in sharded `RwLock`ed hash
-//! maps. On disk: `map.log`, appended only when a key gets a file or loses
-//! it, compacted when most records are dead. The value files are the truth:
-//! a map entry whose file is missing or holds another key reads as absent;
-//! a file no map entry points to is a leftover (it is recycled as a spare).
-//!
-//! # Clear
-//! Generations: the data lives in `gen-<N>/`, `CURRENT` names N. A clear
-//! creates gen N+1 with an empty map log, switches `CURRENT` (temp + rename)
-//! and deletes gen N in a background thread. Any generation that `CURRENT`
-//! does not name is deleted on open.
+//! Readers take no lock: the pending table, then the cache, then the file.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -92,7 +22,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -112,9 +44,11 @@ use crate::MAX_KEY_BYTES;
 mod clear;
 mod durability;
 mod files;
+mod health;
 mod journal;
 mod map;
 mod open;
+mod pending;
 mod read;
 mod scan;
 mod spares;
@@ -126,9 +60,11 @@ pub use scan::ScanCursor;
 use self::clear::*;
 use self::durability::*;
 use self::files::*;
+use self::health::Health;
 use self::journal::*;
 use self::map::*;
 use self::open::*;
+use self::pending::*;
 use self::read::*;
 use self::spares::*;
 use self::verify::offline;
@@ -141,14 +77,6 @@ const STRIPES: usize = 1024;
 const MAP_SHARDS: usize = 64;
 /// Spare files kept per subdirectory; beyond that, freed files are removed.
 const SPARES_PER_SUBDIR: usize = 64;
-/// In `Periodic` mode, where freed files wait for a flush before reuse, the
-/// pool keeps more of them (about one interval's worth of overwrites).
-const PERIODIC_SPARES_PER_SUBDIR: usize = 512;
-/// Shortest gap between flushes asked for by writers short of spares.
-const KICK_GAP: Duration = Duration::from_millis(20);
-/// What a spare is overwritten with (at offset 0) in `Periodic` mode before
-/// it may be reused, so that it can never parse as a record again.
-const NEUTRAL: [u8; 4] = [0; 4];
 /// First read of a value file; larger records take a second read.
 const FIRST_READ: usize = 4096;
 /// Compaction starts when the log has more than this many dead records...
@@ -185,10 +113,6 @@ fn io_err(path: &Path, source: io::Error) -> Error {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_millis() -> u64 {
@@ -244,12 +168,12 @@ impl Stop {
 
     /// Sleeps up to `d` (less if kicked); `true` if stopped.
     fn wait(&self, d: Duration) -> bool {
-        let guard = lock(&self.mutex);
+        let mut guard = self.mutex.lock();
         if self.stopped() {
             return true;
         }
         if !self.kicked.swap(false, Ordering::SeqCst) {
-            let _ = self.cv.wait_timeout(guard, d);
+            let _ = self.cv.wait_for(&mut guard, d);
             self.kicked.store(false, Ordering::SeqCst);
         }
         self.stopped()
@@ -258,13 +182,13 @@ impl Stop {
     /// Ends the current [`Stop::wait`] early (or the next one at once).
     fn kick(&self) {
         if !self.kicked.swap(true, Ordering::SeqCst) {
-            let _guard = lock(&self.mutex);
+            let _guard = self.mutex.lock();
             self.cv.notify_all();
         }
     }
 
     fn stop(&self) {
-        let _guard = lock(&self.mutex);
+        let _guard = self.mutex.lock();
         self.flag.store(true, Ordering::Relaxed);
         self.cv.notify_all();
     }
@@ -293,11 +217,7 @@ impl Generation {
     }
 
     fn lookup(&self, hash: u64, key: &[u8]) -> Option<u16> {
-        self.shard(hash)
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied()
+        self.shard(hash).read().get(key).copied()
     }
 
     fn value_path(&self, hash: u64, idx: u16) -> PathBuf {
@@ -320,23 +240,16 @@ impl Generation {
     /// recounts it.
     fn insert_scanned(&self, keys: Vec<(Box<[u8]>, u16)>, hasher: fn(&[u8]) -> u64) {
         for (key, idx) in keys {
-            self.shard(hasher(&key))
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, idx);
+            self.shard(hasher(&key)).write().insert(key, idx);
         }
-        let count = self
-            .shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum();
+        let count = self.shards.iter().map(|s| s.read().len()).sum();
         self.count.store(count, Ordering::Relaxed);
     }
 
     fn map_snapshot(&self) -> Vec<(Box<[u8]>, u16)> {
         let mut out = Vec::with_capacity(self.count.load(Ordering::Relaxed));
         for shard in self.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.read();
             out.extend(shard.iter().map(|(k, &i)| (k.clone(), i)));
         }
         out
@@ -359,24 +272,25 @@ struct Inner {
     /// Pending `clear_after` deadline in Unix milliseconds; 0 = none.
     clear_deadline: AtomicU64,
     clear_lock: Mutex<()>,
-    read_only: AtomicBool,
-    read_only_reason: Mutex<String>,
+    health: Health,
     group: GroupSync,
-    /// Number of the last `syncfs` started / completed (group commit and
-    /// the periodic flusher alike): a spare freed when `flush_started` was
-    /// `n` is covered once `flush_done > n`.
-    flush_started: AtomicU64,
-    flush_done: AtomicU64,
     exchange_supported: AtomicBool,
     noreplace_supported: AtomicBool,
     stop: Stop,
     /// Set when the background sweep after open has finished.
     sweep_done: AtomicBool,
-    /// Bumped by every change on disk, so the periodic flusher can skip
-    /// idle intervals.
-    changes: AtomicU64,
-    /// The write-ahead journal (`Always` mode only).
+    /// The write-ahead journal (`Periodic` and `Always`).
     journal: Option<Journal>,
+    /// `Periodic`: changes journaled but not yet in the value files.
+    pending: Pending,
+    /// `Periodic`: one flush-and-apply pass at a time (the flusher,
+    /// `Store::flush`, close).
+    tick: Mutex<TickState>,
+    /// `Periodic`: the old journal file of a checkpoint, handed from the
+    /// flusher to the retirer thread.
+    retire: Mutex<Option<PathBuf>>,
+    retire_cv: Condvar,
+    checkpoint_interval: Duration,
     /// Generation directories waiting to be deleted in the background.
     doomed: Mutex<Vec<PathBuf>>,
     doomed_cv: Condvar,
@@ -406,17 +320,9 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let fs = options.file_system.clone();
-        let periodic = matches!(options.durability, Durability::Periodic(_));
-        if !periodic && periodic_session_left(&*fs, &dir)? {
-            Store::recover_periodic_session(&dir, &options)?;
-        }
         create_dir_all(&*fs, &dir)?;
         let dir_lock = lock_dir(&*fs, &dir)?;
         let sync_meta = options.durability != Durability::Never;
-        if periodic {
-            // Made durable with EPOCH below (same directory, synced).
-            create_if_missing(&*fs, &dir.join(layout::PERIODIC_MARK), b"")?;
-        }
 
         let epoch = read_u64_file(&*fs, &dir.join(layout::EPOCH_FILE))?.unwrap_or(0) + 1;
         if epoch >= 1 << 24 {
@@ -481,7 +387,7 @@ impl Store {
             .collect();
         let next_gen = gens.iter().copied().chain([current]).max().unwrap_or(0) + 1;
         let journal = match options.durability {
-            Durability::Always => {
+            Durability::Always | Durability::Periodic(_) => {
                 let seq = journals.iter().map(|&(n, _)| n + 1).max().unwrap_or(0);
                 Some(Journal::create(&*fs, &dir, seq)?)
             }
@@ -508,17 +414,18 @@ impl Store {
             cas_counter: AtomicU64::new(0),
             clear_deadline: AtomicU64::new(clear_deadline),
             clear_lock: Mutex::new(()),
-            read_only: AtomicBool::new(false),
-            read_only_reason: Mutex::new(String::new()),
+            health: Health::default(),
             group: GroupSync::default(),
-            flush_started: AtomicU64::new(0),
-            flush_done: AtomicU64::new(0),
             exchange_supported: AtomicBool::new(true),
             noreplace_supported: AtomicBool::new(true),
             stop: Stop::default(),
             sweep_done: AtomicBool::new(false),
-            changes: AtomicU64::new(0),
             journal,
+            pending: Pending::new(options.max_pending_bytes),
+            tick: Mutex::new(TickState::new()),
+            retire: Mutex::new(None),
+            retire_cv: Condvar::new(),
+            checkpoint_interval: options.checkpoint_interval,
             doomed: Mutex::new(doomed),
             doomed_cv: Condvar::new(),
             _lock: dir_lock,
@@ -540,11 +447,15 @@ impl Store {
             })?);
         }
         if let Durability::Periodic(every) = options.durability {
-            let inner = inner.clone();
+            let flusher = inner.clone();
             let every = every.max(Duration::from_millis(1));
-            threads.push(spawn("kvstore-flusher", move || inner.flusher_loop(every))?);
+            threads.push(spawn("kvstore-flusher", move || {
+                flusher.flusher_loop(every)
+            })?);
+            let retirer = inner.clone();
+            threads.push(spawn("kvstore-retirer", move || retirer.retirer_loop())?);
         }
-        if inner.journal.is_some() {
+        if inner.durability == Durability::Always {
             let inner = inner.clone();
             let every = options.checkpoint_interval;
             threads.push(spawn("kvstore-checkpointer", move || {
@@ -874,7 +785,7 @@ impl Store {
         }
         let inner = &self.inner;
         inner.check_writable()?;
-        let _c = lock(&inner.clear_lock);
+        let _c = inner.clear_lock.lock();
         let deadline = now_millis().saturating_add(delay.as_millis() as u64).max(1);
         write_small_file(
             &*inner.fs,
@@ -898,7 +809,18 @@ impl Store {
     /// Number of keys in the map (expired items not yet removed count).
     pub fn len(&self) -> usize {
         let _ = self.inner.clear_if_due();
-        self.inner.current_gen().count.load(Ordering::Relaxed)
+        let gen = self.inner.current_gen();
+        let mut count = gen.count.load(Ordering::Relaxed);
+        // Staged changes the map does not reflect yet.
+        for (key, put) in self.inner.pending.snapshot() {
+            let mapped = gen.lookup((self.inner.hasher)(&key), &key).is_some();
+            match (put, mapped) {
+                (true, false) => count += 1,
+                (false, true) => count = count.saturating_sub(1),
+                _ => {}
+            }
+        }
+        count
     }
 
     /// Whether the map is empty.
@@ -914,11 +836,29 @@ impl Store {
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         self.inner.clear_if_due()?;
         let gen = self.inner.current_gen();
-        Ok(gen
+        let staged = self.inner.pending.snapshot();
+        if staged.is_empty() {
+            return Ok(gen
+                .map_snapshot()
+                .into_iter()
+                .map(|(k, _)| k.into_vec())
+                .collect());
+        }
+        // Staged changes the map does not reflect yet.
+        let staged: HashMap<Box<[u8]>, bool> = staged.into_iter().collect();
+        let mut keys: Vec<Vec<u8>> = gen
             .map_snapshot()
             .into_iter()
+            .filter(|(k, _)| staged.get(k).copied().unwrap_or(true))
             .map(|(k, _)| k.into_vec())
-            .collect())
+            .collect();
+        keys.extend(
+            staged
+                .into_iter()
+                .filter(|(k, put)| *put && gen.lookup((self.inner.hasher)(k), k).is_none())
+                .map(|(k, _)| k.into_vec()),
+        );
+        Ok(keys)
     }
 
     /// Makes everything written so far durable (`syncfs`), whatever the
@@ -929,37 +869,23 @@ impl Store {
     /// [`Error::ReadOnly`] if an earlier one did.
     pub fn flush(&self) -> Result<()> {
         self.inner.check_writable()?;
+        if self.inner.journaled_behind() {
+            self.inner.flush_and_apply(false)?;
+        }
         self.inner.group_sync()
     }
 
-    /// The last session of the store in `dir` ran in `Periodic` mode and
-    /// did not close (its [`layout::PERIODIC_MARK`] is there): its power-cut
-    /// leftovers may hold keys that only `Periodic`'s recovery brings back
-    /// (see `store/open.rs`). Opens the store in `Periodic` mode, lets the
-    /// pass after open (which reads every leftover's key, recovering it)
-    /// finish, and closes it cleanly; the caller then opens it as asked.
-    fn recover_periodic_session(dir: &Path, options: &Options) -> Result<()> {
-        let store = Store::open_with(dir, options.clone().durability(Durability::default()))?;
-        log::info!(
-            "{}: the last session ran in Periodic mode and did not close; recovering as it would",
-            dir.display()
-        );
-        loop {
-            let sweeper_running = lock(&store.threads)
-                .iter()
-                .any(|t| t.thread().name() == Some(SWEEPER) && !t.is_finished());
-            if store.background_sweep_done() || !sweeper_running {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        drop(store);
-        Ok(())
+    /// Bytes of acknowledged changes waiting to be applied to the value
+    /// files (`Durability::Periodic`; 0 in the other modes). Bounded by
+    /// [`Options::max_pending_bytes`].
+    pub fn pending_bytes(&self) -> usize {
+        self.inner.pending.bytes()
     }
 
-    /// Testing hook: whether the background pass after open (recycling
-    /// leftover files, removing expired items) has finished.
-    #[doc(hidden)]
+    /// Testing hook (cargo feature `test-support`, for this crate's own
+    /// tests): whether the background pass after open (recycling leftover
+    /// files, removing expired items) has finished.
+    #[cfg(feature = "test-support")]
     pub fn background_sweep_done(&self) -> bool {
         self.inner.sweep_done.load(Ordering::SeqCst)
     }
@@ -1026,7 +952,7 @@ impl fmt::Debug for Store {
                 "keys",
                 &self.inner.current_gen().count.load(Ordering::Relaxed),
             )
-            .field("read_only", &self.inner.read_only.load(Ordering::Relaxed))
+            .field("read_only", &self.inner.health.read_only())
             .finish_non_exhaustive()
     }
 }
@@ -1035,23 +961,23 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.inner.stop.stop();
         {
-            let _g = lock(&self.inner.doomed);
+            let _g = self.inner.doomed.lock();
             self.inner.doomed_cv.notify_all();
         }
-        for t in lock(&self.threads).drain(..) {
+        {
+            let _g = self.inner.retire.lock();
+            self.inner.retire_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
-        if self.inner.durability != Durability::Never
-            && !self.inner.read_only.load(Ordering::SeqCst)
-        {
-            if self.inner.journal.is_some() {
-                let _ = self.inner.close_journal();
-            } else if self.inner.group_sync().is_ok() && self.inner.periodic() {
-                // Everything is durable: nothing for a recovery to find.
-                let _ = self
-                    .inner
-                    .fs
-                    .remove_file(&self.inner.dir.join(layout::PERIODIC_MARK));
+        let inner = &self.inner;
+        if inner.durability != Durability::Never && !inner.health.read_only() {
+            // `Periodic`: every staged change is applied first; one that
+            // cannot be keeps the journal for the next open to replay.
+            let applied = !inner.journaled_behind() || inner.flush_and_apply(false).is_ok();
+            if applied && inner.pending.bytes() == 0 {
+                let _ = inner.close_journal();
             }
         }
     }
@@ -1059,17 +985,6 @@ impl Drop for Store {
 
 /// Name of the thread of the pass after open.
 const SWEEPER: &str = "kvstore-sweeper";
-
-/// Whether the store in `dir` has a [`layout::PERIODIC_MARK`]: its last
-/// `Periodic` session did not close.
-pub(crate) fn periodic_session_left(fs: &dyn FileSystem, dir: &Path) -> Result<bool> {
-    let mark = dir.join(layout::PERIODIC_MARK);
-    match fs.file_len(&mark) {
-        Ok(len) => Ok(len.is_some()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err(&mark, e)),
-    }
-}
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -1109,11 +1024,11 @@ fn parse_counter(value: &[u8]) -> Option<u64> {
 
 impl Inner {
     fn current_gen(&self) -> Arc<Generation> {
-        self.gen.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.gen.read().clone()
     }
 
     fn gen_read(&self) -> RwLockReadGuard<'_, Arc<Generation>> {
-        self.gen.read().unwrap_or_else(|e| e.into_inner())
+        self.gen.read()
     }
 
     fn stripe(&self, hash: u64) -> &Stripe {
@@ -1131,19 +1046,11 @@ impl Inner {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.read_only.load(Ordering::SeqCst) {
-            return Err(Error::ReadOnly {
-                reason: lock(&self.read_only_reason).clone(),
-            });
-        }
-        Ok(())
+        self.health.check()
     }
 
     fn set_read_only(&self, reason: String) {
-        let mut r = lock(&self.read_only_reason);
-        if !self.read_only.swap(true, Ordering::SeqCst) {
-            *r = reason;
-        }
+        self.health.fail(reason)
     }
 
     fn next_cas(&self) -> u64 {

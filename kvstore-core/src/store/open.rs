@@ -14,7 +14,7 @@ impl Inner {
         // map record) without reading every file.
         let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.count.load(Ordering::Relaxed));
         for shard in gen.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.read();
             mapped.extend(shard.iter().map(|(k, &idx)| ((self.hasher)(k), idx)));
         }
         mapped.sort_unstable();
@@ -40,11 +40,7 @@ impl Inner {
                         // Made in this session: already pooled or in use.
                         continue;
                     }
-                    if self.periodic() {
-                        self.sweep_spare(&gen, sub, id);
-                        continue;
-                    }
-                    let mut pool = lock(&gen.spares[sub]);
+                    let mut pool = gen.spares[sub].lock();
                     if pool.len() < SPARES_PER_SUBDIR {
                         if !pool.contains(id) {
                             pool.ready.push(id);
@@ -64,104 +60,14 @@ impl Inner {
         }
     }
 
-    /// `Periodic` mode: a spare left by an earlier session may hold the
-    /// last flushed value of a key whose file a power cut left without a
-    /// good record. Under that key's stripe lock, reading the key recovers
-    /// it (see [`Inner::recover`]); then the spare is neutralized and
-    /// pooled (reusable after the next flush), or removed when the pool is
-    /// full.
-    pub(super) fn sweep_spare(&self, gen: &Generation, sub: usize, id: u64) {
-        let current = self.gen_read();
-        if !std::ptr::eq(&**current, gen) || lock(&gen.spares[sub]).contains(id) {
-            return;
-        }
-        let path = gen.spare_path(sub, id);
-        let Ok(owner) = self.file_owner(&path) else {
-            return;
-        };
-        let owner = owner.filter(|k| layout::subdir_index((self.hasher)(k)) == sub);
-        let _g = owner
-            .as_ref()
-            .map(|k| lock(&self.stripe((self.hasher)(k)).lock));
-        if let Some(key) = &owner {
-            if let Err(e) = self.current(gen, (self.hasher)(key), key) {
-                log::warn!("cannot check the key of spare {}: {e}", path.display());
-                return;
-            }
-        }
-        let mut pool = lock(&gen.spares[sub]);
-        if pool.contains(id) {
-            return;
-        }
-        if let Some(key) = &owner {
-            // Held until a flush has made what the check above changed
-            // (a recovery, a removal) durable; the flusher neutralizes it
-            // then, or removes it when the pool is full.
-            let need = self.next_flush();
-            pool.held.push(Held {
-                id,
-                hash: (self.hasher)(key),
-                idx: ANY_IDX,
-                need,
-            });
-            self.changes.fetch_add(1, Ordering::SeqCst);
-            return;
-        }
-        if pool.len() >= self.spare_cap() {
-            drop(pool);
-            let _ = self.fs.remove_file(&path);
-            return;
-        }
-        match self.fs.write_at(&path, 0, &NEUTRAL) {
-            Ok(()) => {
-                let need = self.next_flush();
-                pool.neutral.push((id, need));
-                self.changes.fetch_add(1, Ordering::SeqCst);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => {
-                drop(pool);
-                let _ = self.fs.remove_file(&path);
-            }
-        }
-    }
-
-    /// The key of the record or tombstone at the start of the file at
-    /// `path`, if it holds one (checksum not checked: a hint of whose file
-    /// it may be).
-    fn file_owner(&self, path: &Path) -> io::Result<Option<Box<[u8]>>> {
-        let buf = self
-            .fs
-            .read_at(path, 0, record::HEADER_LEN + MAX_KEY_BYTES)?;
-        Ok(record::header_key(&buf)
-            .or_else(|| record::decode_tombstone(&buf).map(|(k, _)| k))
-            .map(Box::from))
-    }
-
     /// Recycles a value file that no map entry points to, after checking
     /// again under the stripe lock (a write may have mapped it since).
-    ///
-    /// `Periodic` mode: the stray may be the file a key left by a removal
-    /// whose move to the spares a power cut dropped, holding the key's last
-    /// flushed record or its tombstone, while the key came back under
-    /// another index of the hash. It is neutralized only after that key has
-    /// been read, which recovers it from the stray if its own file is bad
-    /// (see [`Inner::recover`]).
     pub(super) fn sweep_stray(&self, gen: &Generation, path: &Path, hash: u64, idx: u16) {
         let current = self.gen_read();
         if !std::ptr::eq(&**current, gen) {
             return;
         }
-        let _g = lock(&self.stripe(hash).lock);
-        if self.periodic() {
-            let owner = self.file_owner(path).ok().flatten();
-            if let Some(key) = owner.filter(|k| (self.hasher)(k) == hash) {
-                if let Err(e) = self.current(gen, hash, &key) {
-                    log::warn!("cannot check the key of {}: {e}", path.display());
-                    return;
-                }
-            }
-        }
+        let _g = self.stripe(hash).lock.lock();
         if self
             .owned_by_mapped_key(gen, path, hash, idx)
             .unwrap_or(true)
@@ -247,7 +153,7 @@ pub(super) fn load_generation(
             if !rebuild {
                 for (i, m) in tmp.into_iter().enumerate() {
                     count += m.len();
-                    *shards[i].write().unwrap_or_else(|e| e.into_inner()) = m;
+                    *shards[i].write() = m;
                 }
             }
         }
@@ -303,12 +209,12 @@ pub(super) fn load_generation(
         }
         gen.insert_scanned(scan.keys, hasher);
         let (file, records) = write_log_snapshot(fs, &gen, sync)?;
-        *lock(&gen.log) = LogState { file, records };
+        *gen.log.lock() = LogState { file, records };
     } else {
         let file = fs
             .open_append(&log_path)
             .map_err(|e| io_err(&log_path, e))?;
-        *lock(&gen.log) = LogState { file, records };
+        *gen.log.lock() = LogState { file, records };
     }
     Ok(gen)
 }
@@ -322,17 +228,11 @@ pub(super) struct Scan {
     pub(super) dropped: u64,
     pub(super) spares: u64,
     pub(super) problems: Vec<String>,
-    /// Without `fix` (verify): files holding no record but a tombstone or
-    /// a neutralized record, which verify classifies (see
-    /// [`super::verify::Leftover`]) instead of listing them in `problems`.
-    pub(super) leftovers: Vec<super::verify::Leftover>,
 }
 
 /// Reads every value file of a generation. Damaged files, files whose key
 /// does not hash to their name and duplicates (the lower cas loses) are
-/// reported, and removed when `fix`. Without `fix`, files that hold a
-/// tombstone or a neutralized record go to `leftovers` instead, for verify
-/// to classify.
+/// reported, and removed when `fix`.
 pub(super) fn scan_generation(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -346,7 +246,6 @@ pub(super) fn scan_generation(
         dropped: 0,
         spares: 0,
         problems: Vec::new(),
-        leftovers: Vec::new(),
     };
     let mut best: HashMap<Box<[u8]>, (u16, u64, PathBuf)> = HashMap::new();
     for sub in 0..SUBDIRS {
@@ -377,13 +276,7 @@ pub(super) fn scan_generation(
                 .read_at(&path, 0, usize::MAX)
                 .map_err(|e| io_err(&path, e))?;
             let problem = match record::decode(&bytes) {
-                Err(what) => match super::verify::Leftover::of(&bytes, &path, sub, hash) {
-                    Some(leftover) if !fix => {
-                        scan.leftovers.push(leftover);
-                        None
-                    }
-                    _ => Some(format!("damaged value file {}: {what}", path.display())),
-                },
+                Err(what) => Some(format!("damaged value file {}: {what}", path.display())),
                 Ok(rec) if hasher(rec.key) != hash || layout::subdir_index(hash) != sub => {
                     Some(format!(
                         "value file {} holds a key that does not hash to its name",

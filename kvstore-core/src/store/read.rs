@@ -1,4 +1,4 @@
-//! The read path: cache, then file; a bad file is dropped.
+//! The read path: the pending table, then the cache, then the file; a bad file is dropped.
 
 use super::*;
 
@@ -12,15 +12,36 @@ pub(super) enum FileRead {
     OtherKey,
     /// A damaged file.
     Corrupt(String),
-    /// A tombstone of the key asked for (`Periodic`: a removal), with its
-    /// cas.
-    Tombstone(u64),
 }
 
 /// The key's state as seen under its stripe lock.
 pub(super) struct Current {
+    /// The collision index of its file, per the map.
     pub(super) idx: Option<u16>,
+    /// Its live item (not expired).
     pub(super) item: Option<Arc<CachedItem>>,
+    /// `Periodic`: its latest change is staged (`Some(true)` a put,
+    /// `Some(false)` a removal), and the files may not show it yet.
+    pub(super) staged: Option<bool>,
+}
+
+impl Current {
+    fn absent() -> Current {
+        Current {
+            idx: None,
+            item: None,
+            staged: None,
+        }
+    }
+
+    /// Whether the key has something to remove: a staged put, or a file
+    /// when nothing is staged.
+    pub(super) fn present(&self) -> bool {
+        match self.staged {
+            Some(put) => put,
+            None => self.idx.is_some(),
+        }
+    }
 }
 
 impl Inner {
@@ -30,6 +51,10 @@ impl Inner {
         self.clear_if_due()?;
         validate_key(key)?;
         let hash = (self.hasher)(key);
+        // Staged changes are newer than the cache and the files.
+        if let Some(found) = self.staged_item(hash, key)? {
+            return Ok(found);
+        }
         if let Some(it) = self.cache.get(hash, key) {
             if !expired(it.expiry) {
                 return Ok(Some(it));
@@ -37,9 +62,15 @@ impl Inner {
             self.remove_if_expired(key)?;
             return Ok(None);
         }
-        let gen = self.gen_read();
         let stripe = self.stripe(hash);
+        // Loaded before a second look at the table: a change staged after
+        // that look bumps it, so what the files show then is not cached
+        // (a stale cache entry would outlive the staged change).
         let seq = stripe.seq.load(Ordering::Acquire);
+        if let Some(found) = self.staged_item(hash, key)? {
+            return Ok(found);
+        }
+        let gen = self.gen_read();
         let Some(idx) = gen.lookup(hash, key) else {
             return Ok(None);
         };
@@ -59,12 +90,28 @@ impl Inner {
         }
         // Missing, another key, or damage: look again under the lock, where
         // no writer can be between steps.
-        let _g = lock(&stripe.lock);
+        let _g = stripe.lock.lock();
         let cur = self.current(&gen, hash, key)?;
         if let Some(item) = &cur.item {
             self.cache.insert(hash, key, item.clone());
         }
         Ok(cur.item)
+    }
+
+    /// The key's staged change, if it has one: `Some(None)` for a removal
+    /// (or an expired item, removed now).
+    fn staged_item(&self, hash: u64, key: &[u8]) -> Result<Option<Option<Arc<CachedItem>>>> {
+        let Some(staged) = self.pending.get(hash, key) else {
+            return Ok(None);
+        };
+        match staged {
+            Some(it) if !expired(it.expiry) => Ok(Some(Some(it))),
+            Some(_) => {
+                self.remove_if_expired(key)?;
+                Ok(Some(None))
+            }
+            None => Ok(Some(None)),
+        }
     }
 
     /// Reads and checks the value file of (hash, idx).
@@ -86,17 +133,23 @@ impl Inner {
     /// The key's state; the caller holds its stripe lock. Repairs what it
     /// finds inconsistent: a map entry without a good file is dropped.
     pub(super) fn current(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<Current> {
-        let Some(idx) = gen.lookup(hash, key) else {
+        let idx = gen.lookup(hash, key);
+        if let Some(staged) = self.pending.get(hash, key) {
             return Ok(Current {
-                idx: None,
-                item: None,
+                idx,
+                staged: Some(staged.is_some()),
+                item: staged.filter(|it| !expired(it.expiry)),
             });
+        }
+        let Some(idx) = idx else {
+            return Ok(Current::absent());
         };
         if let Some(it) = self.cache.get(hash, key) {
             let item = (!expired(it.expiry)).then_some(it);
             return Ok(Current {
                 idx: Some(idx),
                 item,
+                staged: None,
             });
         }
         match self.read_file(gen, hash, idx, key)? {
@@ -105,19 +158,8 @@ impl Inner {
                 Ok(Current {
                     idx: Some(idx),
                     item,
+                    staged: None,
                 })
-            }
-            found @ (FileRead::OtherKey | FileRead::Corrupt(_)) if self.periodic() => {
-                match self.recover(gen, hash, idx, key)? {
-                    Some(item) => {
-                        let item = (!expired(item.expiry)).then(|| Arc::new(item));
-                        Ok(Current {
-                            idx: Some(idx),
-                            item,
-                        })
-                    }
-                    None => self.drop_bad_file(gen, hash, idx, key, found),
-                }
             }
             found => self.drop_bad_file(gen, hash, idx, key, found),
         }
@@ -135,40 +177,24 @@ impl Inner {
         found: FileRead,
     ) -> Result<Current> {
         match found {
-            FileRead::Tombstone(_) => {
-                // A removal interrupted after its tombstone: finish it.
-                self.log_remove(gen, hash, key)?;
-                self.retire_file(gen, hash, &gen.value_path(hash, idx))?;
-                Ok(Current {
-                    idx: None,
-                    item: None,
-                })
-            }
             FileRead::Found(_) | FileRead::Missing | FileRead::OtherKey => {
                 // The file went away (interrupted delete) or the name was
                 // reused for another key: the key is absent.
                 self.log_remove(gen, hash, key)?;
-                Ok(Current {
-                    idx: None,
-                    item: None,
-                })
+                Ok(Current::absent())
             }
             FileRead::Corrupt(what) => {
                 let path = gen.value_path(hash, idx);
                 log::warn!("dropping damaged value file {}: {what}", path.display());
                 self.retire_file(gen, hash, &path)?;
                 self.log_remove(gen, hash, key)?;
-                Ok(Current {
-                    idx: None,
-                    item: None,
-                })
+                Ok(Current::absent())
             }
         }
     }
 }
 
-/// Reads and checks the file at `path` as a record of `key` (or its
-/// tombstone).
+/// Reads and checks the file at `path` as a record of `key`.
 pub(super) fn read_record(fs: &dyn FileSystem, path: &Path, key: &[u8]) -> Result<FileRead> {
     let path = path.to_path_buf();
     let mut buf = match fs.read_at(&path, 0, FIRST_READ) {
@@ -178,13 +204,7 @@ pub(super) fn read_record(fs: &dyn FileSystem, path: &Path, key: &[u8]) -> Resul
     };
     let header = match record::decode_header(&buf) {
         Ok(h) => h,
-        Err(what) => {
-            return Ok(match record::decode_tombstone(&buf) {
-                Some((k, cas)) if k == key => FileRead::Tombstone(cas),
-                Some(_) => FileRead::OtherKey,
-                None => FileRead::Corrupt(what),
-            })
-        }
+        Err(what) => return Ok(FileRead::Corrupt(what)),
     };
     let len = header.record_len();
     if len > buf.len() && buf.len() == FIRST_READ {

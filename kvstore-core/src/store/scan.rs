@@ -46,9 +46,7 @@ impl Store {
         while shard_no < gen.shards.len() {
             // A max-heap of the `limit` smallest keys past `after`.
             let mut best: BinaryHeap<&[u8]> = BinaryHeap::with_capacity(limit + 1);
-            let shard = gen.shards[shard_no]
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
+            let shard = gen.shards[shard_no].read();
             for key in shard.keys() {
                 let key: &[u8] = key;
                 if after.as_deref().is_some_and(|a| key <= a) {

@@ -1,4 +1,4 @@
-//! The write/update path: placement of new keys, exchange of a filled spare with the live file.
+//! The write path: a change, from its decision under the key's stripe lock to the journal, the pending table and the value files (see docs/DESIGN.md).
 
 use super::*;
 use crate::journal::Entry;
@@ -26,22 +26,27 @@ impl Inner {
     ) -> Result<R> {
         let hash = (self.hasher)(key);
         let gen = self.gen_read();
-        let _g = lock(&self.stripe(hash).lock);
+        let _g = self.stripe(hash).lock.lock();
         let cur = self.current(&gen, hash, key)?;
         f(&gen, hash, cur)
     }
 
-    /// Removes a key that has a file but no live item (it expired). Stripe
-    /// lock held.
+    /// Removes a key that is present (a file or a staged put) but has no
+    /// live item (it expired). Stripe lock held.
     fn remove_if_dead(&self, gen: &Generation, hash: u64, key: &[u8], cur: &Current) -> Result<()> {
-        if cur.item.is_none() && cur.idx.is_some() {
-            self.remove_locked(gen, hash, key, cur.idx)?;
+        if cur.item.is_none() && cur.present() {
+            self.remove_locked(gen, hash, key, cur)?;
         }
         Ok(())
     }
 
     /// Runs `decide` on the key's current item under its stripe lock and
     /// carries out the decision. Returns the cas written, if anything was.
+    ///
+    /// This is the whole write path of every change but removals: the
+    /// record is journaled and, by durability mode, either staged for the
+    /// flusher (`Periodic`) or written to the value files here (`Never`,
+    /// and `Always` once its journal entry is durable).
     pub(super) fn update<'a>(
         &self,
         key: &[u8],
@@ -50,6 +55,7 @@ impl Inner {
         self.clear_if_due()?;
         validate_key(key)?;
         self.check_writable()?;
+        self.wait_for_room()?;
         self.with_key_locked(key, |gen, hash, cur| {
             let (value, flags, expiry, cas) = match decide(cur.item.as_deref())? {
                 Action::Keep => {
@@ -72,40 +78,68 @@ impl Inner {
             if expiry != Expiry::Never {
                 self.mark_expiring(gen)?;
             }
-            let written = self.write_record(gen, hash, key, cur.idx, &rec, cas);
-            self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-            if let Err(e) = written {
-                // The file may or may not have changed: the cache must not
-                // claim either.
-                self.cache.remove(hash, key);
-                return Err(e);
-            }
-            if self.cache_enabled {
-                let item = CachedItem {
+            let item = (self.cache_enabled || self.journaled_behind()).then(|| {
+                Arc::new(CachedItem {
                     value: value.into_owned(),
                     flags,
                     expiry,
                     cas,
-                };
-                self.cache.insert(hash, key, Arc::new(item));
+                })
+            });
+            let written = match &item {
+                Some(item) if self.journaled_behind() => {
+                    let entry = Entry::Put {
+                        gen: gen.number,
+                        record: &rec,
+                    };
+                    self.stage(hash, key, &entry, Change::Put(item.clone()))
+                }
+                _ => self.write_record(gen, hash, key, cur.idx, &rec, cas),
+            };
+            match written {
+                Ok(()) => self.changed(hash, key, item.filter(|_| self.cache_enabled)),
+                // The file may or may not have changed: the cache must not
+                // claim either.
+                Err(e) => {
+                    self.changed(hash, key, None);
+                    return Err(e);
+                }
             }
             Ok(Some(cas))
         })
+    }
+
+    /// `Periodic`: writes `entry` to the journal file (durable at the
+    /// next flush; a process crash no longer loses it), then stages its
+    /// change in the pending table, where reads see it at once. Stripe lock
+    /// of the key held, so that the journal and the table agree on the
+    /// order of the key's changes, and so that a checkpoint holding every
+    /// stripe finds each written change staged.
+    fn stage(&self, hash: u64, key: &[u8], entry: &Entry<'_>, change: Change) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Err(Error::ReadOnly {
+                reason: "no journal".to_string(),
+            });
+        };
+        let n = self.journal_write_out(j, entry)?;
+        self.pending.stage(hash, key, n, change);
+        Ok(())
     }
 
     pub(super) fn delete(&self, key: &[u8]) -> Result<bool> {
         self.clear_if_due()?;
         validate_key(key)?;
         self.check_writable()?;
+        self.wait_for_room()?;
         self.with_key_locked(key, |gen, hash, cur| {
-            self.remove_locked(gen, hash, key, cur.idx)?;
+            self.remove_locked(gen, hash, key, &cur)?;
             Ok(cur.item.is_some())
         })
     }
 
     /// Removes the key if it is (still) expired.
     pub(super) fn remove_if_expired(&self, key: &[u8]) -> Result<()> {
-        if self.read_only.load(Ordering::SeqCst) {
+        if self.health.read_only() {
             return Ok(());
         }
         self.with_key_locked(key, |gen, hash, cur| {
@@ -113,21 +147,27 @@ impl Inner {
         })
     }
 
-    /// Removes the key's file (stripe lock held). In `Always` mode the
-    /// removal is journaled first (see `store/journal.rs`).
+    /// Removes the key (stripe lock held): staged in `Periodic` mode,
+    /// journaled first in `Always` mode (see `store/journal.rs`).
     pub(super) fn remove_locked(
         &self,
         gen: &Generation,
         hash: u64,
         key: &[u8],
-        idx: Option<u16>,
+        cur: &Current,
     ) -> Result<()> {
-        if idx.is_none() {
+        if !cur.present() {
             return Ok(());
         }
         let cas = self.next_cas();
-        let ticket = self.journal_write(gen, cas, |gen| Entry::Remove { gen, cas, key })?;
-        let res = self.remove_files(gen, hash, key, idx);
+        let entry = |gen| Entry::Remove { gen, cas, key };
+        if self.journaled_behind() {
+            self.stage(hash, key, &entry(gen.number), Change::Remove)?;
+            self.changed(hash, key, None);
+            return Ok(());
+        }
+        let ticket = self.journal_write(gen, cas, entry)?;
+        let res = self.remove_files(gen, hash, key, cur.idx);
         self.journal_finish(ticket, res.is_ok());
         res
     }
@@ -149,22 +189,28 @@ impl Inner {
     ) -> Result<()> {
         let Some(idx) = idx else { return Ok(()) };
         self.log_remove(gen, hash, key)?;
-        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
-        self.cache.remove(hash, key);
-        self.note_change();
+        self.changed(hash, key, None);
         let path = gen.value_path(hash, idx);
-        if self.periodic() {
-            return self.retire_removed(gen, hash, idx, key);
-        }
         if let Err(e) = self.retire_file(gen, hash, &path) {
             log::warn!("removed key's file left in place: {e}");
         }
-        self.note_change();
         Ok(())
     }
 }
 
 impl Inner {
+    /// The bookkeeping after any change of a key (stripe lock held): its
+    /// stripe's sequence number moves, so that readers that looked before
+    /// do not cache what they read (see `Cache::insert_if`), then the
+    /// cache holds `item` or nothing.
+    pub(super) fn changed(&self, hash: u64, key: &[u8], item: Option<Arc<CachedItem>>) {
+        self.stripe(hash).seq.fetch_add(1, Ordering::Release);
+        match item {
+            Some(item) => self.cache.insert(hash, key, item),
+            None => self.cache.remove(hash, key),
+        }
+    }
+
     pub(super) fn mark_expiring(&self, gen: &Generation) -> Result<()> {
         if gen.expiring_marked.load(Ordering::Relaxed) {
             return Ok(());
@@ -195,12 +241,10 @@ impl Inner {
 
 impl Inner {
     /// Puts the filled spare `id` in place of `target`. With exchange, the
-    /// old file becomes a spare, returned as `Some(id)`: the caller recycles
-    /// it with [`Inner::recycle_spare`] only after the exchange is durable
-    /// (until then a power cut can bring the old name back to that inode,
-    /// so another writer must not overwrite it in place). Without exchange
-    /// the old file is replaced (and freed), after a flush of the new data
-    /// in `Periodic` mode.
+    /// old file becomes a spare, returned as `Some(id)` for the caller to
+    /// recycle ([`Inner::recycle_spare`]); reusing it at once is safe (see
+    /// docs/DESIGN.md, 3.4). Without exchange the old file is replaced (and
+    /// freed).
     pub(super) fn swap_in(
         &self,
         gen: &Generation,
@@ -222,22 +266,13 @@ impl Inner {
                 }
             }
         }
-        // The rename frees the old file at once. In `Periodic` mode the old
-        // file may hold the key's last flushed value, which a power cut must
-        // not take away before the new one is on disk: flush the new data
-        // first (one fsync per overwrite, only where exchange is missing).
-        let synced = if self.periodic() {
-            self.fs.sync_file_data(&spare)
-        } else {
-            Ok(())
-        };
-        synced
-            .and_then(|()| self.fs.rename(&spare, target))
-            .map(|()| None)
-            .map_err(|e| {
-                self.give_back(gen, sub, id);
-                io_err(target, e)
-            })
+        // The rename frees the old file at once: in `Periodic` and `Always`
+        // the journal entry of the new record is durable, so a power cut
+        // that leaves the name without good data is repaired by replay.
+        self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
+            self.give_back(gen, sub, id);
+            io_err(target, e)
+        })
     }
 }
 
@@ -277,9 +312,7 @@ impl Inner {
         let pooled = self.fill_pooled_spare(gen, sub, rec);
         if idx.is_none() && pooled.is_none() && self.journal.is_some() {
             if let Some(idx) = self.create_in_place(gen, hash, rec)? {
-                self.note_change();
                 self.log_put(gen, hash, key, idx)?;
-                self.note_change();
                 return Ok(());
             }
         }
@@ -287,20 +320,16 @@ impl Inner {
             Some(id) => id,
             None => self.create_spare(gen, sub, rec)?,
         };
-        self.note_change();
         match idx {
             Some(idx) => {
                 let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
-                self.note_change();
-                self.recycle_spare(gen, sub, old, hash, idx);
+                self.recycle_spare(gen, sub, old);
                 Ok(())
             }
             None => {
                 let (idx, old) = self.place_new(gen, sub, id, hash)?;
-                self.note_change();
-                self.recycle_spare(gen, sub, old, hash, idx);
+                self.recycle_spare(gen, sub, old);
                 self.log_put(gen, hash, key, idx)?;
-                self.note_change();
                 Ok(())
             }
         }
@@ -309,8 +338,7 @@ impl Inner {
     /// Puts the filled spare `id` under the first collision index of `hash`
     /// whose name is free (or holds a leftover no map entry points to, which
     /// becomes a spare); returns that index and the leftover's spare id, to
-    /// recycle once durable (see [`Inner::swap_in`]). Stripe lock of `hash`
-    /// held.
+    /// recycle (see [`Inner::swap_in`]). Stripe lock of `hash` held.
     pub(super) fn place_new(
         &self,
         gen: &Generation,
@@ -320,9 +348,6 @@ impl Inner {
     ) -> Result<(u16, Option<u64>)> {
         let spare = gen.spare_path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
-            if self.periodic() && self.recently_vacated(gen, sub, hash, idx) {
-                continue;
-            }
             let target = gen.value_path(hash, idx);
             let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
                 match self.fs.rename_noreplace(&spare, &target) {
