@@ -20,6 +20,16 @@ impl ScanCursor {
     }
 }
 
+/// Keeps `key` in `best` if it is among the `limit` smallest seen.
+fn offer<'k>(best: &mut BinaryHeap<&'k [u8]>, key: &'k [u8], limit: usize) {
+    if best.len() < limit {
+        best.push(key);
+    } else if best.peek().is_some_and(|&top| key < top) {
+        best.pop();
+        best.push(key);
+    }
+}
+
 impl Store {
     /// Up to `limit` keys (at least one per call while keys remain) from
     /// `cursor` on, and the cursor of the next chunk (`None` once every key
@@ -43,20 +53,26 @@ impl Store {
         let gen = self.inner.current_gen();
         let mut shard_no = cursor.shard;
         let mut after = cursor.after.clone();
+        // Changes staged in the pending table are not in the map yet: they
+        // count as the map will hold them (bounded by the table's bound).
+        let staged: HashMap<Box<[u8]>, bool> = self.inner.pending.snapshot().into_iter().collect();
         while shard_no < gen.shards.len() {
+            let in_shard =
+                |key: &[u8]| ((self.inner.hasher)(key) as usize) % MAP_SHARDS == shard_no;
+            let past = |key: &[u8]| after.as_deref().is_none_or(|a| key > a);
             // A max-heap of the `limit` smallest keys past `after`.
             let mut best: BinaryHeap<&[u8]> = BinaryHeap::with_capacity(limit + 1);
             let shard = gen.shards[shard_no].read();
             for key in shard.keys() {
                 let key: &[u8] = key;
-                if after.as_deref().is_some_and(|a| key <= a) {
-                    continue;
+                if past(key) && staged.get(key).copied().unwrap_or(true) {
+                    offer(&mut best, key, limit);
                 }
-                if best.len() < limit {
-                    best.push(key);
-                } else if best.peek().is_some_and(|&top| key < top) {
-                    best.pop();
-                    best.push(key);
+            }
+            for (key, put) in &staged {
+                let key: &[u8] = key;
+                if *put && past(key) && in_shard(key) && !shard.contains_key(key) {
+                    offer(&mut best, key, limit);
                 }
             }
             let full = best.len() == limit;
