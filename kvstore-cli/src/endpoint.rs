@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kvstore_net::Client;
+use kvstore_net::tls::TlsConnector;
+use kvstore_net::{Client, ConnectOptions, Credentials};
 
 use crate::backoff::Backoff;
 
@@ -12,8 +13,9 @@ use crate::error::{Error, Result};
 /// Default `--timeout`: 10 s for the connect and for every read and write.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A server address and the timeout to use with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A server address, the timeout to use with it, and how to secure the
+/// connection (TLS, credentials).
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Host name or IP address.
     pub host: String,
@@ -21,6 +23,10 @@ pub struct Endpoint {
     pub port: u16,
     /// Timeout for the connect and for every read and write.
     pub timeout: Duration,
+    /// TLS; the server's certificate is checked against [`Endpoint::host`].
+    pub tls: Option<TlsConnector>,
+    /// Credentials sent right after connecting.
+    pub credentials: Option<Credentials>,
 }
 
 impl Endpoint {
@@ -30,6 +36,8 @@ impl Endpoint {
             host: host.into(),
             port,
             timeout: DEFAULT_TIMEOUT,
+            tls: None,
+            credentials: None,
         }
     }
 
@@ -61,8 +69,12 @@ impl Endpoint {
     /// [`Error::Connect`] naming `host:port` when the server cannot be
     /// reached within the timeout.
     pub fn connect(&self) -> Result<Client> {
-        Client::connect_timeout((self.host.as_str(), self.port), self.timeout)
-            .map_err(|e| self.error(e))
+        let mut options = ConnectOptions::with_timeout(self.timeout);
+        if let Some(tls) = &self.tls {
+            options = options.tls(tls.clone(), self.host.clone());
+        }
+        options.credentials = self.credentials.clone();
+        Client::connect_with((self.host.as_str(), self.port), &options).map_err(|e| self.error(e))
     }
 
     /// Opens one connection, retrying with exponential backoff (10 ms

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kvstore_cli::{commands, shell, stress, Endpoint, Error, Result};
+use kvstore_net::tls::TlsConnector;
+use kvstore_net::Credentials;
 
 /// Command-line client of a kvstore server (seed dialect).
 #[derive(Debug, Parser)]
@@ -34,6 +36,25 @@ struct Cli {
     /// each other].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
+    /// Talk to the server over TLS, trusting the system's CA store (or
+    /// --tls-ca).
+    #[arg(long, global = true)]
+    tls: bool,
+    /// Trust this CA (PEM) for the server's certificate; implies --tls.
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM) when the server asks for one;
+    /// needs --tls-key; implies --tls.
+    #[arg(long, global = true, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Authenticate as this user; the password comes from the
+    /// KVSTORE_PASSWORD environment variable, else from a prompt (never
+    /// from the command line).
+    #[arg(long, global = true, value_name = "NAME")]
+    user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,12 +163,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// The password of `--user`: `KVSTORE_PASSWORD`, else a prompt on the
+/// terminal (not echoed).
+fn password() -> Result<String> {
+    if let Some(password) = std::env::var_os(PASSWORD_ENV) {
+        return password
+            .into_string()
+            .map_err(|_| Error::Usage(format!("{PASSWORD_ENV} is not valid UTF-8")));
+    }
+    if !io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "--user needs a password: set {PASSWORD_ENV} (there is no terminal to ask on)"
+        )));
+    }
+    rpassword::prompt_password("password: ").map_err(|e| Error::Local {
+        action: "read the password".into(),
+        source: e,
+    })
+}
+
+/// Where `--user`'s password comes from when it is not typed at a prompt.
+const PASSWORD_ENV: &str = "KVSTORE_PASSWORD";
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let timeout = cli.timeout.unwrap_or(match cli.command {
         Command::Stress { .. } => stress::DEFAULT_TIMEOUT,
         _ => kvstore_cli::endpoint::DEFAULT_TIMEOUT,
     });
-    let endpoint = Endpoint::new(cli.host, cli.port).with_timeout(timeout);
+    let mut endpoint = Endpoint::new(cli.host, cli.port).with_timeout(timeout);
+    let client_cert = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+    if cli.tls || cli.tls_ca.is_some() || client_cert.is_some() {
+        let connector = match &cli.tls_ca {
+            Some(ca) => TlsConnector::new(ca, client_cert),
+            None => TlsConnector::with_system_roots(client_cert),
+        };
+        endpoint.tls = Some(connector.map_err(|e| Error::Usage(e.to_string()))?);
+    }
+    if let Some(user) = cli.user {
+        endpoint.credentials = Some(Credentials::new(user, password()?));
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     match cli.command {

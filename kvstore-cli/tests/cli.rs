@@ -727,3 +727,54 @@ fn shell_stops_with_an_error_when_the_server_goes_away() {
     assert!(err.is_connection_lost(), "{err}");
     assert!(err.to_string().contains(&s.addr.to_string()), "{err}");
 }
+
+#[path = "../../kvstore-net/tests/common/pki.rs"]
+mod pki;
+
+#[test]
+fn tls_flags_reach_a_tls_server_and_plaintext_does_not() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki::make(certs.path(), "cli");
+    let acceptor = kvstore_net::tls::TlsAcceptor::new(kvstore_net::tls::TlsFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    })
+    .unwrap();
+    let s = TestServer::start_with(ServerConfig {
+        tls: Some(Arc::new(acceptor)),
+        ..ServerConfig::default()
+    });
+    let tls_args = |args: &[&str]| {
+        let mut cmd = s.cli(args);
+        cmd.arg("--tls-ca")
+            .arg(&pki.ca)
+            .arg("--tls-cert")
+            .arg(&pki.client_cert)
+            .arg("--tls-key")
+            .arg(&pki.client_key);
+        cmd
+    };
+    assert_eq!(
+        text(&ok(tls_args(&["set", "k", "over tls"]), b"")),
+        "STORED\n"
+    );
+    assert_eq!(text(&ok(tls_args(&["get", "k"]), b"")), "over tls");
+    assert_eq!(s.store.get("k").unwrap(), Some(b"over tls".to_vec()));
+
+    // Plaintext, or TLS without the client certificate the server asks
+    // for: an error, and nothing stored.
+    let plain = run(s.cli(&["set", "p", "x"]), b"");
+    let mut no_cert = s.cli(&["set", "p", "x"]);
+    no_cert.arg("--tls-ca").arg(&pki.ca);
+    let no_cert = run(no_cert, b"");
+    for out in [plain, no_cert] {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).starts_with("error: "),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(s.store.get("p").unwrap(), None);
+}
