@@ -549,6 +549,10 @@ impl Stats {
             // Nothing is evicted from a persistent store.
             line("evictions", 0),
             line("reclaimed", 0),
+            // kvstore's own: acknowledged changes not yet applied to the
+            // value files (`--durability periodic`), and their bound.
+            line("pending_bytes", store.pending_bytes()),
+            line("limit_pending_bytes", store.max_pending_bytes()),
         ]
     }
 

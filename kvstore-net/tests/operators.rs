@@ -353,3 +353,25 @@ fn idle_kicks_count_connections_closed_for_idleness() {
     );
     srv.handle.shutdown().unwrap();
 }
+
+/// `--max-pending-bytes` bounds the table of acknowledged changes not yet
+/// applied to the value files; `stats` shows the bound and the bytes.
+#[test]
+fn stats_show_the_pending_table_and_its_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = server_command(env!("CARGO_BIN_EXE_kvstore-server"), &tmp.path().join("d"));
+    cmd.args(["--durability", "periodic", "--max-pending-bytes", "1048576"]);
+    let srv = spawn(cmd);
+    let mut s = raw(srv.mc.unwrap());
+    let stats = stat_map(&mut s, b"stats\r\n");
+    assert_eq!(stats["limit_pending_bytes"], "1048576");
+    assert_eq!(stats["pending_bytes"], "0");
+    round_trip(&mut s, b"set k 0 0 5\r\nvalue\r\n", b"STORED\r\n");
+    // Whether the set is still pending depends on when the flush ran;
+    // the bytes are a number within the bound either way.
+    let pending: u64 = stat_map(&mut s, b"stats\r\n")["pending_bytes"]
+        .parse()
+        .unwrap();
+    assert!(pending <= 1_048_576, "pending_bytes {pending}");
+    round_trip(&mut s, b"get k\r\n", b"VALUE k 0 5\r\nvalue\r\nEND\r\n");
+}

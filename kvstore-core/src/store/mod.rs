@@ -882,6 +882,12 @@ impl Store {
         self.inner.pending.bytes()
     }
 
+    /// The bound of [`Store::pending_bytes`]
+    /// ([`Options::max_pending_bytes`]).
+    pub fn max_pending_bytes(&self) -> usize {
+        self.inner.pending.max_bytes()
+    }
+
     /// Testing hook (cargo feature `test-support`, for this crate's own
     /// tests): whether the background pass after open (recycling leftover
     /// files, removing expired items) has finished.

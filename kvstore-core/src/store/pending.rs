@@ -81,6 +81,11 @@ impl Pending {
         &self.shards[(hash as usize) % SHARDS]
     }
 
+    /// The bound on [`Pending::bytes`].
+    pub(super) fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Bytes staged now.
     pub(super) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)

@@ -95,6 +95,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = kvstore_core::options::DEFAULT_CACHE_BYTES)]
     cache_bytes: usize,
 
+    /// With --durability periodic: most bytes of acknowledged changes not
+    /// yet applied to the value files; writers wait when it is reached.
+    #[arg(long, value_name = "N", default_value_t = kvstore_core::options::DEFAULT_MAX_PENDING_BYTES)]
+    max_pending_bytes: usize,
+
     /// Accept any key byte but space, CR and LF, as memcached itself does
     /// (for load generators such as memcaslap, whose keys start with
     /// control bytes); by default keys follow docs/PROTOCOL.md and may not hold
@@ -154,6 +159,7 @@ fn run(args: Args) -> Result<(), String> {
     let options = Options::new()
         .durability(durability)
         .cache_bytes(args.cache_bytes)
+        .max_pending_bytes(args.max_pending_bytes)
         .max_value_bytes(args.max_value_bytes);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(
