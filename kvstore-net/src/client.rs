@@ -212,6 +212,33 @@ impl Conn {
         }
     }
 
+    /// Sends an authentication `request` and reads its one-line verdict:
+    /// `ok`, or `refused` ([`Error::Auth`]).
+    pub(crate) fn authenticate(
+        &mut self,
+        request: &[u8],
+        ok: &[u8],
+        refused: &[u8],
+        credentials: &Credentials,
+    ) -> Result<()> {
+        self.out.extend_from_slice(request);
+        self.send()?;
+        let line = self.line()?;
+        if line == ok {
+            Ok(())
+        } else if line == refused {
+            Err(Error::Auth(format!(
+                "{} refused the credentials of user {}",
+                self.addr, credentials.user
+            )))
+        } else {
+            Err(Error::Protocol(format!(
+                "{} in reply to the authentication",
+                lossy(&line)
+            )))
+        }
+    }
+
     /// Sends the buffered request bytes.
     pub(crate) fn send(&mut self) -> Result<()> {
         let stream = self.reader.get_mut();
@@ -309,25 +336,13 @@ impl Client {
 
     /// Sends `auth <user> <password>` and reads the verdict.
     fn authenticate(&mut self, credentials: &Credentials) -> Result<()> {
-        let out = &mut self.conn.out;
-        out.extend_from_slice(b"auth ");
-        out.extend_from_slice(credentials.user.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(credentials.password.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        self.conn.send()?;
-        let line = self.conn.line()?;
-        match line.as_slice() {
-            b"AUTHENTICATED" => Ok(()),
-            b"AUTH-FAILED" => Err(Error::Auth(format!(
-                "{} refused the credentials of user {}",
-                self.conn.addr, credentials.user
-            ))),
-            other => Err(Error::Protocol(format!(
-                "{} in reply to auth",
-                lossy(other)
-            ))),
-        }
+        let request = format!("auth {} {}\r\n", credentials.user, credentials.password);
+        self.conn.authenticate(
+            request.as_bytes(),
+            b"AUTHENTICATED",
+            b"AUTH-FAILED",
+            credentials,
+        )
     }
 
     /// The address of the server.

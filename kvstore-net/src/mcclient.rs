@@ -83,23 +83,13 @@ impl McClient {
     /// user name and password separated by one space.
     fn authenticate(&mut self, credentials: &Credentials) -> Result<()> {
         let data = format!("{} {}", credentials.user, credentials.password);
-        let out = &mut self.conn.out;
-        out.extend_from_slice(format!("set auth 0 0 {}\r\n", data.len()).as_bytes());
-        out.extend_from_slice(data.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        self.conn.send()?;
-        let line = self.conn.line()?;
-        match line.as_slice() {
-            b"STORED" => Ok(()),
-            b"CLIENT_ERROR authentication failure" => Err(Error::Auth(format!(
-                "{} refused the credentials of user {}",
-                self.conn.addr, credentials.user
-            ))),
-            other => Err(Error::Protocol(format!(
-                "{} in reply to the authentication",
-                lossy(other)
-            ))),
-        }
+        let request = format!("set auth 0 0 {}\r\n{data}\r\n", data.len());
+        self.conn.authenticate(
+            request.as_bytes(),
+            b"STORED",
+            b"CLIENT_ERROR authentication failure",
+            credentials,
+        )
     }
 
     /// The address of the server.

@@ -248,23 +248,26 @@ impl Stats {
     /// command counters change.
     pub(crate) fn record(&self, cmd: &Command<'_>, resp: &Response<'_>) {
         let c = &self.counters;
+        // The meta commands count as the text commands they stand for
+        // (`mg` as `get`/`gat`, `ms` as `set`, `md` as `delete`, `ma` as
+        // `incr`/`decr`), so `stats` reads the same whichever dialect a
+        // client speaks.
         match cmd {
-            Command::Get { touch, .. } => {
+            Command::Get { touch, .. } | Command::MetaGet { touch, .. } => {
                 bump(&c.cmd_get);
+                let hit = matches!(resp, Response::Hit(_) | Response::MetaHit { .. });
+                let miss = matches!(resp, Response::Miss);
+                if hit {
+                    bump(&c.get_hits);
+                } else if miss {
+                    bump(&c.get_misses);
+                }
                 if touch.is_some() {
                     bump(&c.cmd_touch);
-                }
-                let hit = matches!(resp, Response::Hit(_));
-                match resp {
-                    Response::Hit(_) => bump(&c.get_hits),
-                    Response::Miss => bump(&c.get_misses),
-                    _ => {}
-                }
-                if touch.is_some() {
-                    match resp {
-                        Response::Hit(_) => bump(&c.touch_hits),
-                        Response::Miss => bump(&c.touch_misses),
-                        _ => {}
+                    if hit {
+                        bump(&c.touch_hits);
+                    } else if miss {
+                        bump(&c.touch_misses);
                     }
                 }
                 self.detail(cmd, |p| {
@@ -272,11 +275,11 @@ impl Stats {
                     p.hit += u64::from(hit);
                 });
             }
-            Command::Store { cas, mode, .. } => {
+            Command::Store { cas, mode, .. } | Command::MetaStore { cas, mode, .. } => {
                 bump(&c.cmd_set);
                 let checked = cas.is_some() && *mode != StoreMode::Add;
                 match resp {
-                    Response::Stored { .. } => {
+                    Response::Stored { .. } | Response::MetaStored { .. } => {
                         bump(&c.total_items);
                         if checked {
                             bump(&c.cas_hits);
@@ -294,22 +297,23 @@ impl Stats {
                 bump(&c.store_too_large);
                 self.detail(cmd, |p| p.set += 1);
             }
-            Command::Delete { .. } => {
+            // A cas mismatch counts as a miss, as memcached's `md` does.
+            Command::Delete { .. } | Command::MetaDelete { .. } => {
                 match resp {
                     Response::Deleted => bump(&c.delete_hits),
-                    Response::NotFound => bump(&c.delete_misses),
+                    Response::NotFound | Response::Exists => bump(&c.delete_misses),
                     _ => {}
                 }
                 self.detail(cmd, |p| p.del += 1);
             }
-            Command::Counter { incr, .. } => {
+            Command::Counter { incr, .. } | Command::MetaArithmetic { incr, .. } => {
                 let (hits, misses) = if *incr {
                     (&c.incr_hits, &c.incr_misses)
                 } else {
                     (&c.decr_hits, &c.decr_misses)
                 };
                 match resp {
-                    Response::Counter { .. } => bump(hits),
+                    Response::Counter { .. } | Response::MetaCounter { .. } => bump(hits),
                     Response::NotFound => bump(misses),
                     _ => {}
                 }
@@ -323,70 +327,6 @@ impl Stats {
                 }
             }
             Command::Flush { .. } => bump(&c.cmd_flush),
-            // The meta commands count as the text commands they stand for
-            // (`mg` as `get`/`gat`, `ms` as `set`, `md` as `delete`, `ma`
-            // as `incr`/`decr`), so `stats` reads the same whichever
-            // dialect a client speaks.
-            Command::MetaGet { touch, .. } => {
-                bump(&c.cmd_get);
-                if touch.is_some() {
-                    bump(&c.cmd_touch);
-                }
-                let hit = matches!(resp, Response::MetaHit { .. });
-                match resp {
-                    Response::MetaHit { .. } => bump(&c.get_hits),
-                    Response::Miss => bump(&c.get_misses),
-                    _ => {}
-                }
-                if touch.is_some() {
-                    match resp {
-                        Response::MetaHit { .. } => bump(&c.touch_hits),
-                        Response::Miss => bump(&c.touch_misses),
-                        _ => {}
-                    }
-                }
-                self.detail(cmd, |p| {
-                    p.get += 1;
-                    p.hit += u64::from(hit);
-                });
-            }
-            Command::MetaStore { cas, mode, .. } => {
-                bump(&c.cmd_set);
-                let checked = cas.is_some() && *mode != StoreMode::Add;
-                match resp {
-                    Response::MetaStored { .. } => {
-                        bump(&c.total_items);
-                        if checked {
-                            bump(&c.cas_hits);
-                        }
-                    }
-                    Response::Exists if checked => bump(&c.cas_badval),
-                    Response::NotFound if checked => bump(&c.cas_misses),
-                    Response::Failed(Failure::TooLarge) => bump(&c.store_too_large),
-                    _ => {}
-                }
-                self.detail(cmd, |p| p.set += 1);
-            }
-            Command::MetaDelete { .. } => {
-                match resp {
-                    Response::Deleted => bump(&c.delete_hits),
-                    Response::NotFound | Response::Exists => bump(&c.delete_misses),
-                    _ => {}
-                }
-                self.detail(cmd, |p| p.del += 1);
-            }
-            Command::MetaArithmetic { incr, .. } => {
-                let (hits, misses) = if *incr {
-                    (&c.incr_hits, &c.incr_misses)
-                } else {
-                    (&c.decr_hits, &c.decr_misses)
-                };
-                match resp {
-                    Response::MetaCounter { .. } => bump(hits),
-                    Response::NotFound => bump(misses),
-                    _ => {}
-                }
-            }
             Command::Stats(_)
             | Command::Version
             | Command::Verbosity { .. }

@@ -256,16 +256,21 @@ pub fn is_tls_failure(err: &io::Error) -> bool {
         .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
+/// The integration tests' throwaway PKI, for the unit tests below.
+#[cfg(test)]
+#[path = "../tests/common/pki.rs"]
+mod test_pki;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use super::test_pki as pki;
 
-    /// A throwaway CA, a server certificate for 127.0.0.1 and localhost,
-    /// and a client certificate, all as PEM files in `dir`.
+    /// A throwaway CA with its server and client certificates, made from
+    /// the integration tests' helper.
     struct Pki {
         ca: PathBuf,
         server: TlsFiles,
@@ -273,38 +278,17 @@ mod tests {
         client_key: PathBuf,
     }
 
-    fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    }
-
     fn make_pki(dir: &Path, ca_name: &str) -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, ca_name);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
-        let (client_cert, client_key) = leaf(vec!["client".into()]);
+        let made = pki::make(dir, ca_name);
         Pki {
-            ca: write(dir, &format!("{ca_name}.pem"), &ca.pem()),
+            ca: made.ca,
             server: TlsFiles {
-                cert: write(dir, "server.pem", &server_cert),
-                key: write(dir, "server.key", &server_key),
+                cert: made.server_cert,
+                key: made.server_key,
                 client_ca: None,
             },
-            client_cert: write(dir, "client.pem", &client_cert),
-            client_key: write(dir, "client.key", &client_key),
+            client_cert: made.client_cert,
+            client_key: made.client_key,
         }
     }
 
@@ -452,7 +436,8 @@ mod tests {
         };
         let msg = TlsAcceptor::new(missing).unwrap_err().to_string();
         assert!(msg.contains("nope.pem"), "{msg}");
-        let empty = write(tmp.path(), "empty.pem", "");
+        let empty = tmp.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
         let msg = TlsConnector::new(&empty, None).unwrap_err().to_string();
         assert!(
             msg.contains("empty.pem") && msg.contains("no PEM certificate"),
