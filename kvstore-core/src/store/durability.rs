@@ -209,6 +209,7 @@ impl Inner {
         if !self.pending.has(hash, key, staged.n) {
             return Ok(());
         }
+        let _applying = self.pending.applying();
         self.apply_change(gen, hash, key, staged).inspect_err(|e| {
             self.set_read_only(format!("applying a journaled write failed: {e}"));
             self.pending.notify_room();

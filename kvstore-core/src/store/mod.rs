@@ -810,17 +810,19 @@ impl Store {
     pub fn len(&self) -> usize {
         let _ = self.inner.clear_if_due();
         let gen = self.inner.current_gen();
-        let mut count = gen.count.load(Ordering::Relaxed);
-        // Staged changes the map does not reflect yet.
-        for (key, put) in self.inner.pending.snapshot() {
-            let mapped = gen.lookup((self.inner.hasher)(&key), &key).is_some();
-            match (put, mapped) {
-                (true, false) => count += 1,
-                (false, true) => count = count.saturating_sub(1),
-                _ => {}
+        self.inner.pending.consistent(|| {
+            let mut count = gen.count.load(Ordering::Acquire);
+            // Staged changes the map does not reflect yet.
+            for (key, put) in self.inner.pending.snapshot() {
+                let mapped = gen.lookup((self.inner.hasher)(&key), &key).is_some();
+                match (put, mapped) {
+                    (true, false) => count += 1,
+                    (false, true) => count = count.saturating_sub(1),
+                    _ => {}
+                }
             }
-        }
-        count
+            count
+        })
     }
 
     /// Whether the map is empty.
@@ -836,29 +838,31 @@ impl Store {
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         self.inner.clear_if_due()?;
         let gen = self.inner.current_gen();
-        let staged = self.inner.pending.snapshot();
-        if staged.is_empty() {
-            return Ok(gen
+        Ok(self.inner.pending.consistent(|| {
+            let staged = self.inner.pending.snapshot();
+            if staged.is_empty() {
+                return gen
+                    .map_snapshot()
+                    .into_iter()
+                    .map(|(k, _)| k.into_vec())
+                    .collect();
+            }
+            // Staged changes the map does not reflect yet.
+            let staged: HashMap<Box<[u8]>, bool> = staged.into_iter().collect();
+            let mut keys: Vec<Vec<u8>> = gen
                 .map_snapshot()
                 .into_iter()
+                .filter(|(k, _)| staged.get(k).copied().unwrap_or(true))
                 .map(|(k, _)| k.into_vec())
-                .collect());
-        }
-        // Staged changes the map does not reflect yet.
-        let staged: HashMap<Box<[u8]>, bool> = staged.into_iter().collect();
-        let mut keys: Vec<Vec<u8>> = gen
-            .map_snapshot()
-            .into_iter()
-            .filter(|(k, _)| staged.get(k).copied().unwrap_or(true))
-            .map(|(k, _)| k.into_vec())
-            .collect();
-        keys.extend(
-            staged
-                .into_iter()
-                .filter(|(k, put)| *put && gen.lookup((self.inner.hasher)(k), k).is_none())
-                .map(|(k, _)| k.into_vec()),
-        );
-        Ok(keys)
+                .collect();
+            keys.extend(
+                staged
+                    .into_iter()
+                    .filter(|(k, put)| *put && gen.lookup((self.inner.hasher)(k), k).is_none())
+                    .map(|(k, _)| k.into_vec()),
+            );
+            keys
+        }))
     }
 
     /// Makes everything written so far durable (`syncfs`), whatever the

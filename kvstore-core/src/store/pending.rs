@@ -63,6 +63,20 @@ pub(super) struct Pending {
     /// Writers waiting for room wait here; the applier notifies.
     room: Mutex<()>,
     room_cv: Condvar,
+    /// Applications of a staged change begun and finished: a change moves
+    /// from this table to the map in steps, and a count over both is only
+    /// consistent while none is under way ([`Pending::consistent`]).
+    applies_begun: AtomicU64,
+    applies_finished: AtomicU64,
+}
+
+/// Marks one application of a staged change as under way until dropped.
+pub(super) struct Applying<'a>(&'a Pending);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.applies_finished.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Pending {
@@ -74,6 +88,31 @@ impl Pending {
             max_bytes,
             room: Mutex::new(()),
             room_cv: Condvar::new(),
+            applies_begun: AtomicU64::new(0),
+            applies_finished: AtomicU64::new(0),
+        }
+    }
+
+    /// Announces an application of a staged change (to the map and the
+    /// files, then its removal here), finished when the guard drops.
+    pub(super) fn applying(&self) -> Applying<'_> {
+        self.applies_begun.fetch_add(1, Ordering::AcqRel);
+        Applying(self)
+    }
+
+    /// Runs `view` (a reading of this table together with the map) until
+    /// no application of a staged change began or was under way while it
+    /// ran, so that no key is counted in both places or in neither.
+    pub(super) fn consistent<T>(&self, mut view: impl FnMut() -> T) -> T {
+        loop {
+            let finished = self.applies_finished.load(Ordering::Acquire);
+            if self.applies_begun.load(Ordering::Acquire) == finished {
+                let seen = view();
+                if self.applies_begun.load(Ordering::Acquire) == finished {
+                    return seen;
+                }
+            }
+            std::thread::yield_now();
         }
     }
 
