@@ -810,7 +810,7 @@ impl Store {
     pub fn len(&self) -> usize {
         let _ = self.inner.clear_if_due();
         let gen = self.inner.current_gen();
-        self.inner.pending.consistent(|| {
+        self.inner.counted(|| {
             let mut count = gen.count.load(Ordering::Acquire);
             // Staged changes the map does not reflect yet.
             for (key, put) in self.inner.pending.snapshot() {
@@ -838,7 +838,7 @@ impl Store {
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         self.inner.clear_if_due()?;
         let gen = self.inner.current_gen();
-        Ok(self.inner.pending.consistent(|| {
+        Ok(self.inner.counted(|| {
             let staged = self.inner.pending.snapshot();
             if staged.is_empty() {
                 return gen
@@ -1033,6 +1033,20 @@ fn parse_counter(value: &[u8]) -> Option<u64> {
 }
 
 impl Inner {
+    /// Runs `view`, a reading of the pending table together with the map,
+    /// while no staged change moves from one to the other: between the
+    /// flusher's applications when it can, else holding the flusher off
+    /// (every application runs under `tick`).
+    fn counted<T>(&self, mut view: impl FnMut() -> T) -> T {
+        match self.pending.consistent(&mut view) {
+            Some(seen) => seen,
+            None => {
+                let _flusher_held = self.tick.lock();
+                view()
+            }
+        }
+    }
+
     fn current_gen(&self) -> Arc<Generation> {
         self.gen.read().clone()
     }

@@ -102,18 +102,22 @@ impl Pending {
 
     /// Runs `view` (a reading of this table together with the map) until
     /// no application of a staged change began or was under way while it
-    /// ran, so that no key is counted in both places or in neither.
-    pub(super) fn consistent<T>(&self, mut view: impl FnMut() -> T) -> T {
-        loop {
+    /// ran, so that no key is counted in both places or in neither. `None`
+    /// when applications kept overlapping it for every one of a few tries
+    /// (a write storm): the caller then holds the applier off itself.
+    pub(super) fn consistent<T>(&self, mut view: impl FnMut() -> T) -> Option<T> {
+        const TRIES: usize = 64;
+        for _ in 0..TRIES {
             let finished = self.applies_finished.load(Ordering::Acquire);
             if self.applies_begun.load(Ordering::Acquire) == finished {
                 let seen = view();
                 if self.applies_begun.load(Ordering::Acquire) == finished {
-                    return seen;
+                    return Some(seen);
                 }
             }
             std::thread::yield_now();
         }
+        None
     }
 
     fn shard(&self, hash: u64) -> &Shard {
