@@ -282,6 +282,8 @@ pub enum Request<'a> {
     },
     /// `quit`.
     Quit,
+    /// `refresh_certs`: re-read the TLS certificate and key.
+    RefreshCerts,
 }
 
 impl Request<'_> {
@@ -404,6 +406,7 @@ impl Request<'_> {
             }
             Request::Shutdown => out.extend_from_slice(b"shutdown\r\n"),
             Request::Version => out.extend_from_slice(b"version\r\n"),
+            Request::RefreshCerts => out.extend_from_slice(b"refresh_certs\r\n"),
             Request::TooLarge {
                 mode,
                 key,
@@ -627,6 +630,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
         // (memcapable expects it of a server that reports 1.6).
         b"version" => request(Request::Version),
         b"quit" => request(Request::Quit),
+        // memcached ignores the tokens after `refresh_certs`.
+        b"refresh_certs" => request(Request::RefreshCerts),
         b"verbosity" => {
             let (level, noreply) = match args {
                 [level] => (*level, *level == b"noreply"),
