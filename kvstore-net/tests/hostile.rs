@@ -876,3 +876,75 @@ fn hostile_streams_before_authentication_change_nothing() {
     let log = srv.stderr.lock().unwrap();
     assert!(!log.contains("panicked"), "server panicked:\n{log}");
 }
+
+/// Feeds `input` in chunks cut at `cuts` to memcached's ASCII
+/// authentication as a connection does (a credentials step counts as a
+/// failed attempt: the stream stays unauthenticated); the steps taken.
+/// While a step is incomplete, the bytes held stay under the bound: a line
+/// of at most [`memcached::MAX_AUTH_LINE_BYTES`] (plus the last chunk) and
+/// one data block of at most [`memcached::MAX_AUTH_DATA_BYTES`].
+fn feed_auth(input: &[u8], cuts: &[usize]) -> Vec<String> {
+    let mut steps = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+    ends.push(input.len());
+    ends.sort_unstable();
+    let mut fed = 0;
+    for end in ends {
+        if end <= fed {
+            continue;
+        }
+        let chunk = &input[fed..end];
+        fed = end;
+        buf.extend_from_slice(chunk);
+        while !buf.is_empty() {
+            let consumed = match memcached::parse_ascii_auth(&buf) {
+                memcached::AuthStep::Incomplete => {
+                    let line = buf.iter().position(|&b| b == b'\n');
+                    let bound = match line {
+                        None => memcached::MAX_AUTH_LINE_BYTES + chunk.len(),
+                        Some(nl) => nl + 1 + memcached::MAX_AUTH_DATA_BYTES as usize + 2,
+                    };
+                    assert!(
+                        buf.len() <= bound,
+                        "{} bytes held (bound {bound})",
+                        buf.len()
+                    );
+                    break;
+                }
+                memcached::AuthStep::Close => {
+                    steps.push("close".to_string());
+                    return steps;
+                }
+                memcached::AuthStep::Refuse { reply, consumed } => {
+                    steps.push(String::from_utf8_lossy(reply).into_owned());
+                    consumed
+                }
+                memcached::AuthStep::Credentials {
+                    user,
+                    password,
+                    consumed,
+                } => {
+                    steps.push(format!("credentials {user:?} {password:?}"));
+                    consumed
+                }
+            };
+            assert!(consumed > 0 && consumed <= buf.len(), "no progress");
+            buf.drain(..consumed);
+        }
+    }
+    steps
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ascii_auth_chunked_arbitrary_bytes_parse_as_whole(
+        input in prop_oneof![fragments(), meta_fragments(), proptest::collection::vec(any::<u8>(), 0..3000)],
+        cuts in cuts(),
+    ) {
+        let whole = feed_auth(&input, &[]);
+        prop_assert_eq!(feed_auth(&input, &cuts), whole);
+    }
+}

@@ -12,7 +12,7 @@ use super::{reject_step, Context};
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::exec::{self, Command, Failure, Response, StatsGroup};
 use crate::protocol::memcached::{self as mc, StoreMode};
-use crate::protocol::{meta, parse_u64, push_u64, Parsed};
+use crate::protocol::{meta, push_u64, Parsed};
 
 /// The memcached text dialect.
 pub(crate) struct McHandler {
@@ -21,27 +21,6 @@ pub(crate) struct McHandler {
     /// else after memcached's ASCII authentication ([`McHandler::ascii_auth`]).
     authenticated: bool,
 }
-
-/// `CLIENT_ERROR unauthenticated`: a command before the authentication.
-pub(crate) const UNAUTHENTICATED: &[u8] = b"CLIENT_ERROR unauthenticated\r\n";
-/// `CLIENT_ERROR authentication failure`: wrong user or password.
-pub(crate) const AUTH_FAILURE: &[u8] = b"CLIENT_ERROR authentication failure\r\n";
-/// The answer to an authentication whose data is longer than
-/// [`MAX_AUTH_DATA_BYTES`].
-const AUTH_TOO_LONG: &[u8] = b"CLIENT_ERROR auth token too long\r\n";
-/// The answer to authentication data without a space between user and
-/// password.
-const AUTH_BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad authentication token format\r\n";
-/// The answer to authentication data not ended by `\r\n`.
-const AUTH_BAD_TERMINATION: &[u8] = b"CLIENT_ERROR bad command line termination\r\n";
-/// The largest authentication data block (memcached's `MAX_AUTH_REQ_LEN`).
-const MAX_AUTH_DATA_BYTES: u64 = 16384;
-/// A line shorter than this (before its `\n`) cannot be an
-/// authentication, and closes the connection (memcached's
-/// `MIN_AUTH_REQ_LEN`).
-const MIN_AUTH_LINE_BYTES: usize = 6;
-/// Unauthenticated bytes without a newline past this close the connection.
-const MAX_AUTH_JUNK_BYTES: usize = 2048;
 
 impl McHandler {
     /// A new connection's handler.
@@ -52,68 +31,32 @@ impl McHandler {
         }
     }
 
-    /// memcached's ASCII authentication (`proto_text.c`,
-    /// `try_read_command_asciiauth`), byte for byte: before it, the only
-    /// command is a `set <any key> <flags> <exptime> <bytes>` whose data is
-    /// `<user> <password>` (split at the first space), answered `STORED`
-    /// or `CLIENT_ERROR authentication failure`. Any other line, meta
-    /// commands included, is answered `CLIENT_ERROR unauthenticated`; a
-    /// line under 6 bytes, or 2 KiB without a newline, closes the
-    /// connection.
+    /// memcached's ASCII authentication ([`mc::parse_ascii_auth`]): before
+    /// it the only command is a `set` whose data is `<user> <password>`,
+    /// answered `STORED` or `CLIENT_ERROR authentication failure`; every
+    /// other line, meta commands included, is refused.
     fn ascii_auth(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Step {
-        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-            return if buf.len() > MAX_AUTH_JUNK_BYTES {
-                Step::Close
-            } else {
-                Step::Incomplete
-            };
-        };
-        if nl < MIN_AUTH_LINE_BYTES {
-            return Step::Close;
+        match mc::parse_ascii_auth(buf) {
+            mc::AuthStep::Incomplete => Step::Incomplete,
+            mc::AuthStep::Close => Step::Close,
+            mc::AuthStep::Refuse { reply, consumed } => {
+                out.extend_from_slice(reply);
+                Step::Consumed(consumed)
+            }
+            mc::AuthStep::Credentials {
+                user,
+                password,
+                consumed,
+            } => {
+                if self.ctx.authenticate("memcached text", user, password) {
+                    self.authenticated = true;
+                    out.extend_from_slice(mc::STORED);
+                } else {
+                    out.extend_from_slice(mc::AUTH_FAILURE);
+                }
+                Step::Consumed(consumed)
+            }
         }
-        let line_len = nl + 1;
-        let line = &buf[..nl];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let size = line
-            .split(|&b| b == b' ')
-            .filter(|t| !t.is_empty())
-            .nth(4)
-            .and_then(parse_u64)
-            .filter(|&n| n <= u64::from(u32::MAX));
-        let Some(size) = size.filter(|_| line.starts_with(b"set")) else {
-            out.extend_from_slice(UNAUTHENTICATED);
-            return Step::Consumed(line_len);
-        };
-        if size > MAX_AUTH_DATA_BYTES {
-            // As memcached: the line only is consumed.
-            out.extend_from_slice(AUTH_TOO_LONG);
-            return Step::Consumed(line_len);
-        }
-        let size = size as usize;
-        let end = line_len + size + 2;
-        if buf.len() < end {
-            return Step::Incomplete;
-        }
-        let data = &buf[line_len..end];
-        if !data.ends_with(b"\r\n") {
-            out.extend_from_slice(AUTH_BAD_TERMINATION);
-            return Step::Consumed(end);
-        }
-        let data = &data[..size];
-        let Some(mid) = data.iter().position(|&b| b == b' ') else {
-            out.extend_from_slice(AUTH_BAD_FORMAT);
-            return Step::Consumed(end);
-        };
-        if self
-            .ctx
-            .authenticate("memcached text", &data[..mid], &data[mid + 1..])
-        {
-            self.authenticated = true;
-            out.extend_from_slice(mc::STORED);
-        } else {
-            out.extend_from_slice(AUTH_FAILURE);
-        }
-        Step::Consumed(end)
     }
 }
 
