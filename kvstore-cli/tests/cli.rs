@@ -778,3 +778,57 @@ fn tls_flags_reach_a_tls_server_and_plaintext_does_not() {
     }
     assert_eq!(s.store.get("p").unwrap(), None);
 }
+
+#[test]
+fn user_flag_authenticates_with_the_password_from_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let files = tempfile::tempdir().unwrap();
+    let auth_path = files.path().join("users");
+    std::fs::write(&auth_path, "ada:s3cret\n").unwrap();
+    std::fs::set_permissions(&auth_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = TestServer::start_with(ServerConfig {
+        auth: Some(Arc::new(
+            kvstore_net::auth::AuthFile::load(&auth_path).unwrap(),
+        )),
+        ..ServerConfig::default()
+    });
+    let as_ada = |password: &str, args: &[&str]| {
+        let mut cmd = s.cli(args);
+        cmd.args(["--user", "ada"])
+            .env("KVSTORE_PASSWORD", password);
+        cmd
+    };
+    assert_eq!(
+        text(&ok(as_ada("s3cret", &["set", "k", "v"]), b"")),
+        "STORED\n"
+    );
+    assert_eq!(text(&ok(as_ada("s3cret", &["get", "k"]), b"")), "v");
+
+    // A wrong password, or none at all: an error naming the refusal, and
+    // nothing stored.
+    let wrong = run(as_ada("guess", &["set", "w", "x"]), b"");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong.stderr).contains("refused the credentials"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    let anonymous = run(s.cli(&["set", "w", "x"]), b"");
+    assert_eq!(anonymous.status.code(), Some(1));
+    assert!(
+        text(&anonymous.stderr).contains("requires authentication"),
+        "{}",
+        text(&anonymous.stderr)
+    );
+    // No password in the environment and no terminal to ask on.
+    let mut no_password = s.cli(&["get", "k", "--user", "ada"]);
+    no_password.env_remove("KVSTORE_PASSWORD");
+    let out = run(no_password, b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("KVSTORE_PASSWORD"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(s.store.get("w").unwrap(), None);
+}

@@ -336,11 +336,17 @@ impl Client {
 
     /// Sends `auth <user> <password>` and reads the verdict.
     fn authenticate(&mut self, credentials: &Credentials) -> Result<()> {
-        let request = format!("auth {} {}\r\n", credentials.user, credentials.password);
+        let mut request = Vec::new();
+        Request::Auth {
+            user: credentials.user.as_bytes(),
+            password: credentials.password.as_bytes(),
+        }
+        .encode(&mut request);
+        let line = |reply: &'static [u8]| reply.strip_suffix(b"\r\n").unwrap_or(reply);
         self.conn.authenticate(
-            request.as_bytes(),
-            b"AUTHENTICATED",
-            b"AUTH-FAILED",
+            &request,
+            line(seed::AUTHENTICATED),
+            line(seed::AUTH_FAILED),
             credentials,
         )
     }
@@ -350,11 +356,19 @@ impl Client {
         &self.conn.addr
     }
 
+    fn auth_required(&self) -> Error {
+        Error::Auth(format!(
+            "{} requires authentication (connect with credentials)",
+            self.conn.addr
+        ))
+    }
+
     fn status(&mut self) -> Result<Status> {
         let line = self.conn.line()?;
         match seed::parse_status(&line) {
             Some(Status::Invalid) => Err(Error::Rejected(lossy(&line))),
             Some(Status::NotStored) => Err(Error::NotStored),
+            Some(Status::AuthRequired) => Err(self.auth_required()),
             Some(status) => Ok(status),
             None => Err(Error::Protocol(lossy(&line))),
         }
@@ -414,6 +428,7 @@ impl Client {
                 return match seed::parse_status(&line) {
                     Some(Status::NotStored) => Err(Error::NotStored),
                     Some(Status::Invalid) => Err(Error::Rejected(lossy(&line))),
+                    Some(Status::AuthRequired) => Err(self.auth_required()),
                     _ => Err(Error::Protocol(lossy(&line))),
                 };
             };

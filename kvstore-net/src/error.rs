@@ -45,6 +45,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Protected mode: the server would listen beyond loopback with
+    /// nothing keeping strangers out; the message lists the choices.
+    #[error("{0}")]
+    Unprotected(String),
     /// TLS could not be set up: a certificate, key or CA file that cannot
     /// be read or used, or a server name that is not valid.
     #[error("tls: {0}")]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use kvstore_core::Store;
 
+use crate::auth::AuthFile;
 use crate::connection::{self, End, Handler, Stream};
 use crate::error::{Error, Result};
 use crate::exec::{Executor, Stats};
@@ -93,6 +94,14 @@ pub struct ServerConfig {
     /// re-read while the server runs ([`TlsAcceptor::reload`], memcached's
     /// `refresh_certs`).
     pub tls: Option<Arc<TlsAcceptor>>,
+    /// Credentials every connection must present before anything else
+    /// (memcached's `-Y` file; default: none). Each dialect authenticates
+    /// its own way: docs/PROTOCOL.md, "Authentication".
+    pub auth: Option<Arc<AuthFile>>,
+    /// Listen on a non-loopback address with neither `auth` nor client
+    /// certificates (`TlsFiles::client_ca`). Off by default, when
+    /// [`Server::start`] refuses such a configuration (protected mode).
+    pub unprotected: bool,
 }
 
 /// Which of memcached's protocols the memcached port speaks (memcached's
@@ -122,6 +131,8 @@ impl Default for ServerConfig {
             memcached_protocol: MemcachedProtocol::Auto,
             enable_shutdown: false,
             tls: None,
+            auth: None,
+            unprotected: false,
         }
     }
 }
@@ -259,7 +270,10 @@ impl Server {
     ///
     /// # Errors
     /// [`Error::Bind`] naming the address (and so the port) that could not
-    /// be bound.
+    /// be bound; [`Error::Unprotected`] when `config` listens beyond
+    /// loopback with neither an auth file nor client certificates, unless
+    /// [`ServerConfig::unprotected`] (protected mode, see
+    /// [`check_protected`]).
     pub fn start(store: Arc<Store>, config: ServerConfig) -> Result<ServerHandle> {
         Server::start_with_key_policy(store, config, KeyPolicy::Strict)
     }
@@ -275,6 +289,7 @@ impl Server {
         config: ServerConfig,
         keys: KeyPolicy,
     ) -> Result<ServerHandle> {
+        check_protected(&config)?;
         let mut config = config;
         if config.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
             log::warn!(
@@ -385,6 +400,38 @@ impl Server {
     }
 }
 
+/// Protected mode, after Redis': a server that listens on an address other
+/// machines can reach must keep them out, with an auth file or with client
+/// certificates; `unprotected` says that a firewall or a private network
+/// does it instead. Loopback addresses pass.
+///
+/// # Errors
+/// [`Error::Unprotected`] naming the address and the ways out.
+pub fn check_protected(config: &ServerConfig) -> Result<()> {
+    let has_listener = config.seed_port.is_some() || config.memcached_port.is_some();
+    let client_certs = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.files().client_ca.is_some());
+    if !has_listener
+        || config.bind.is_loopback()
+        || config.auth.is_some()
+        || client_certs
+        || config.unprotected
+    {
+        return Ok(());
+    }
+    Err(Error::Unprotected(format!(
+        "refusing to listen on {} without protection (protected mode): anyone who can reach \
+         this address could read, overwrite and flush every key. Choose one: \
+         --auth-file FILE to require a user and password (memcached's -Y format, user:password \
+         per line, chmod 600); --tls-cert/--tls-key with --tls-ca CA to require client \
+         certificates; --bind 127.0.0.1 to serve this machine only; or --unprotected if a \
+         firewall or a private network already keeps others out",
+        config.bind
+    )))
+}
+
 fn accept_loop(listener: Arc<TcpListener>, dialect: Dialect, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept();
@@ -479,12 +526,15 @@ fn run_connection(
         max_value_bytes: shared.config.max_value_bytes,
         keys: shared.keys,
         last_active,
+        auth: shared.config.auth.clone(),
+        tls: shared.config.tls.clone(),
+        peer,
     };
     let mut seed_handler;
     let mut mc_handler;
     let handler: &mut dyn Handler = match dialect {
         Dialect::Seed => {
-            seed_handler = SeedHandler { ctx };
+            seed_handler = SeedHandler::new(ctx);
             &mut seed_handler
         }
         Dialect::Memcached => {

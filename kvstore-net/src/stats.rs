@@ -121,10 +121,12 @@ struct Counters {
     total_items: AtomicU64,
     store_too_large: AtomicU64,
     store_errors: AtomicU64,
+    auth_cmds: AtomicU64,
+    auth_errors: AtomicU64,
 }
 
 impl Counters {
-    fn all(&self) -> [&AtomicU64; 20] {
+    fn all(&self) -> [&AtomicU64; 22] {
         [
             &self.cmd_get,
             &self.cmd_set,
@@ -146,6 +148,8 @@ impl Counters {
             &self.total_items,
             &self.store_too_large,
             &self.store_errors,
+            &self.auth_cmds,
+            &self.auth_errors,
         ]
     }
 }
@@ -404,6 +408,15 @@ impl Stats {
         lock(&self.detail).clear();
     }
 
+    /// Counts an authentication attempt (memcached's `auth_cmds`, and
+    /// `auth_errors` when it failed).
+    pub(crate) fn auth_attempt(&self, ok: bool) {
+        bump(&self.counters.auth_cmds);
+        if !ok {
+            bump(&self.counters.auth_errors);
+        }
+    }
+
     /// Logs and counts a failed store call.
     pub(crate) fn store_failed(&self, what: &str, key: &[u8], err: &StoreError) {
         bump(&self.counters.store_errors);
@@ -471,8 +484,8 @@ impl Stats {
             line("store_too_large", n(&c.store_too_large)),
             line("store_no_memory", 0),
             line("store_errors", n(&c.store_errors)),
-            line("auth_cmds", 0),
-            line("auth_errors", 0),
+            line("auth_cmds", n(&c.auth_cmds)),
+            line("auth_errors", n(&c.auth_errors)),
             line("idle_kicks", n(&self.idle_kicks)),
             line("bytes_read", n(&self.bytes_read)),
             line("bytes_written", n(&self.bytes_written)),

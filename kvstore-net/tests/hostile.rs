@@ -788,3 +788,174 @@ fn non_loopback_address() -> Option<std::net::IpAddr> {
     let ip = s.local_addr().ok()?.ip();
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
+
+/// Reads until `end` ends what was read.
+fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(end) {
+        s.read_exact(&mut b).unwrap();
+        out.push(b[0]);
+    }
+    out
+}
+
+#[test]
+fn hostile_streams_before_authentication_change_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("authfile");
+    std::fs::write(&file, "hostile:9f2c7e1a-b04d\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = server_command(BIN, &tmp.path().join("data"));
+    cmd.args([
+        "--max-value-bytes",
+        "4096",
+        "--idle-timeout",
+        "5",
+        "--auth-file",
+    ])
+    .arg(&file);
+    let srv = spawn(cmd);
+    let mut admin = TcpStream::connect(srv.seed).unwrap();
+    admin
+        .write_all(b"auth hostile 9f2c7e1a-b04d\r\nset guard 4\r\nkeep\r\n")
+        .unwrap();
+    assert_eq!(
+        read_until(&mut admin, b"STORED\r\n"),
+        b"AUTHENTICATED\r\nSTORED\r\n"
+    );
+
+    let seed_value: u64 = rand::thread_rng().gen();
+    let mut rng = StdRng::seed_from_u64(seed_value);
+    let streams = 90;
+    for round in 0..streams {
+        // Seed, memcached text (and meta) and memcached binary in turn.
+        let (addr, input) = match round % 3 {
+            0 => (srv.seed, random_stream(&mut rng)),
+            1 => (srv.mc.unwrap(), random_stream(&mut rng)),
+            _ => (srv.mc.unwrap(), random_binary_stream(&mut rng)),
+        };
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut pos = 0;
+        while pos < input.len() {
+            let n = rng.gen_range(1..=(input.len() - pos).min(64));
+            if s.write_all(&input[pos..pos + n]).is_err() {
+                break; // the server closed: allowed
+            }
+            pos += n;
+        }
+        let _ = s.shutdown(Shutdown::Write);
+        let out = drain_to_eof(&mut s);
+        let well_formed = match round % 3 {
+            0 => seed_replies_well_formed(&out),
+            1 => out.is_empty() || out.ends_with(b"\r\n"),
+            _ => binary_replies_well_formed(&out),
+        };
+        assert!(
+            well_formed,
+            "seed {seed_value} round {round}: malformed reply {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        if round % 3 == 0 {
+            // Nothing but refusals before `auth`.
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                text.lines()
+                    .all(|l| l == "AUTH-REQUIRED" || l == "AUTH-FAILED"),
+                "seed {seed_value} round {round}: {text}"
+            );
+        }
+    }
+    // The store holds the one key written after authenticating.
+    admin.write_all(b"get guard\r\n").unwrap();
+    assert_eq!(
+        read_until(&mut admin, b"END\r\n"),
+        b"VALUE guard 4\r\nkeep\r\nEND\r\n"
+    );
+    let mut mc = TcpStream::connect(srv.mc.unwrap()).unwrap();
+    mc.write_all(b"set x 0 0 21\r\nhostile 9f2c7e1a-b04d\r\nstats\r\n")
+        .unwrap();
+    let stats = String::from_utf8(read_until(&mut mc, b"END\r\n")).unwrap();
+    assert!(stats.starts_with("STORED\r\n"), "{stats}");
+    assert!(
+        stats.contains("STAT curr_items 1\r\n"),
+        "seed {seed_value}: {stats}"
+    );
+    let log = srv.stderr.lock().unwrap();
+    assert!(!log.contains("panicked"), "server panicked:\n{log}");
+}
+
+/// Feeds `input` in chunks cut at `cuts` to memcached's ASCII
+/// authentication as a connection does (a credentials step counts as a
+/// failed attempt: the stream stays unauthenticated); the steps taken.
+/// While a step is incomplete, the bytes held stay under the bound: a line
+/// of at most [`memcached::MAX_AUTH_LINE_BYTES`] (plus the last chunk) and
+/// one data block of at most [`memcached::MAX_AUTH_DATA_BYTES`].
+fn feed_auth(input: &[u8], cuts: &[usize]) -> Vec<String> {
+    let mut steps = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+    ends.push(input.len());
+    ends.sort_unstable();
+    let mut fed = 0;
+    for end in ends {
+        if end <= fed {
+            continue;
+        }
+        let chunk = &input[fed..end];
+        fed = end;
+        buf.extend_from_slice(chunk);
+        while !buf.is_empty() {
+            let consumed = match memcached::parse_ascii_auth(&buf) {
+                memcached::AuthStep::Incomplete => {
+                    let line = buf.iter().position(|&b| b == b'\n');
+                    let bound = match line {
+                        None => memcached::MAX_AUTH_LINE_BYTES + chunk.len(),
+                        Some(nl) => nl + 1 + memcached::MAX_AUTH_DATA_BYTES as usize + 2,
+                    };
+                    assert!(
+                        buf.len() <= bound,
+                        "{} bytes held (bound {bound})",
+                        buf.len()
+                    );
+                    break;
+                }
+                memcached::AuthStep::Close => {
+                    steps.push("close".to_string());
+                    return steps;
+                }
+                memcached::AuthStep::Refuse { reply, consumed } => {
+                    steps.push(String::from_utf8_lossy(reply).into_owned());
+                    consumed
+                }
+                memcached::AuthStep::Credentials {
+                    user,
+                    password,
+                    consumed,
+                } => {
+                    steps.push(format!("credentials {user:?} {password:?}"));
+                    consumed
+                }
+            };
+            assert!(consumed > 0 && consumed <= buf.len(), "no progress");
+            buf.drain(..consumed);
+        }
+    }
+    steps
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ascii_auth_chunked_arbitrary_bytes_parse_as_whole(
+        input in prop_oneof![fragments(), meta_fragments(), proptest::collection::vec(any::<u8>(), 0..3000)],
+        cuts in cuts(),
+    ) {
+        let whole = feed_auth(&input, &[]);
+        prop_assert_eq!(feed_auth(&input, &cuts), whole);
+    }
+}

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kvstore_core::{Durability, Options, Store};
+use kvstore_net::auth::AuthFile;
 use kvstore_net::protocol::KeyPolicy;
+use kvstore_net::server::check_protected;
 use kvstore_net::tls::{TlsAcceptor, TlsFiles};
 use kvstore_net::{MemcachedProtocol, Server, ServerConfig};
 
@@ -121,6 +123,18 @@ struct Args {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
 
+    /// Require every connection to authenticate with a user and password
+    /// from FILE (memcached's -Y format: `user:password` per line; must not
+    /// be readable by group or others). Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback --bind address without --auth-file or
+    /// --tls-ca (protected mode refuses that otherwise): only when a
+    /// firewall or a private network keeps strangers out.
+    #[arg(long)]
+    unprotected: bool,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG
     /// overrides it with filters such as `kvstore_net=debug`.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -172,7 +186,12 @@ fn run(args: Args) -> Result<(), String> {
         )),
         _ => None,
     };
-    let store = Store::open_with(&args.dir, options).map_err(|e| e.to_string())?;
+    let auth = args
+        .auth_file
+        .as_ref()
+        .map(|path| AuthFile::load(path).map(Arc::new))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let config = ServerConfig {
         bind: args.bind,
         seed_port: Some(args.port),
@@ -187,7 +206,13 @@ fn run(args: Args) -> Result<(), String> {
         },
         enable_shutdown: args.enable_shutdown,
         tls: tls.clone(),
+        auth: auth.clone(),
+        unprotected: args.unprotected,
     };
+    // Before the store is opened (or its directory created): a refused
+    // configuration leaves nothing behind.
+    check_protected(&config).map_err(|e| e.to_string())?;
+    let store = Store::open_with(&args.dir, options).map_err(|e| e.to_string())?;
     let keys = if args.lenient_keys {
         KeyPolicy::MemcachedCompatible
     } else {
@@ -218,6 +243,12 @@ fn run(args: Args) -> Result<(), String> {
                     match tls.reload() {
                         Ok(()) => log::info!("SIGHUP: TLS certificate and key reloaded"),
                         Err(e) => log::error!("SIGHUP: keeping the old TLS files: {e}"),
+                    }
+                }
+                if let Some(auth) = &auth {
+                    match auth.reload() {
+                        Ok(()) => log::info!("SIGHUP: auth file reloaded"),
+                        Err(e) => log::error!("SIGHUP: keeping the old credentials: {e}"),
                     }
                 }
             }

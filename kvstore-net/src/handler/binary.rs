@@ -21,7 +21,93 @@ use crate::protocol::{Parsed, Recovery};
 
 /// A connection speaking memcached's binary protocol.
 pub(crate) struct BinaryHandler {
-    pub ctx: Context,
+    ctx: Context,
+    /// Whether commands are served: from the start without an auth file,
+    /// else after a successful SASL `PLAIN` authentication.
+    authenticated: bool,
+}
+
+/// The one SASL mechanism offered: `PLAIN` (RFC 4616), which memjs and
+/// libmemcached send.
+const SASL_PLAIN: &[u8] = b"PLAIN";
+
+/// The user and password of a SASL `PLAIN` message,
+/// `[authzid] NUL authcid NUL passwd`; the authorization identity, which
+/// kvstore has no use for, must be empty or the user itself.
+fn sasl_plain(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let authzid = parts.next()?;
+    let user = parts.next()?;
+    let password = parts.next()?;
+    (authzid.is_empty() || authzid == user).then_some((user, password))
+}
+
+impl BinaryHandler {
+    /// A new connection's handler.
+    pub(crate) fn new(ctx: Context) -> BinaryHandler {
+        BinaryHandler {
+            authenticated: !ctx.auth_required(),
+            ctx,
+        }
+    }
+
+    /// SASL as memcached started with `-S` does it: `list mechs`, `auth`
+    /// and `version` are served before authentication; any other command
+    /// gets `Auth failure.` (status 0x20) and the connection is closed.
+    /// `None`: run the command; `Some(close)`: answered here.
+    fn sasl(
+        &mut self,
+        command: &bin::Command<'_>,
+        reply: Reply<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
+        match command {
+            bin::Command::SaslListMechs => {
+                reply.success(out, 0, SASL_PLAIN);
+                Some(false)
+            }
+            bin::Command::SaslAuth {
+                step,
+                mechanism,
+                data,
+            } => {
+                // PLAIN is one step: a `step` is as wrong as another
+                // mechanism.
+                let credentials = (!*step && *mechanism == SASL_PLAIN)
+                    .then(|| sasl_plain(data))
+                    .flatten();
+                let ok = match credentials {
+                    Some((user, password)) => {
+                        self.ctx.authenticate("memcached binary", user, password)
+                    }
+                    None => {
+                        self.ctx.exec.stats().auth_attempt(false);
+                        log::warn!(
+                            "{}: SASL authentication refused: not a PLAIN start with \
+                             user and password",
+                            self.ctx.peer
+                        );
+                        false
+                    }
+                };
+                if ok {
+                    self.authenticated = true;
+                    reply.success(out, 0, b"Authenticated");
+                } else {
+                    reply.error(out, Status::AuthError);
+                }
+                Some(false)
+            }
+            bin::Command::Version => None,
+            _ if self.authenticated => None,
+            _ => {
+                // A quiet command is answered too: the client must learn
+                // why the connection closes.
+                bin::Response::error(reply.opcode, reply.opaque, Status::AuthError).encode(out);
+                Some(true)
+            }
+        }
+    }
 }
 
 /// What a request needs to answer, beyond the response itself.
@@ -221,12 +307,30 @@ impl Handler for BinaryHandler {
         ) = match bin::parse(buf, &limits) {
             Parsed::Request { request, consumed } => (request, consumed),
             Parsed::Incomplete => return Ok(Step::Incomplete),
+            // Before authentication a refused packet changes nothing (a
+            // too-large set keeps the old value) and closes, as any other
+            // command does then.
+            Parsed::Reject(r) if !self.authenticated => {
+                if let Some(e) = r.reply {
+                    bin::Response::error(e.opcode, e.opaque, Status::AuthError).encode(out.buf());
+                }
+                return Ok(Step::Close);
+            }
             Parsed::Reject(r) => return Ok(self.reject(r, out.buf())),
         };
         let reply = Reply {
             quiet: command.is_quiet(),
             ..Reply::new(command.opcode().byte(), opaque)
         };
+        if self.ctx.auth_required() {
+            if let Some(close) = self.sasl(&command, reply, out.buf()) {
+                return Ok(if close {
+                    Step::Close
+                } else {
+                    Step::Consumed(consumed)
+                });
+            }
+        }
         // A request cas of 0 means "no cas".
         let cas = (cas != 0).then_some(cas);
         match command {

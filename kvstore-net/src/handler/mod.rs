@@ -20,16 +20,19 @@ pub(crate) use seed::SeedHandler;
 pub(crate) use text::McHandler;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use kvstore_core::item::unix_now;
 
+use crate::auth::AuthFile;
 use crate::connection::{Handler, IoCounts, Output, Step};
 use crate::exec::Executor;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::{KeyPolicy, Recovery, Reject};
 use crate::server::MemcachedProtocol;
+use crate::tls::TlsAcceptor;
 
 /// What every dialect's handler shares.
 #[derive(Clone)]
@@ -42,9 +45,53 @@ pub(crate) struct Context {
     pub keys: KeyPolicy,
     /// When the connection last received bytes (`stats conns`).
     pub last_active: Arc<AtomicU64>,
+    /// The credentials a connection must present before anything else
+    /// (`None`: no authentication).
+    pub auth: Option<Arc<AuthFile>>,
+    /// The server's TLS files, for `refresh_certs` (`None`: plain TCP).
+    pub tls: Option<Arc<TlsAcceptor>>,
+    /// The client's address, for the log.
+    pub peer: SocketAddr,
 }
 
 impl Context {
+    /// Whether a new connection starts unauthenticated.
+    pub(crate) fn auth_required(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Checks credentials against the auth file, counts the attempt
+    /// (`auth_cmds`, `auth_errors`) and logs a failure with the peer's
+    /// address and the user name (never the password). Without an auth
+    /// file every attempt fails: there is nothing to check against.
+    pub(crate) fn authenticate(&self, dialect: &str, user: &[u8], password: &[u8]) -> bool {
+        let ok = self
+            .auth
+            .as_ref()
+            .is_some_and(|auth| auth.check(user, password));
+        self.exec.stats().auth_attempt(ok);
+        if ok {
+            log::debug!(
+                "{}: authenticated as {:?} ({dialect})",
+                self.peer,
+                String::from_utf8_lossy(user)
+            );
+        } else if self.auth.is_none() {
+            log::warn!(
+                "{}: authentication as {:?} refused: the server has no auth file ({dialect})",
+                self.peer,
+                String::from_utf8_lossy(user)
+            );
+        } else {
+            log::warn!(
+                "{}: authentication as {:?} failed ({dialect})",
+                self.peer,
+                String::from_utf8_lossy(user)
+            );
+        }
+        ok
+    }
+
     /// Adds a batch's socket figures to the statistics and marks the
     /// connection active.
     pub(crate) fn batch_done(&self, io: &IoCounts) {
@@ -104,9 +151,9 @@ impl Handler for McPortHandler {
             };
             let ctx = ctx.clone();
             self.state = if binary {
-                McPortState::Binary(BinaryHandler { ctx })
+                McPortState::Binary(BinaryHandler::new(ctx))
             } else {
-                McPortState::Text(McHandler { ctx })
+                McPortState::Text(McHandler::new(ctx))
             };
         }
         match &mut self.state {

@@ -12,7 +12,20 @@ use crate::protocol::{seed, Parsed};
 
 /// The seed dialect.
 pub(crate) struct SeedHandler {
-    pub ctx: Context,
+    ctx: Context,
+    /// Whether requests are served: from the start without an auth file,
+    /// else after a successful `auth`.
+    authenticated: bool,
+}
+
+impl SeedHandler {
+    /// A new connection's handler.
+    pub(crate) fn new(ctx: Context) -> SeedHandler {
+        SeedHandler {
+            authenticated: !ctx.auth_required(),
+            ctx,
+        }
+    }
 }
 
 /// The seed dialect's encoder: its replies have no error lines but
@@ -38,8 +51,34 @@ impl Handler for SeedHandler {
         let (request, consumed) = match seed::parse(buf, &limits) {
             Parsed::Request { request, consumed } => (request, consumed),
             Parsed::Incomplete => return Ok(Step::Incomplete),
-            Parsed::Reject(r) => return Ok(reject_step(r, out.buf())),
+            // Before `auth`, a rejected request is answered AUTH-REQUIRED
+            // too (it tells nothing of the server's limits); its recovery
+            // stays, so a refused data block is still skipped.
+            Parsed::Reject(mut r) => {
+                if !self.authenticated && !r.reply.is_empty() {
+                    r.reply = seed::AUTH_REQUIRED;
+                }
+                return Ok(reject_step(r, out.buf()));
+            }
         };
+        if let seed::Request::Auth { user, password } = request {
+            // A later `auth` may switch users; a failed one leaves the
+            // connection as it was.
+            let ok = self.ctx.authenticate("seed", user, password);
+            self.authenticated |= ok;
+            out.buf().extend_from_slice(if ok {
+                seed::AUTHENTICATED
+            } else {
+                seed::AUTH_FAILED
+            });
+            return Ok(Step::Consumed(consumed));
+        }
+        if !self.authenticated {
+            // The request was parsed whole (a `set` with its data block),
+            // so the stream stays in step.
+            out.buf().extend_from_slice(seed::AUTH_REQUIRED);
+            return Ok(Step::Consumed(consumed));
+        }
         let exec = &*self.ctx.exec;
         match request {
             seed::Request::Set { key, value } => {
@@ -77,6 +116,7 @@ impl Handler for SeedHandler {
                 let cmd = Command::Flush { delay_secs: 0 };
                 exec.execute(&cmd, &mut |resp| encode_seed(b"", resp, out.buf()));
             }
+            seed::Request::Auth { .. } => {}
         }
         Ok(Step::Consumed(consumed))
     }

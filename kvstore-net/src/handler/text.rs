@@ -16,7 +16,48 @@ use crate::protocol::{meta, push_u64, Parsed};
 
 /// The memcached text dialect.
 pub(crate) struct McHandler {
-    pub ctx: Context,
+    ctx: Context,
+    /// Whether commands are served: from the start without an auth file,
+    /// else after memcached's ASCII authentication ([`McHandler::ascii_auth`]).
+    authenticated: bool,
+}
+
+impl McHandler {
+    /// A new connection's handler.
+    pub(crate) fn new(ctx: Context) -> McHandler {
+        McHandler {
+            authenticated: !ctx.auth_required(),
+            ctx,
+        }
+    }
+
+    /// memcached's ASCII authentication ([`mc::parse_ascii_auth`]): before
+    /// it the only command is a `set` whose data is `<user> <password>`,
+    /// answered `STORED` or `CLIENT_ERROR authentication failure`; every
+    /// other line, meta commands included, is refused.
+    fn ascii_auth(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Step {
+        match mc::parse_ascii_auth(buf) {
+            mc::AuthStep::Incomplete => Step::Incomplete,
+            mc::AuthStep::Close => Step::Close,
+            mc::AuthStep::Refuse { reply, consumed } => {
+                out.extend_from_slice(reply);
+                Step::Consumed(consumed)
+            }
+            mc::AuthStep::Credentials {
+                user,
+                password,
+                consumed,
+            } => {
+                if self.ctx.authenticate("memcached text", user, password) {
+                    self.authenticated = true;
+                    out.extend_from_slice(mc::STORED);
+                } else {
+                    out.extend_from_slice(mc::AUTH_FAILURE);
+                }
+                Step::Consumed(consumed)
+            }
+        }
+    }
 }
 
 /// What a text request needs to answer, beyond the response itself.
@@ -266,6 +307,9 @@ impl McHandler {
 
 impl Handler for McHandler {
     fn step(&mut self, buf: &[u8], out: &mut Output<'_>) -> io::Result<Step> {
+        if !self.authenticated {
+            return Ok(self.ascii_auth(buf, out.buf()));
+        }
         // Meta commands arrive mixed with text commands (see
         // `meta::is_meta` for how a line is told apart).
         if meta::is_meta(buf) {
@@ -423,6 +467,20 @@ impl Handler for McHandler {
                 out.buf(),
             ),
             mc::Request::Quit => return Ok(Step::Close),
+            mc::Request::RefreshCerts => match &self.ctx.tls {
+                // What a memcached without TLS answers: an unknown command.
+                None => out.buf().extend_from_slice(mc::ERROR),
+                Some(tls) => match tls.reload() {
+                    Ok(()) => {
+                        log::info!("refresh_certs: TLS certificate and key reloaded");
+                        out.buf().extend_from_slice(mc::OK);
+                    }
+                    Err(e) => {
+                        log::error!("refresh_certs: keeping the old TLS files: {e}");
+                        mc::encode_server_error(out.buf(), &e.to_string());
+                    }
+                },
+            },
         }
         Ok(Step::Consumed(consumed))
     }

@@ -282,6 +282,8 @@ pub enum Request<'a> {
     },
     /// `quit`.
     Quit,
+    /// `refresh_certs`: re-read the TLS certificate and key.
+    RefreshCerts,
 }
 
 impl Request<'_> {
@@ -404,6 +406,7 @@ impl Request<'_> {
             }
             Request::Shutdown => out.extend_from_slice(b"shutdown\r\n"),
             Request::Version => out.extend_from_slice(b"version\r\n"),
+            Request::RefreshCerts => out.extend_from_slice(b"refresh_certs\r\n"),
             Request::TooLarge {
                 mode,
                 key,
@@ -627,6 +630,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
         // (memcapable expects it of a server that reports 1.6).
         b"version" => request(Request::Version),
         b"quit" => request(Request::Quit),
+        // memcached ignores the tokens after `refresh_certs`.
+        b"refresh_certs" => request(Request::RefreshCerts),
         b"verbosity" => {
             let (level, noreply) = match args {
                 [level] => (*level, *level == b"noreply"),
@@ -885,6 +890,108 @@ pub fn parse_reply(line: &[u8]) -> Option<Reply<'_>> {
         }
         _ => Reply::Number(parse_u64(line)?),
     })
+}
+
+/// `CLIENT_ERROR unauthenticated`: a command before the authentication.
+pub const UNAUTHENTICATED: &[u8] = b"CLIENT_ERROR unauthenticated\r\n";
+/// `CLIENT_ERROR authentication failure`: wrong user or password.
+pub const AUTH_FAILURE: &[u8] = b"CLIENT_ERROR authentication failure\r\n";
+/// The answer to authentication data longer than [`MAX_AUTH_DATA_BYTES`].
+pub const AUTH_TOO_LONG: &[u8] = b"CLIENT_ERROR auth token too long\r\n";
+/// The answer to authentication data without a space between user and
+/// password.
+pub const AUTH_BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad authentication token format\r\n";
+/// The answer to authentication data not ended by `\r\n`.
+pub const AUTH_BAD_TERMINATION: &[u8] = b"CLIENT_ERROR bad command line termination\r\n";
+/// The largest authentication data block (memcached's `MAX_AUTH_REQ_LEN`).
+pub const MAX_AUTH_DATA_BYTES: u64 = 16384;
+/// A line shorter than this (before its `\n`) cannot be an
+/// authentication and closes the connection (memcached's
+/// `MIN_AUTH_REQ_LEN`).
+const MIN_AUTH_LINE_BYTES: usize = 6;
+/// Unauthenticated bytes without a newline past this close the connection.
+pub const MAX_AUTH_LINE_BYTES: usize = 2048;
+
+/// What memcached's ASCII authentication makes of the bytes an
+/// unauthenticated connection sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStep<'a> {
+    /// No complete step is buffered.
+    Incomplete,
+    /// Close the connection, answering nothing.
+    Close,
+    /// Answer `reply` and skip `consumed` bytes.
+    Refuse {
+        /// The error line.
+        reply: &'static [u8],
+        /// Bytes used.
+        consumed: usize,
+    },
+    /// Credentials to check: answer `STORED` or [`AUTH_FAILURE`].
+    Credentials {
+        /// The user (before the first space of the data).
+        user: &'a [u8],
+        /// The password (the rest of the data).
+        password: &'a [u8],
+        /// Bytes used: the line and the data block.
+        consumed: usize,
+    },
+}
+
+/// Parses the first step of memcached's ASCII authentication in `buf`, as
+/// memcached 1.6.45 does it (`proto_text.c`, `try_read_command_asciiauth`):
+/// a `set <any key> <flags> <exptime> <bytes>` line (five tokens or more,
+/// starting with `set`, the fifth a 32-bit number) whose data is
+/// `<user> <password>`, split at the first space. Any other line is
+/// refused with [`UNAUTHENTICATED`] and skipped; a line under 6 bytes
+/// before its `\n`, or more than [`MAX_AUTH_LINE_BYTES`] bytes without a
+/// newline, closes. A data length over [`MAX_AUTH_DATA_BYTES`] is refused
+/// with the line alone skipped (the data is then read as commands).
+pub fn parse_ascii_auth(buf: &[u8]) -> AuthStep<'_> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > MAX_AUTH_LINE_BYTES {
+            AuthStep::Close
+        } else {
+            AuthStep::Incomplete
+        };
+    };
+    if nl < MIN_AUTH_LINE_BYTES {
+        return AuthStep::Close;
+    }
+    let line_len = nl + 1;
+    let line = &buf[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let size = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(4)
+        .and_then(parse_u64)
+        .filter(|&n| n <= u64::from(u32::MAX));
+    let refuse = |reply, consumed| AuthStep::Refuse { reply, consumed };
+    let Some(size) = size.filter(|_| line.starts_with(b"set")) else {
+        return refuse(UNAUTHENTICATED, line_len);
+    };
+    if size > MAX_AUTH_DATA_BYTES {
+        return refuse(AUTH_TOO_LONG, line_len);
+    }
+    let size = size as usize;
+    let end = line_len + size + 2;
+    if buf.len() < end {
+        return AuthStep::Incomplete;
+    }
+    let data = &buf[line_len..end];
+    if !data.ends_with(b"\r\n") {
+        return refuse(AUTH_BAD_TERMINATION, end);
+    }
+    let data = &data[..size];
+    match data.iter().position(|&b| b == b' ') {
+        Some(mid) => AuthStep::Credentials {
+            user: &data[..mid],
+            password: &data[mid + 1..],
+            consumed: end,
+        },
+        None => refuse(AUTH_BAD_FORMAT, end),
+    }
 }
 
 #[cfg(test)]
@@ -1618,5 +1725,42 @@ mod tests {
             }
             prop_assert_eq!(seen, whole);
         }
+    }
+
+    #[test]
+    fn ascii_auth_steps() {
+        use AuthStep::*;
+        assert_eq!(parse_ascii_auth(b"set a 0 0 7\r\nfoo b"), Incomplete);
+        assert_eq!(
+            parse_ascii_auth(b"set a 0 0 7\r\nfoo bar\r\nget x\r\n"),
+            Credentials {
+                user: b"foo",
+                password: b"bar",
+                consumed: 22
+            }
+        );
+        assert_eq!(
+            parse_ascii_auth(b"set a 0 0 9\r\nfoo b ar \r\n"),
+            Credentials {
+                user: b"foo",
+                password: b"b ar ",
+                consumed: 24
+            }
+        );
+        let refused = |buf: &[u8]| match parse_ascii_auth(buf) {
+            Refuse { reply, consumed } => (reply, consumed),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(b"get foo\r\n"), (UNAUTHENTICATED, 9));
+        assert_eq!(refused(b"set a 0 0\r\n"), (UNAUTHENTICATED, 11));
+        assert_eq!(refused(b"set a 0 0 x\r\n"), (UNAUTHENTICATED, 13));
+        assert_eq!(refused(b"set a 0 0 4294967296\r\n"), (UNAUTHENTICATED, 22));
+        assert_eq!(refused(b"set a 0 0 16385\r\n"), (AUTH_TOO_LONG, 17));
+        assert_eq!(refused(b"set a 0 0 3\r\nabc\r\n"), (AUTH_BAD_FORMAT, 18));
+        assert_eq!(refused(b"set a 0 0 3\r\nabcde"), (AUTH_BAD_TERMINATION, 18));
+        assert_eq!(parse_ascii_auth(b"quit\r\n"), Close);
+        assert_eq!(parse_ascii_auth(b"\n"), Close);
+        assert_eq!(parse_ascii_auth(&[b'x'; 2048]), Incomplete);
+        assert_eq!(parse_ascii_auth(&[b'x'; 2049]), Close);
     }
 }

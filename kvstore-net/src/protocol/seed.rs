@@ -7,6 +7,8 @@
 //! | `get <key>...` | `VALUE <key> <bytes>\r\n<data>\r\n` per key (missing: empty), `END` |
 //! | `delete` | `DELETED` (every key removed) |
 //! | `delete <key>` | `DELETED` / `NOT-FOUND` |
+//! | `auth <user> <password>` | `AUTHENTICATED` / `AUTH-FAILED` |
+//! | anything before `auth`, on a server with an auth file | `AUTH-REQUIRED` |
 //! | anything else | `INVALID REQUEST` |
 
 use super::{
@@ -26,6 +28,12 @@ pub const NOT_FOUND: &[u8] = b"NOT-FOUND\r\n";
 pub const END: &[u8] = b"END\r\n";
 /// `INVALID REQUEST\r\n`
 pub const INVALID_REQUEST: &[u8] = b"INVALID REQUEST\r\n";
+/// `AUTHENTICATED\r\n`: `auth` succeeded.
+pub const AUTHENTICATED: &[u8] = b"AUTHENTICATED\r\n";
+/// `AUTH-FAILED\r\n`: wrong credentials, or a server without an auth file.
+pub const AUTH_FAILED: &[u8] = b"AUTH-FAILED\r\n";
+/// `AUTH-REQUIRED\r\n`: a request before a successful `auth`.
+pub const AUTH_REQUIRED: &[u8] = b"AUTH-REQUIRED\r\n";
 
 /// A request of the seed dialect, borrowing from the buffer it was parsed
 /// from.
@@ -50,6 +58,13 @@ pub enum Request<'a> {
     },
     /// `delete` without a key: removes every key.
     Clear,
+    /// `auth <user> <password>`: single tokens, no spaces in either.
+    Auth {
+        /// The user name.
+        user: &'a [u8],
+        /// The password.
+        password: &'a [u8],
+    },
 }
 
 impl Request<'_> {
@@ -72,6 +87,13 @@ impl Request<'_> {
                 out.extend_from_slice(b"\r\n");
             }
             Request::Clear => out.extend_from_slice(b"delete\r\n"),
+            Request::Auth { user, password } => {
+                out.extend_from_slice(b"auth ");
+                out.extend_from_slice(user);
+                out.push(b' ');
+                out.extend_from_slice(password);
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
 }
@@ -163,6 +185,10 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<Request<'a>> {
             }
         }
         ([b"get", ..], _) => parse_get(line, line_len, limits.keys),
+        ([b"auth", user, password], 3) => Parsed::Request {
+            request: Request::Auth { user, password },
+            consumed: line_len,
+        },
         ([b"delete"], 1) => Parsed::Request {
             request: Request::Clear,
             consumed: line_len,
@@ -225,6 +251,12 @@ pub enum Status {
     End,
     /// `INVALID REQUEST`
     Invalid,
+    /// `AUTHENTICATED`
+    Authenticated,
+    /// `AUTH-FAILED`
+    AuthFailed,
+    /// `AUTH-REQUIRED`
+    AuthRequired,
 }
 
 /// Decodes a reply line (terminator stripped) that is not a `VALUE` line.
@@ -236,6 +268,9 @@ pub fn parse_status(line: &[u8]) -> Option<Status> {
         b"NOT-FOUND" => Status::NotFound,
         b"END" => Status::End,
         b"INVALID REQUEST" => Status::Invalid,
+        b"AUTHENTICATED" => Status::Authenticated,
+        b"AUTH-FAILED" => Status::AuthFailed,
+        b"AUTH-REQUIRED" => Status::AuthRequired,
         _ => return None,
     })
 }
