@@ -19,7 +19,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use kvstore_net::{Client, McClient};
@@ -238,10 +240,7 @@ fn run() -> Result<bool, String> {
                     }
                     i += 1;
                 }
-                latencies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(mine);
+                latencies.lock().extend(mine);
             })
         })
         .collect();
@@ -275,7 +274,7 @@ fn run() -> Result<bool, String> {
         }
     }
 
-    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut lat = latencies.lock().clone();
     lat.sort_unstable();
     let p50 = percentile(&lat, 0.50);
     let p99 = percentile(&lat, 0.99);

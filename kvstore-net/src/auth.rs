@@ -12,8 +12,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
+use parking_lot::RwLock;
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
@@ -70,13 +70,13 @@ impl AuthFile {
     /// As [`AuthFile::load`].
     pub fn reload(&self) -> Result<()> {
         let entries = read_entries(&self.path)?;
-        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = entries;
+        *self.entries.write() = entries;
         Ok(())
     }
 
     /// Whether `user` with `password` is in the file.
     pub fn check(&self, user: &[u8], password: &[u8]) -> bool {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.read();
         let mut found = subtle::Choice::from(0);
         for entry in entries.iter() {
             // `ct_eq` on slices of different lengths is false at once; the

@@ -1168,7 +1168,9 @@ mod tests {
 
     // --- Cluster over fake servers: routing and failover without sockets.
 
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     #[derive(Default)]
     struct FakeServer {
@@ -1185,7 +1187,7 @@ mod tests {
 
     impl FakeConn {
         fn with<T>(&self, op: impl FnOnce(&mut FakeServer) -> Result<T>) -> Result<T> {
-            let mut farm = self.farm.lock().unwrap();
+            let mut farm = self.farm.lock();
             let server = &mut farm[self.index];
             if !server.up {
                 return Err(Error::Io {
@@ -1233,7 +1235,7 @@ mod tests {
         let shared = Arc::clone(&farm);
         let connector: Connector = Box::new(move |spec: &ServerSpec, _timeout| {
             let index = usize::from(spec.port - 11300);
-            if !shared.lock().unwrap()[index].up {
+            if !shared.lock()[index].up {
                 return Err(Error::Connect {
                     addr: spec.addr(),
                     source: io::Error::from(io::ErrorKind::ConnectionRefused),
@@ -1249,11 +1251,11 @@ mod tests {
     }
 
     fn set_up(farm: &Farm, index: usize, up: bool) {
-        farm.lock().unwrap()[index].up = up;
+        farm.lock()[index].up = up;
     }
 
     fn holders(farm: &Farm, key: &[u8]) -> Vec<usize> {
-        let farm = farm.lock().unwrap();
+        let farm = farm.lock();
         (0..farm.len())
             .filter(|&i| farm[i].data.contains_key(key))
             .collect()

@@ -92,7 +92,9 @@
 //! of another dialect resets the marks of its key.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use kvstore_core::{
@@ -502,8 +504,7 @@ impl Executor {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         let lock = &self.locks[(h as usize) % self.locks.len()];
-        // A poisoned lock guards no data: the store holds the state.
-        lock.lock().unwrap_or_else(|p| p.into_inner())
+        lock.lock()
     }
 
     /// Runs `cmd` and hands its response to `sink` (exactly once). The

@@ -20,9 +20,9 @@
 //! (`get`) records its access without that lock, to keep reads lock-free:
 //! racing a write, its access may land on the value just written.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Shards of the table.
@@ -99,7 +99,7 @@ impl Marks {
         let shard = &self.shards[(h as usize) % SHARDS];
         // A poisoned shard still holds consistent marks: each update is a
         // single insert or field write.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        shard.lock()
     }
 
     /// The marks of `key` (all clear if it has none).
@@ -180,17 +180,14 @@ impl Marks {
     /// Forgets every key (`flush_all`).
     pub(crate) fn clear(&self) {
         for shard in &self.shards {
-            shard.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            shard.lock().clear();
         }
     }
 
     /// How many keys have marks.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 

@@ -14,7 +14,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -202,9 +204,7 @@ struct Shared {
 
 impl Shared {
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
-        // A poisoned map is still a valid map: connection threads do not
-        // panic while holding it.
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+        self.conns.lock()
     }
 
     fn trigger(&self) {
@@ -212,17 +212,13 @@ impl Shared {
             return;
         }
         self.stats.accepting.store(false, SeqCst);
-        let mut t = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.triggered.lock();
         *t = true;
         self.triggered_cv.notify_all();
         drop(t);
         // Wake each blocking accept: shutting a listening socket down makes
         // accept fail at once on Linux; elsewhere, connect to it.
-        let listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let listeners = self.listeners.lock().clone();
         for listener in listeners {
             // SAFETY: the Arc keeps the listener (and so its descriptor)
             // open for the duration of the call.
@@ -620,17 +616,9 @@ impl ServerHandle {
     /// The store's error if the final flush fails.
     pub fn wait(mut self) -> Result<()> {
         {
-            let mut t = self
-                .shared
-                .triggered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut t = self.shared.triggered.lock();
             while !*t {
-                t = self
-                    .shared
-                    .triggered_cv
-                    .wait(t)
-                    .unwrap_or_else(|p| p.into_inner());
+                self.shared.triggered_cv.wait(&mut t);
             }
         }
         for acceptor in self.acceptors.drain(..) {
@@ -671,12 +659,7 @@ impl ServerHandle {
             if now >= deadline {
                 return false;
             }
-            conns = self
-                .shared
-                .conns_cv
-                .wait_timeout(conns, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.shared.conns_cv.wait_for(&mut conns, deadline - now);
         }
         true
     }

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use kvstore_core::item::unix_now;
@@ -158,12 +160,6 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each of these maps stays consistent at every step: keep using it
-    // after a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn line(name: impl Into<String>, value: impl ToString) -> StatLine {
     (name.into(), value.to_string())
 }
@@ -208,17 +204,17 @@ impl Stats {
 
     /// Sets what `stats settings` reports.
     pub(crate) fn set_settings(&self, settings: Settings) {
-        *lock(&self.settings) = settings;
+        *self.settings.lock() = settings;
     }
 
     /// Whether `shutdown` is honoured.
     pub(crate) fn shutdown_enabled(&self) -> bool {
-        lock(&self.settings).shutdown_enabled
+        self.settings.lock().shutdown_enabled
     }
 
     /// Records a listening socket for `stats conns`.
     pub(crate) fn add_listener(&self, fd: i32, addr: SocketAddr) {
-        lock(&self.listeners).push((fd, addr));
+        self.listeners.lock().push((fd, addr));
     }
 
     /// Registers an open connection; returns its last-activity clock, which
@@ -231,7 +227,7 @@ impl Stats {
         listen: SocketAddr,
     ) -> Arc<AtomicU64> {
         let last_active = Arc::new(AtomicU64::new(unix_now()));
-        lock(&self.conns).insert(
+        self.conns.lock().insert(
             id,
             ConnEntry {
                 fd,
@@ -245,7 +241,7 @@ impl Stats {
 
     /// Forgets a closed connection.
     pub(crate) fn conn_closed(&self, id: u64) {
-        lock(&self.conns).remove(&id);
+        self.conns.lock().remove(&id);
     }
 
     /// Counts one executed command by its response. The only place where
@@ -351,7 +347,7 @@ impl Stats {
             return;
         };
         let prefix = &key[..end];
-        let mut detail = lock(&self.detail);
+        let mut detail = self.detail.lock();
         if let Some(p) = detail.get_mut(prefix) {
             f(p);
         } else if detail.len() < MAX_DETAIL_PREFIXES {
@@ -364,14 +360,14 @@ impl Stats {
     pub(crate) fn set_detail(&self, on: bool) {
         self.detail_on.store(on, Relaxed);
         if !on {
-            lock(&self.detail).clear();
+            self.detail.lock().clear();
         }
     }
 
     /// `stats detail dump`: `PREFIX <p> get <n> hit <n> set <n> del <n>`
     /// lines, prefixes in byte order.
     pub(crate) fn detail_dump(&self) -> Vec<String> {
-        let detail = lock(&self.detail);
+        let detail = self.detail.lock();
         let mut prefixes: Vec<_> = detail.iter().collect();
         prefixes.sort_by(|a, b| a.0.cmp(b.0));
         prefixes
@@ -405,7 +401,7 @@ impl Stats {
         ] {
             counter.store(0, Relaxed);
         }
-        lock(&self.detail).clear();
+        self.detail.lock().clear();
     }
 
     /// Counts an authentication attempt (memcached's `auth_cmds`, and
@@ -443,7 +439,7 @@ impl Stats {
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Relaxed);
         let (user, system) = rusage();
-        let settings = lock(&self.settings).clone();
+        let settings = self.settings.lock().clone();
         let curr = self.curr_connections.load(Relaxed);
         vec![
             line("pid", std::process::id()),
@@ -511,7 +507,7 @@ impl Stats {
 
     /// `stats settings`.
     pub(crate) fn settings(&self, store: &Store) -> Vec<StatLine> {
-        let s = lock(&self.settings).clone();
+        let s = self.settings.lock().clone();
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         vec![
             line("maxbytes", store.cache_budget()),
@@ -590,7 +586,7 @@ impl Stats {
         let number = store.len() as u64;
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Relaxed);
-        let max = lock(&self.settings).max_value_bytes;
+        let max = self.settings.lock().max_value_bytes;
         let mut out = Vec::new();
         if number > 0 {
             let fields: [(&str, u64); 15] = [
@@ -626,11 +622,11 @@ impl Stats {
     pub(crate) fn conns(&self) -> Vec<StatLine> {
         let now = unix_now();
         let mut out = Vec::new();
-        for (fd, addr) in lock(&self.listeners).iter() {
+        for (fd, addr) in self.listeners.lock().iter() {
             out.push(line(format!("{fd}:addr"), format!("tcp:{addr}")));
             out.push(line(format!("{fd}:state"), "conn_listening"));
         }
-        let conns = lock(&self.conns);
+        let conns = self.conns.lock();
         let mut by_fd: Vec<&ConnEntry> = conns.values().collect();
         by_fd.sort_by_key(|c| c.fd);
         for c in by_fd {

@@ -19,7 +19,9 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -86,7 +88,7 @@ impl TlsAcceptor {
     /// As [`TlsAcceptor::new`]; the configuration in force then stays.
     pub fn reload(&self) -> Result<()> {
         let config = server_config(&self.files)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.current.write() = config;
         Ok(())
     }
 
@@ -98,7 +100,7 @@ impl TlsAcceptor {
     /// [`Error::Tls`] if rustls cannot start a connection (it does not
     /// happen with a configuration [`TlsAcceptor::new`] accepted).
     pub fn accept(&self, socket: TcpStream) -> Result<TlsStream> {
-        let config = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
+        let config = Arc::clone(&self.current.read());
         let conn = ServerConnection::new(config).map_err(|e| Error::Tls(e.to_string()))?;
         Ok(rustls::StreamOwned::new(conn, socket))
     }
