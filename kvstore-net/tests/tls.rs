@@ -248,3 +248,38 @@ print(ctx.protocol, "ok")
     assert!(!got.contains("VERSION"), "TLS 1.1 was served: {got}");
     srv.handle.shutdown().unwrap();
 }
+
+/// The binary re-reads its certificate and key on SIGHUP: new connections
+/// get the new certificate, the open one goes on.
+#[test]
+fn the_binary_reloads_its_certificate_on_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = pki::make(tmp.path(), "first");
+    let second = pki::make(tmp.path(), "second");
+    let mut cmd = common::server_command(
+        env!("CARGO_BIN_EXE_kvstore-server"),
+        &tmp.path().join("data"),
+    );
+    cmd.arg("--tls-cert")
+        .arg(&first.server_cert)
+        .arg("--tls-key")
+        .arg(&first.server_key);
+    let srv = common::spawn(cmd);
+    let mut old = McClient::connect_with(srv.mc.unwrap(), &options(&first, false)).unwrap();
+    old.set("k", "1", 0, 0).unwrap();
+
+    std::fs::copy(&second.server_cert, &first.server_cert).unwrap();
+    std::fs::copy(&second.server_key, &first.server_key).unwrap();
+    // SAFETY: kill only sends a signal to the child we started.
+    let pid = srv.child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_for("the new certificate to be served", || {
+        McClient::connect_with(srv.mc.unwrap(), &options(&second, false)).is_ok()
+    });
+    assert!(McClient::connect_with(srv.mc.unwrap(), &options(&first, false)).is_err());
+    old.set("k", "2", 0, 0).unwrap();
+    assert_eq!(old.gets("k").unwrap().unwrap().value, b"2");
+    drop(old);
+    let status = srv.terminate();
+    assert!(status.success(), "{status:?}");
+}
