@@ -9,14 +9,17 @@
 
 mod common;
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
+use common::install::{apt_install, have, pip_install};
 use common::{server_command, spawn, ChildServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kvstore-server");
@@ -29,14 +32,6 @@ static INSTALL: Mutex<()> = Mutex::new(());
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Runs `cmd` to completion within [`CLIENT_DEADLINE`]; its exit status
@@ -77,29 +72,9 @@ fn must_run(what: &str, cmd: &mut Command) -> String {
     printed
 }
 
-fn apt_install(packages: &[&str]) {
-    // SAFETY: geteuid(2) has no preconditions.
-    let sudo = unsafe { libc::geteuid() } != 0;
-    let apt = |args: &[&str]| {
-        let mut cmd = if sudo {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        } else {
-            Command::new("apt-get")
-        };
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    must_run("apt-get update", &mut apt(&["update", "-qq"]));
-    let mut install = apt(&["install", "-y", "-qq"]);
-    install.args(packages);
-    must_run(&format!("apt-get install {packages:?}"), &mut install);
-}
-
 /// The path of libmemcached's memcapable (Debian names it memccapable).
 fn memcapable() -> &'static str {
-    let _g = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = INSTALL.lock();
     if !have("memccapable") && !have("memcapable") {
         apt_install(&["libmemcached-tools"]);
     }
@@ -112,7 +87,7 @@ fn memcapable() -> &'static str {
 
 /// A directory whose `node_modules` holds the pinned memjs.
 fn memjs() -> PathBuf {
-    let _g = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = INSTALL.lock();
     if !have("node") || !have("npm") {
         apt_install(&["nodejs", "npm"]);
     }
@@ -134,27 +109,14 @@ fn memjs() -> PathBuf {
 }
 
 fn pylibmc() {
-    let _g = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = INSTALL.lock();
     let importable = || run(Command::new("python3").args(["-c", "import pylibmc"])).0;
     if importable() {
         return;
     }
     // pylibmc builds against libmemcached.
     apt_install(&["libmemcached-dev", "zlib1g-dev", "python3-dev", "gcc"]);
-    let (ok, printed) =
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "pylibmc"]));
-    if !ok {
-        // Debian's own python3 refuses pip installs without this flag.
-        let (ok2, printed2) = run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--break-system-packages",
-            "pylibmc",
-        ]));
-        assert!(ok2, "pip install pylibmc failed:\n{printed}\n{printed2}");
-    }
+    assert!(pip_install("pylibmc"), "pip install pylibmc failed");
     assert!(importable(), "pylibmc installed but not importable");
 }
 
@@ -261,7 +223,7 @@ impl Drop for Memcached {
 
 fn memcached() -> Memcached {
     {
-        let _g = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = INSTALL.lock();
         if !have("memcached") {
             apt_install(&["memcached"]);
         }

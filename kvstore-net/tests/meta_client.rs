@@ -12,38 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::DEADLINE;
 
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Installs `meta-memcache` with pip unless it is importable (as
-/// scripts/conformance.sh does for its clients).
-fn ensure_meta_memcache() {
-    if python_has("meta_memcache") {
-        return;
-    }
-    let pip = |extra: &[&str]| {
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(extra)
-            .arg("meta-memcache")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    assert!(
-        pip(&[]) || pip(&["--break-system-packages"]),
-        "pip could not install meta-memcache"
-    );
-    assert!(python_has("meta_memcache"));
-}
-
 #[test]
 fn meta_memcache_client_works() {
-    ensure_meta_memcache();
+    common::install::ensure_python("meta_memcache", "meta-memcache");
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
     let script = concat!(

@@ -31,18 +31,36 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Installs `packages` with apt (after an update); fails the test if it
+/// cannot.
+pub fn apt_install(packages: &[&str]) {
+    eprintln!("installing {packages:?} with apt");
+    let _ = as_root(&["apt-get", "update", "-qq"]);
+    let mut args = vec!["apt-get", "install", "-y", "-qq"];
+    args.extend_from_slice(packages);
+    assert!(as_root(&args), "cannot install {packages:?}");
+}
+
 /// Installs `package` with apt unless `present()` already holds.
 pub fn ensure_apt(package: &str, present: impl Fn() -> bool) {
     if present() {
         return;
     }
-    eprintln!("installing {package} with apt");
-    let _ = as_root(&["apt-get", "update", "-qq"]);
-    assert!(
-        as_root(&["apt-get", "install", "-y", "-qq", package]),
-        "cannot install {package}"
-    );
+    apt_install(&[package]);
     assert!(present(), "{package} installed but still missing");
+}
+
+/// Installs `pip_name` with pip; whether pip succeeded.
+pub fn pip_install(pip_name: &str) -> bool {
+    let ok = |args: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Debian marks the system Python as externally managed.
+    ok(&[pip_name]) || ok(&["--break-system-packages", pip_name])
 }
 
 /// Installs the Python package `pip_name` unless `module` imports.
@@ -58,14 +76,6 @@ pub fn ensure_python(module: &str, pip_name: &str) {
         return;
     }
     eprintln!("installing {pip_name} with pip");
-    let ok = |args: &[&str]| {
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    // Debian marks the system Python as externally managed.
-    let _ = ok(&[pip_name]) || ok(&["--break-system-packages", pip_name]);
+    pip_install(pip_name);
     assert!(imports(), "cannot install {pip_name}");
 }
