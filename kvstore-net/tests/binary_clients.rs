@@ -9,7 +9,6 @@
 
 mod common;
 
-use parking_lot::Mutex;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
