@@ -71,23 +71,23 @@ cargo build --quiet --release -p kvstore-net --bin kvstore-server --example load
 
 section "1. crash consistency over the wire ($CRASH_CYCLES SIGKILL cycles)"
 KVSTORE_CRASH_CYCLES=$CRASH_CYCLES run_test 'crash_wire:' \
-    cargo test --quiet -p kvstore-net --test crash_wire
+    cargo test --quiet -p kvstore-net --test tests crash_wire::
 # The core's own kill tests (a child process killed mid-write and mid-clear).
-run_test '' cargo test --quiet -p kvstore-core --test crash
+run_test '' cargo test --quiet -p kvstore-core --test tests crash::
 
 section "2. power-cut simulation: Always ($POWER_CUTS cuts), Periodic (half as many; a third as many without RENAME_EXCHANGE)"
 KVSTORE_POWER_CUTS=$POWER_CUTS run_test 'power cuts \(' \
-    cargo test --quiet -p kvstore-core --test power_cut
+    cargo test --quiet -p kvstore-core --test tests power_cut::
 
 section "3. fault injection"
-run_test 'fault injection' cargo test --quiet -p kvstore-core --test fault_injection
-run_test '' cargo test --quiet -p kvstore-net --test faults_wire
+run_test 'fault injection' cargo test --quiet -p kvstore-core --test tests fault_injection::
+run_test '' cargo test --quiet -p kvstore-net --test tests faults_wire::
 
 full_disk() {
     local kind=$1 mnt=$2
     note "full disk on $kind:"
     KVSTORE_FULL_DISK_DIR=$mnt run_test 'full disk:' \
-        cargo test --quiet -p kvstore-net --test faults_wire -- --ignored real_full_disk
+        cargo test --quiet -p kvstore-net --test tests faults_wire::real_full_disk -- --ignored
 }
 if [ "$(id -u)" -ne 0 ]; then
     note "full disk: SKIPPED: not root, cannot mount a small file system"
@@ -118,7 +118,7 @@ else
 fi
 
 section "4. hostile input"
-run_test '(hostile|oversize):' cargo test --quiet -p kvstore-net --test hostile
+run_test '(hostile|oversize):' cargo test --quiet -p kvstore-net --test tests hostile::
 
 # cargo-fuzz needs nightly rustc flags; a stable toolchain accepts them with
 # RUSTC_BOOTSTRAP=1 (its sanitizer runtimes ship with it), so the fuzz run
@@ -174,7 +174,7 @@ wait "$SERVER_PID"
 SERVER_PID=""
 
 section "5. security posture"
-run_test 'planted symlink' cargo test --quiet -p kvstore-core --test security
+run_test 'planted symlink' cargo test --quiet -p kvstore-core --test tests security::
 
 section "summary"
 cat "$SUMMARY"

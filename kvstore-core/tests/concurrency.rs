@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
-mod common;
+use crate::common;
 use common::{Hook, HookedFs, Step};
 
 use kvstore_core::{CasOutcome, CounterOutcome, Durability, Error, ItemMeta, Options, Store};

@@ -114,7 +114,12 @@ fn child_entry() {
 /// Starts the child; returns it and a channel of its `ACK` lines.
 fn spawn_child(role: &str, dir: &Path) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash::child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, format!("{role}:{}", dir.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

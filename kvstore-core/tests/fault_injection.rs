@@ -29,7 +29,7 @@
 //! ENOSPC and EACCES are sticky (every later call of that kind fails too,
 //! like a full disk or a permission change); EIO hits one call.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

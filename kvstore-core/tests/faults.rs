@@ -3,7 +3,7 @@
 //! and after a reopen on a healthy file system every acknowledged write is
 //! there and every failed one left the old or the new value.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io;

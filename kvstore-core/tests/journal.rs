@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use kvstore_core::{Durability, Options, Store};
 
-mod common;
+use crate::common;
 use common::{Hook, HookedFs, Step};
 
 #[derive(Default)]

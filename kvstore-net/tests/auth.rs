@@ -6,7 +6,7 @@
 //! refuses a shared auth file and an unprotected non-loopback address;
 //! SIGHUP re-reads the file; auth over TLS and `refresh_certs`.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! restart on the same directory (values, flags, cas and expiry survive),
 //! SIGTERM/SIGINT, the store lock, a port in use, `--help`.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

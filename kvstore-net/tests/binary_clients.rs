@@ -7,7 +7,7 @@
 //! A tool that is missing is installed (apt, npm, pip), as
 //! `scripts/conformance.sh` does; a failed install fails the test.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::net::SocketAddr;

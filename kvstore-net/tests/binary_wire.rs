@@ -3,7 +3,7 @@
 //! every command, quiet semantics, opaque echo, cas on every store and
 //! delete, error statuses, oversized values skipped as they arrive.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Many clients at once: 1,000 concurrent clients each set and get their
 //! own key, verified. (10,000 connections: see many_connections.rs.)
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Barrier};
 

@@ -18,7 +18,7 @@
 //! `KVSTORE_CRASH_CYCLES` sets the number of kill/restart cycles (default 6,
 //! two per mode; scripts/reliability.sh runs 50).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

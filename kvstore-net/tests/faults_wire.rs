@@ -10,9 +10,8 @@
 //!    real `kvstore-server` is filled until sets fail, the space is freed,
 //!    sets work again, and a restart shows every acknowledged value.
 
-mod common;
-#[path = "../../kvstore-core/tests/common/mod.rs"]
-mod hooked;
+use crate::common;
+use crate::hooked;
 
 use std::io;
 use std::path::Path;

@@ -14,7 +14,7 @@
 //!   endless command line, against the real server: peak RSS (VmHWM) growth
 //!   stays bounded and is reported.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};

@@ -2,7 +2,7 @@
 //! HTTP, idle connections, the connection bound, slow senders and clients
 //! that vanish mid-request.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::Write;

@@ -1,9 +1,9 @@
 //! 10,000 concurrent connections to the `kvstore-server` binary. Ignored in
 //! the normal run (it needs ~20,000 file descriptors and takes a while on 2
 //! cores); run it with
-//! `cargo test -p kvstore-net --release --test many_connections -- --ignored`.
+//! `cargo test -p kvstore-net --release --test tests many_connections:: -- --ignored`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;

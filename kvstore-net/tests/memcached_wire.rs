@@ -1,7 +1,7 @@
 //! The memcached dialect against the in-process server: raw bytes for the
 //! replies docs/PROTOCOL.md lists, and the `McClient`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

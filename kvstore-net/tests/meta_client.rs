@@ -5,7 +5,7 @@
 //! touch, delete, counters, leases on a miss, stale-while-revalidate and
 //! early recache.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

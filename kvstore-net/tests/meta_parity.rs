@@ -16,7 +16,7 @@
 //! data chunk where memcached also runs the rest of its line) are pinned by the
 //! unit tests of `protocol::meta` and listed in docs/PROTOCOL.md.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

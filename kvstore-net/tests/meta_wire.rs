@@ -4,7 +4,7 @@
 //! connection usable. The expected bytes are memcached 1.6's replies to the
 //! same requests, with the cas numbers the store hands out.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

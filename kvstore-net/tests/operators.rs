@@ -3,7 +3,7 @@
 //! cachedump`, `lru_crawler metadump`), `cache_memlimit`, `shutdown`,
 //! `verbosity`, and a scrape as the Prometheus memcached_exporter does it.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write;

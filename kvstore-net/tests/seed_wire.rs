@@ -2,7 +2,7 @@
 //! row of docs/PROTOCOL.md's table, the example session, bad input that keeps
 //! the connection usable, pipelining, and the seed `Client`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -4,7 +4,7 @@
 //! connections, and real clients (Python's `ssl` with pymemcache,
 //! `openssl s_client`).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

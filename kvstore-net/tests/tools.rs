@@ -4,7 +4,7 @@
 //! memcached-tool, and Python's pymemcache. Each tool is installed when
 //! missing (apt, pip); a tool that cannot be installed fails the test.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -4,7 +4,7 @@
 //! a value whose replacement was too large, the operators' replies.
 //! memcached is installed (apt) when missing.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
