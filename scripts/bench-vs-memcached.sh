@@ -80,6 +80,8 @@ if [ "$(id -u)" -eq 0 ]; then USER_ARGS=(-u root); fi
 memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -t 4 -m 1024 -c 4096 "${USER_ARGS[@]}" &
 MC_PID=$!
 
+# Created first, so the wait below never reads a file not there yet.
+: >"$WORK/kv.out"
 "$BIN" --dir "$DATA/data" --port 0 --memcached-port 0 --durability periodic --lenient-keys \
     --max-connections 8192 >"$WORK/kv.out" 2>"$WORK/kv.err" &
 KV_PID=$!

@@ -75,6 +75,9 @@ start_memcached() {
 # "listening on ADDR (memcached)" line; sets STARTED_PID and STARTED_ADDR.
 start_kvstore() {
     local name=$1 dir=$2 port=$3 deadline=$((SECONDS + 30))
+    # The file exists before the server starts, so the wait below never
+    # reads a file the background shell has not created yet.
+    : >"$WORK/$name.out"
     "$SERVER" --dir "$dir" --port 0 --memcached-port "$port" "${KVSTORE_ARGS[@]}" \
         >"$WORK/$name.out" 2>>"$WORK/$name.log" &
     STARTED_PID=$!

@@ -53,6 +53,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Created first, so the wait below never reads a file not there yet.
+: >"$WORK/out"
 "$BIN" --dir "$WORK/data" --port 0 --memcached-port 0 >"$WORK/out" 2>"$WORK/err" &
 SERVER_PID=$!
 PORT=""
