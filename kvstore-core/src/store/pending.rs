@@ -63,6 +63,9 @@ pub(super) struct Pending {
     /// Writers waiting for room wait here; the applier notifies.
     room: Mutex<()>,
     room_cv: Condvar,
+    /// The shard the next [`Pending::share`] starts at: helping writers
+    /// take turns over the shards rather than all taking the same keys.
+    next_share: AtomicUsize,
 }
 
 impl Pending {
@@ -74,6 +77,7 @@ impl Pending {
             max_bytes,
             room: Mutex::new(()),
             room_cv: Condvar::new(),
+            next_share: AtomicUsize::new(0),
         }
     }
 
@@ -164,6 +168,37 @@ impl Pending {
                 if let Some(s) = pick {
                     out.push((key.clone(), s.clone()));
                 }
+            }
+        }
+        out
+    }
+
+    /// A share of the due changes (as [`Pending::due`]) for one helping
+    /// writer: up to `max` of them from the next shard that has any, so
+    /// that concurrent helpers mostly take different keys.
+    pub(super) fn share(&self, synced: u64, max: usize) -> Vec<(Box<[u8]>, Staged)> {
+        let mut out = Vec::new();
+        if self.keys.load(Ordering::Acquire) == 0 {
+            return out;
+        }
+        for _ in 0..SHARDS {
+            let i = self.next_share.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let shard = self.shards[i].lock();
+            for (key, slot) in shard.iter() {
+                let pick = if slot.latest.n <= synced {
+                    Some(&slot.latest)
+                } else {
+                    slot.prev.as_ref().filter(|p| p.n <= synced)
+                };
+                if let Some(s) = pick {
+                    out.push((key.clone(), s.clone()));
+                    if out.len() == max {
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                break;
             }
         }
         out
