@@ -694,6 +694,9 @@ fn options(fs: Arc<dyn FileSystem>, durability: Durability) -> Options {
         .key_hasher(crowded_hash)
         // `Always`: many journal checkpoints during the workload.
         .checkpoint_interval(std::time::Duration::from_millis(3))
+        // `Periodic`: a table this small is often full, so writers apply
+        // changes themselves beside the flusher (back-pressure).
+        .max_pending_bytes(2 << 10)
 }
 
 /// One acknowledged (or in-flight) operation on one key.

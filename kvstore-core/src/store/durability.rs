@@ -73,6 +73,10 @@ impl TickState {
 /// store's health again.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
 
+/// Most changes a waiting writer applies before it looks whether there is
+/// room again.
+const HELP_SHARE: usize = 64;
+
 impl Inner {
     /// Whether writes are applied to the value files behind the journal by
     /// the flusher (`Periodic`), rather than by the writer.
@@ -101,9 +105,36 @@ impl Inner {
         while busy() {
             self.check_writable()?;
             self.stop.kick();
-            self.pending.wait_for_room(ROOM_WAIT, busy);
+            if self.pending.over(j.buffered.load(Ordering::Relaxed)) || !self.help_apply(j)? {
+                self.pending.wait_for_room(ROOM_WAIT, busy);
+            }
         }
         Ok(())
+    }
+
+    /// A waiting writer's share of the applier's work: makes the journal
+    /// durable (one `fdatasync` for all helpers at once, see
+    /// [`Inner::journal_flush`]) and applies a share of the changes it
+    /// covers, so that applying runs on as many threads as are writing
+    /// rather than on the flusher's alone. `false` when nothing was due.
+    ///
+    /// The rules hold as in the flusher: only changes whose journal entry
+    /// is durable are applied, each under its key's stripe lock, and one
+    /// applied or replaced in the meantime is skipped (`apply_staged`), so
+    /// per key the newest durable change wins whoever applies it.
+    fn help_apply(&self, j: &Journal) -> Result<bool> {
+        let synced = self.journal_flush(j)?;
+        let share = self.pending.share(synced, HELP_SHARE);
+        if share.is_empty() {
+            return Ok(false);
+        }
+        for (key, staged) in share {
+            let hash = (self.hasher)(&key);
+            let gen = self.gen_read();
+            let _g = self.stripe(hash).lock.lock();
+            self.apply_staged(&gen, hash, &key, &staged)?;
+        }
+        Ok(true)
     }
 
     /// The `Periodic` flusher thread: a flush-and-apply pass every

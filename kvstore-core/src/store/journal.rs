@@ -55,6 +55,8 @@ pub(super) struct Journal {
     /// A checkpoint waits (on `released`) for `open_tickets` to drain.
     checkpoint_waiting: AtomicBool,
     released: Condvar,
+    /// Held by [`Inner::journal_flush`] for its `fdatasync`.
+    flushing: Mutex<()>,
 }
 
 /// The journal file being written: `journal.<seq>`, written up to `len`
@@ -157,6 +159,7 @@ impl Journal {
             open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
             checkpoint_waiting: AtomicBool::new(false),
             released: Condvar::new(),
+            flushing: Mutex::new(()),
         })
     }
 }
@@ -242,6 +245,10 @@ impl Inner {
     /// `Periodic` mode: makes every entry written to the journal file so
     /// far durable (`fdatasync`); returns the number of the last one.
     pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
+        // One flush at a time: callers that waited for it find their
+        // entries durable and skip their own (the flusher and helping
+        // writers flush concurrently).
+        let _one = j.flushing.lock();
         // Read under the file's lock: no batch is half written.
         let (upto, path) = {
             let f = j.file.lock();

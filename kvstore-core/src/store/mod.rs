@@ -1034,17 +1034,9 @@ fn parse_counter(value: &[u8]) -> Option<u64> {
 
 impl Inner {
     /// Runs `view`, a reading of the pending table together with the map,
-    /// while no staged change moves from one to the other: between the
-    /// flusher's applications when it can, else holding the flusher off
-    /// (every application runs under `tick`).
-    fn counted<T>(&self, mut view: impl FnMut() -> T) -> T {
-        match self.pending.consistent(&mut view) {
-            Some(seen) => seen,
-            None => {
-                let _flusher_held = self.tick.lock();
-                view()
-            }
-        }
+    /// while no staged change moves from one to the other.
+    fn counted<T>(&self, view: impl FnMut() -> T) -> T {
+        self.pending.consistent(view)
     }
 
     fn current_gen(&self) -> Arc<Generation> {

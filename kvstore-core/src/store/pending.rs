@@ -68,14 +68,23 @@ pub(super) struct Pending {
     /// consistent while none is under way ([`Pending::consistent`]).
     applies_begun: AtomicU64,
     applies_finished: AtomicU64,
+    /// Held shared by every application, exclusively by a count that
+    /// could not find a moment between applications.
+    applies_gate: RwLock<()>,
+    /// The shard the next [`Pending::share`] starts at: helping writers
+    /// take turns over the shards rather than all taking the same keys.
+    next_share: AtomicUsize,
 }
 
 /// Marks one application of a staged change as under way until dropped.
-pub(super) struct Applying<'a>(&'a Pending);
+pub(super) struct Applying<'a> {
+    pending: &'a Pending,
+    _gate: RwLockReadGuard<'a, ()>,
+}
 
 impl Drop for Applying<'_> {
     fn drop(&mut self) {
-        self.0.applies_finished.fetch_add(1, Ordering::AcqRel);
+        self.pending.applies_finished.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -90,34 +99,41 @@ impl Pending {
             room_cv: Condvar::new(),
             applies_begun: AtomicU64::new(0),
             applies_finished: AtomicU64::new(0),
+            applies_gate: RwLock::new(()),
+            next_share: AtomicUsize::new(0),
         }
     }
 
     /// Announces an application of a staged change (to the map and the
     /// files, then its removal here), finished when the guard drops.
     pub(super) fn applying(&self) -> Applying<'_> {
+        let gate = self.applies_gate.read();
         self.applies_begun.fetch_add(1, Ordering::AcqRel);
-        Applying(self)
+        Applying {
+            pending: self,
+            _gate: gate,
+        }
     }
 
-    /// Runs `view` (a reading of this table together with the map) until
-    /// no application of a staged change began or was under way while it
-    /// ran, so that no key is counted in both places or in neither. `None`
-    /// when applications kept overlapping it for every one of a few tries
-    /// (a write storm): the caller then holds the applier off itself.
-    pub(super) fn consistent<T>(&self, mut view: impl FnMut() -> T) -> Option<T> {
+    /// Runs `view` (a reading of this table together with the map) while
+    /// no application of a staged change is under way, so that no key is
+    /// counted in both places or in neither: between applications when a
+    /// few tries find such a moment, else holding new applications off
+    /// (a write storm, whoever applies: the flusher or helping writers).
+    pub(super) fn consistent<T>(&self, mut view: impl FnMut() -> T) -> T {
         const TRIES: usize = 64;
         for _ in 0..TRIES {
             let finished = self.applies_finished.load(Ordering::Acquire);
             if self.applies_begun.load(Ordering::Acquire) == finished {
                 let seen = view();
                 if self.applies_begun.load(Ordering::Acquire) == finished {
-                    return Some(seen);
+                    return seen;
                 }
             }
             std::thread::yield_now();
         }
-        None
+        let _no_applications = self.applies_gate.write();
+        view()
     }
 
     fn shard(&self, hash: u64) -> &Shard {
@@ -212,6 +228,37 @@ impl Pending {
                 if let Some(s) = pick {
                     out.push((key.clone(), s.clone()));
                 }
+            }
+        }
+        out
+    }
+
+    /// A share of the due changes (as [`Pending::due`]) for one helping
+    /// writer: up to `max` of them from the next shard that has any, so
+    /// that concurrent helpers mostly take different keys.
+    pub(super) fn share(&self, synced: u64, max: usize) -> Vec<(Box<[u8]>, Staged)> {
+        let mut out = Vec::new();
+        if self.keys.load(Ordering::Acquire) == 0 {
+            return out;
+        }
+        for _ in 0..SHARDS {
+            let i = self.next_share.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let shard = self.shards[i].lock();
+            for (key, slot) in shard.iter() {
+                let pick = if slot.latest.n <= synced {
+                    Some(&slot.latest)
+                } else {
+                    slot.prev.as_ref().filter(|p| p.n <= synced)
+                };
+                if let Some(s) = pick {
+                    out.push((key.clone(), s.clone()));
+                    if out.len() == max {
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                break;
             }
         }
         out
