@@ -13,7 +13,8 @@
 #      server, oversize announcements with peak RSS; cargo-fuzz on the
 #      three parsers for FUZZ_SECONDS each (cargo-fuzz installed when missing;
 #      nightly rustc flags through RUSTC_BOOTSTRAP=1 when no nightly); the
-#      10,000 + 1,000 slow connections load with 64 busy clients (p99 < 10 ms);
+#      10,000 + 1,000 slow connections load with 64 busy clients (no failed
+#      request, every connection held; the p99 is reported, not asserted);
 #   5. security posture tests (modes, keys, symlinks, default bind).
 #
 # Exits non-zero on the first failure. Knobs: CRASH_CYCLES (50), POWER_CUTS

@@ -12,8 +12,8 @@
 //! cargo run --release -p kvstore-net --example load -- \
 //!     --seed 127.0.0.1:PORT --memcached 127.0.0.1:PORT --pid PID
 //! ```
-//! Exits non-zero when a connection is refused, a reply is wrong, or the
-//! busy p99 is at or above `--max-p99-ms` (default 10).
+//! Exits non-zero when a connection is refused or a reply is wrong, and,
+//! only when `--max-p99-ms` is given, when the busy p99 reaches it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,7 +34,9 @@ struct Args {
     slow: usize,
     busy: usize,
     seconds: u64,
-    max_p99_ms: f64,
+    /// Fail when the busy clients' p99 reaches this (off by default: a
+    /// latency on a shared machine is a figure to report, not a pass/fail).
+    max_p99_ms: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,7 +48,7 @@ fn parse_args() -> Result<Args, String> {
         slow: 1_000,
         busy: 64,
         seconds: 10,
-        max_p99_ms: 10.0,
+        max_p99_ms: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,7 +64,7 @@ fn parse_args() -> Result<Args, String> {
             "--slow" => a.slow = val.parse().map_err(|e| bad(&e))?,
             "--busy" => a.busy = val.parse().map_err(|e| bad(&e))?,
             "--seconds" => a.seconds = val.parse().map_err(|e| bad(&e))?,
-            "--max-p99-ms" => a.max_p99_ms = val.parse().map_err(|e| bad(&e))?,
+            "--max-p99-ms" => a.max_p99_ms = Some(val.parse().map_err(|e| bad(&e))?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -301,10 +303,10 @@ fn run() -> Result<bool, String> {
         _ => println!("load: server peak RSS not measured (give --pid)"),
     }
     println!("load: failures {failures}");
-    let ok =
-        failures == 0 && p99 < args.max_p99_ms && held_during as usize >= args.idle + args.slow;
-    if p99 >= args.max_p99_ms {
-        println!("load: FAIL: busy p99 {p99:.3} ms >= {} ms", args.max_p99_ms);
+    let p99_over = args.max_p99_ms.filter(|&max| p99 >= max);
+    let ok = failures == 0 && p99_over.is_none() && held_during as usize >= args.idle + args.slow;
+    if let Some(max) = p99_over {
+        println!("load: FAIL: busy p99 {p99:.3} ms >= {max} ms");
     }
     if (held_during as usize) < args.idle + args.slow {
         println!("load: FAIL: only {held_during} connections held");
