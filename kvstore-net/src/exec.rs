@@ -498,11 +498,7 @@ impl Executor {
     }
 
     fn key_lock(&self, key: &[u8]) -> MutexGuard<'_, ()> {
-        // FNV-1a: cheap and spreads short keys well enough for striping.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in key {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = key_hash(key);
         let lock = &self.locks[(h as usize) % self.locks.len()];
         lock.lock()
     }
@@ -1175,6 +1171,14 @@ impl Executor {
         }
         Ok(Response::MetaCounter { value, cas, expiry })
     }
+}
+
+/// FNV-1a of a key (the hash the store names files by): cheap, and spreads
+/// short keys well for striping locks and tables.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    let mut hasher = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut hasher, key);
+    std::hash::Hasher::finish(&hasher)
 }
 
 #[cfg(test)]

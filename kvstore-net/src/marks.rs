@@ -92,14 +92,8 @@ impl Marks {
     }
 
     fn shard(&self, key: &[u8]) -> MutexGuard<'_, HashMap<Box<[u8]>, Mark>> {
-        let mut h: u64 = 0x84222325cbf29ce4;
-        for &b in key {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let shard = &self.shards[(h as usize) % SHARDS];
-        // A poisoned shard still holds consistent marks: each update is a
-        // single insert or field write.
-        shard.lock()
+        let h = crate::exec::key_hash(key);
+        self.shards[(h as usize) % SHARDS].lock()
     }
 
     /// The marks of `key` (all clear if it has none).
