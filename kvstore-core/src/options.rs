@@ -51,7 +51,7 @@ pub struct Options {
     pub(crate) max_pending_bytes: usize,
 }
 
-/// Default bound of the pending table of `Durability::Periodic`: 64 MiB.
+/// Default bound of the pending table (`Durability::Periodic` and `Always`): 64 MiB.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Default interval between journal checkpoints.
@@ -109,7 +109,7 @@ impl Options {
         self
     }
 
-    /// `Durability::Periodic` only: the most bytes of acknowledged changes
+    /// `Durability::Periodic` and `Always`: the most bytes of acknowledged changes
     /// (keys, values and about 128 bytes of bookkeeping each) held in
     /// memory until the flusher has applied them to the value files
     /// (default 64 MiB). When the table is full, writers wait for the

@@ -325,7 +325,8 @@ fn symlinked_subdirectory_is_not_followed() {
     );
 }
 
-/// `Always` creates a new key's file under its final name; a leftover
+/// Behind the journal (`Always` here) a new key's file is created under
+/// its final name; a leftover
 /// already there (no map entry points to it) is swapped out, not
 /// overwritten in place and not taken for the key.
 #[test]
@@ -346,6 +347,8 @@ fn always_new_key_swaps_out_a_leftover_under_its_name() {
         fs::write(&path, b"half a file a crash left").unwrap();
         store.set("x", "new").unwrap();
         assert_eq!(store.get("x").unwrap(), Some(b"new".to_vec()));
+        // Applied to the value files.
+        store.flush().unwrap();
         assert_eq!(
             fs::read(&path).unwrap()[..4],
             *b"KVSR",

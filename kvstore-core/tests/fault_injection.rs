@@ -3,9 +3,9 @@
 //! exchange, rename-without-replace, remove, truncate, fsync, syncfs,
 //! directory create/remove, log append and its sync) during set (new key and existing key), append,
 //! delete, clear and map-log compaction, in `Never`, `Periodic` and
-//! `Always` modes. In `Periodic` the operation is followed by
-//! `Store::flush`, which writes the journal and runs the applier (the
-//! background flusher does not run during the test), so its steps are
+//! `Always` modes. In `Periodic` and `Always` the operation is followed by
+//! `Store::flush`, which makes the journal durable and runs the applier
+//! (the background flusher does not run during the test), so its steps are
 //! injected too.
 //!
 //! Each injection runs on a fresh copy of a prepared store directory. A
@@ -19,7 +19,7 @@
 //!   a failed *flush* the outcome is unknowable, as after a timeout: the old
 //!   or the new value, and the store turns read-only as docs/DESIGN.md
 //!   says; a failed `clear` also turns it read-only); `clear` is all or
-//!   nothing. In `Periodic`, an operation acknowledged before its flush
+//!   nothing. In `Periodic` and `Always`, an operation acknowledged before its flush
 //!   failed stays readable until the store is reopened, which shows the old
 //!   or the new state (the journal write may or may not have failed);
 //! - the other keys stay readable while the fault lasts;
@@ -259,8 +259,10 @@ struct Tally {
     violations: Vec<String>,
 }
 
+/// Whether the mode applies changes to the value files behind the journal
+/// (the operation is acknowledged, then `Store::flush` applies it).
 fn periodic(mode: Durability) -> bool {
-    matches!(mode, Durability::Periodic(_))
+    matches!(mode, Durability::Periodic(_) | Durability::Always)
 }
 
 fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
@@ -270,6 +272,8 @@ fn run_scenario(scenario: Scenario, mode: Durability, tally: &mut Tally) {
             .durability(mode)
             .cache_bytes(0)
             .file_system(fs)
+            // `Always`: no flusher pass or checkpoint by itself.
+            .checkpoint_interval(std::time::Duration::from_secs(3600))
     };
     // Fault-free run: how many calls of each kind does the operation make?
     let work = scratch();

@@ -1,11 +1,11 @@
 //! The write-ahead journal of `Durability::Always`: what a reopen replays
-//! onto the value files, what it must not, and how a failed write is
-//! cancelled.
+//! onto the value files, what it must not, and what a value file that
+//! cannot be written behind a durable journal entry does.
 //!
 //! A [`KeepJournal`] hook never lets a journal file be removed or set
 //! aside (so the journal of a closed store is still there to replay, as
 //! after a power cut) and can make writes to the value files fail (so that
-//! a write fails after its journal entry is durable).
+//! applying a change fails after its journal entry is durable).
 
 use std::fs;
 use std::io;
@@ -162,6 +162,8 @@ fn replay_does_not_resurrect_a_removed_key() {
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("gone", "old value").unwrap();
+        // Applied to the value files.
+        store.flush().unwrap();
         let files = value_files(tmp.path());
         assert_eq!(files.len(), 1);
         old_file = (files[0].clone(), fs::read(&files[0]).unwrap());
@@ -177,31 +179,37 @@ fn replay_does_not_resurrect_a_removed_key() {
 }
 
 #[test]
-fn a_write_that_failed_after_its_journal_entry_is_not_replayed() {
+fn a_change_that_cannot_be_applied_stays_readable_and_is_replayed() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = Arc::new(HookedFs::new(KeepJournal::default()));
     {
         let store = Store::open_with(tmp.path(), always(&fs)).unwrap();
         store.set("kept", "1").unwrap();
         store.set("changed", "old").unwrap();
+        store.flush().unwrap();
         fs.0.fail_value_writes.store(true, Ordering::SeqCst);
-        assert!(store.set("changed", "new").is_err());
-        assert!(store.set("fresh", "never").is_err());
+        // Acknowledged: the journal entries are durable.
+        store.set("changed", "new").unwrap();
+        store.set("fresh", "1").unwrap();
+        // Applying them to the value files fails: the store turns
+        // read-only, and reads still see every acknowledged write.
+        assert!(store.flush().is_err());
+        assert!(matches!(
+            store.set("after", "2"),
+            Err(kvstore_core::Error::ReadOnly { .. })
+        ));
         fs.0.fail_value_writes.store(false, Ordering::SeqCst);
-        // The store goes on: the failure was the write's own.
-        assert_eq!(store.get("changed").unwrap(), Some(b"old".to_vec()));
-        assert_eq!(store.get("fresh").unwrap(), None);
-        // No half-written file is left under a value name.
-        let files = value_files(tmp.path());
-        assert_eq!(files.len(), 2, "{files:?}");
-        store.set("after", "2").unwrap();
+        assert_eq!(store.get("changed").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(store.get("fresh").unwrap(), Some(b"1".to_vec()));
     }
+    // The next open replays the journal onto the files.
     let store = Store::open(tmp.path()).unwrap();
-    assert_eq!(store.get("changed").unwrap(), Some(b"old".to_vec()));
-    assert_eq!(store.get("fresh").unwrap(), None);
+    assert_eq!(store.get("changed").unwrap(), Some(b"new".to_vec()));
+    assert_eq!(store.get("fresh").unwrap(), Some(b"1".to_vec()));
     assert_eq!(store.get("kept").unwrap(), Some(b"1".to_vec()));
-    assert_eq!(store.get("after").unwrap(), Some(b"2".to_vec()));
     assert_eq!(store.len(), 3);
+    drop(store);
+    assert!(Store::verify(tmp.path()).unwrap().is_ok());
 }
 
 #[test]
@@ -266,7 +274,11 @@ fn a_clean_close_leaves_no_journal_and_checkpoints_remove_old_files() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
-    assert!(journals(tmp.path()).is_empty());
+    assert!(
+        journals(tmp.path()).is_empty(),
+        "{:?}",
+        fs::read_dir(tmp.path()).unwrap().collect::<Vec<_>>()
+    );
     assert!(
         tmp.path().join("journal.spare").exists(),
         "the last journal is set aside for reuse"

@@ -1,4 +1,4 @@
-//! Durability: group commit of `syncfs`, and the `Periodic` flusher that makes the journal durable and applies the pending table behind it (see docs/DESIGN.md).
+//! Durability: group commit of `syncfs`, and the flusher of `Periodic` and `Always` that makes the journal durable and applies the pending table behind it (see docs/DESIGN.md).
 
 use std::time::Instant;
 
@@ -56,7 +56,7 @@ impl Inner {
     }
 }
 
-/// The `Periodic` flusher's own state.
+/// The flusher's own state.
 pub(super) struct TickState {
     last_checkpoint: Instant,
 }
@@ -78,14 +78,22 @@ const ROOM_WAIT: Duration = Duration::from_millis(50);
 const HELP_SHARE: usize = 64;
 
 impl Inner {
-    /// Whether writes are applied to the value files behind the journal by
-    /// the flusher (`Periodic`), rather than by the writer.
+    /// Whether writes go to the journal first and are applied to the value
+    /// files behind it (`Periodic`, `Always`), rather than written to the
+    /// value files by the writer (`Never`).
     pub(super) fn journaled_behind(&self) -> bool {
-        matches!(self.durability, Durability::Periodic(_))
+        self.journal.is_some()
     }
 
-    /// `Periodic` back-pressure: waits while the pending table or the
-    /// journal buffer is at the bound, asking the flusher to run now.
+    /// Whether a write is acknowledged only once its journal entry is
+    /// durable (`Always`), rather than once it is written to the journal
+    /// file (`Periodic`, flushed by the flusher every interval).
+    pub(super) fn acks_durable(&self) -> bool {
+        self.durability == Durability::Always
+    }
+
+    /// Back-pressure: waits while the pending table or the journal buffer
+    /// is at the bound, asking the flusher to run now.
     pub(super) fn wait_for_room(&self) -> Result<()> {
         let Some(j) = self.journal.as_ref().filter(|_| self.journaled_behind()) else {
             return Ok(());
@@ -137,9 +145,8 @@ impl Inner {
         Ok(true)
     }
 
-    /// The `Periodic` flusher thread: a flush-and-apply pass every
-    /// interval, or at once when kicked (a full pending table, a long
-    /// journal).
+    /// The flusher thread: a flush-and-apply pass every interval, or at
+    /// once when kicked (a full pending table, a long journal).
     pub(super) fn flusher_loop(&self, every: Duration) {
         while !self.stop.wait(every) {
             if self.health.read_only() {
@@ -151,7 +158,7 @@ impl Inner {
         }
     }
 
-    /// `Periodic`: makes the journal durable, applies every staged change
+    /// Makes the journal durable, applies every staged change
     /// it covers to the value files, and (with `may_checkpoint`, when one
     /// is due) checkpoints the journal. A failure turns the store
     /// read-only: acknowledged changes then stay in the pending table
@@ -177,19 +184,19 @@ impl Inner {
         let retiring = self.retire.lock().is_some();
         if may_checkpoint && due && !retiring && self.journal_since_checkpoint(j) > 0 {
             tick.last_checkpoint = Instant::now();
-            self.checkpoint_periodic(j)?;
+            self.checkpoint(j)?;
         }
         Ok(())
     }
 
-    /// `Periodic` checkpoint: with every stripe lock held (so every change
+    /// Checkpoint: with every stripe lock held (so every change
     /// written to the journal is staged, and no writer writes more), the
     /// journal is flushed again, every staged change is applied, and the
     /// journal switches files; then, with the writers going again, the
     /// retirer thread makes the value files durable and retires the old
     /// journal file, while this thread goes on applying. The pause covers
     /// only the changes since the pass just before.
-    fn checkpoint_periodic(&self, j: &Journal) -> Result<()> {
+    fn checkpoint(&self, j: &Journal) -> Result<()> {
         let old = {
             // Lock order as the writers': generation, then stripes.
             let gen = self.gen_read();
@@ -206,7 +213,7 @@ impl Inner {
         Ok(())
     }
 
-    /// The `Periodic` retirer thread: runs the `syncfs` of a checkpoint and
+    /// The retirer thread: runs the `syncfs` of a checkpoint and
     /// then sets its old journal file aside, off the flusher's thread (a
     /// `syncfs` after a second of writes takes long on a slow disk, and the
     /// flusher keeps applying meanwhile). Finishes a handed-over file

@@ -1,6 +1,7 @@
-//! The write-ahead journal at run time: group commit (`Always` writers
-//! lead batches; in `Periodic` the flusher does), checkpoints, reuse of
-//! journal files and replay on open. The file format is in
+//! The write-ahead journal at run time: group commit (writers lead
+//! batches: written to the file in `Periodic`, and made durable in
+//! `Always`), the flusher's `fdatasync`, checkpoints, reuse of journal
+//! files and replay on open. The file format is in
 //! `crate::journal`; the protocol and why each step is there in
 //! docs/DESIGN.md (sections 3.2, 3.3, 3.5 and 4).
 //!
@@ -28,7 +29,8 @@ pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// Group commit: writers encode their entry into `state.buffer` and wait;
 /// one leader at a time takes the whole buffer, writes it to the file in
 /// one write and (`Always`) runs one `fdatasync`, for every writer whose
-/// entry was in it. Writers that arrive meanwhile fill the next buffer. A
+/// entry was in it; the writers then stage their changes in the pending
+/// table, which the flusher applies to the value files. Writers that arrive meanwhile fill the next buffer. A
 /// waiting writer parks; the leader publishes `written` (and `synced`) and
 /// unparks exactly the writers it served (waking them through a condvar
 /// would send them all to fight for the state mutex). In `Periodic` the
@@ -49,12 +51,6 @@ pub(super) struct Journal {
     /// Set while some entry's batch failed and its writer has not read
     /// the error yet (`state.failed`): the lock-free check is then off.
     any_failed: AtomicBool,
-    /// Tickets not yet released, by the parity of the checkpoint epoch
-    /// they were taken in.
-    open_tickets: [AtomicU64; 2],
-    /// A checkpoint waits (on `released`) for `open_tickets` to drain.
-    checkpoint_waiting: AtomicBool,
-    released: Condvar,
     /// Held by [`Inner::journal_flush`] for its `fdatasync`.
     flushing: Mutex<()>,
 }
@@ -80,36 +76,11 @@ struct JournalState {
     syncing: bool,
     /// Parked writers: (entry number, thread).
     waiters: Vec<(u64, std::thread::Thread)>,
-    /// Checkpoint epoch: bumped when a checkpoint switches files.
-    epoch: u64,
     /// Entries whose batch could not be written (cut off again): the
     /// writer reads its error here.
     failed: HashMap<u64, (io::ErrorKind, String)>,
-    /// Cancel frames that could not be written yet (see `journal_finish`).
-    retry_cancels: Vec<u8>,
     /// Entries written since the last checkpoint switched files.
     since_checkpoint: u64,
-}
-
-/// A writer's durable journal entry, held until its file change is done
-/// (a checkpoint waits for it).
-pub(super) struct Ticket<'a> {
-    inner: &'a Inner,
-    epoch: u64,
-    gen: u64,
-    cas: u64,
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        if let Some(j) = &self.inner.journal {
-            let left = j.open_tickets[(self.epoch % 2) as usize].fetch_sub(1, Ordering::SeqCst);
-            if left == 1 && j.checkpoint_waiting.load(Ordering::SeqCst) {
-                let _st = j.state.lock();
-                j.released.notify_all();
-            }
-        }
-    }
 }
 
 /// Makes journal file `seq`: the set-aside file of an earlier checkpoint
@@ -156,80 +127,18 @@ impl Journal {
             written: AtomicU64::new(0),
             buffered: AtomicUsize::new(0),
             any_failed: AtomicBool::new(false),
-            open_tickets: [AtomicU64::new(0), AtomicU64::new(0)],
-            checkpoint_waiting: AtomicBool::new(false),
-            released: Condvar::new(),
             flushing: Mutex::new(()),
         })
     }
 }
 
 impl Inner {
-    /// `Always` mode: adds `entry` (whose cas is `cas`) to the journal and
-    /// waits until it is durable. `None` in other modes. The caller
-    /// changes the files next and then hands the ticket to
-    /// [`Inner::journal_finish`].
-    pub(super) fn journal_write<'e>(
-        &self,
-        gen: &Generation,
-        cas: u64,
-        entry: impl FnOnce(u64) -> Entry<'e>,
-    ) -> Result<Option<Ticket<'_>>> {
-        let Some(j) = &self.journal else {
-            return Ok(None);
-        };
-        let gen_no = gen.number;
-        let (n, epoch) = self.journal_add(j, &entry(gen_no))?;
-        let ticket = Ticket {
-            inner: self,
-            epoch,
-            gen: gen_no,
-            cas,
-        };
-        self.journal_sync(j, n)?;
-        Ok(Some(ticket))
-    }
-
-    /// Ends a journaled write: a failed file change is cancelled in the
-    /// journal (durably), then the ticket is released.
-    ///
-    /// If the cancel cannot be written (a full disk), it is kept and
-    /// written with the next batch; until then a crash could replay the
-    /// failed write. Once a checkpoint has retired the journal file that
-    /// holds the entry, the cancel no longer matters: the files never had
-    /// the write.
-    pub(super) fn journal_finish(&self, ticket: Option<Ticket<'_>>, changed: bool) {
-        let (Some(t), Some(j)) = (ticket, &self.journal) else {
-            return;
-        };
-        if changed {
-            return;
-        }
-        let cancel = Entry::Cancel {
-            gen: t.gen,
-            cas: t.cas,
-        };
-        let res = self.journal_add(j, &cancel).and_then(|(n, epoch)| {
-            let _ticket = Ticket {
-                inner: self,
-                epoch,
-                gen: t.gen,
-                cas: t.cas,
-            };
-            self.journal_sync(j, n)
-        });
-        if let Err(e) = res {
-            log::warn!("cannot cancel a failed write in the journal yet: {e}");
-            journal::encode(&cancel, &mut j.state.lock().retry_cancels);
-        }
-    }
-
-    /// `Periodic` mode: adds `entry` to the journal and waits until its
-    /// batch is written to the file (not flushed: that is the flusher's,
-    /// [`Inner::journal_flush`]), so that a process crash cannot lose it;
-    /// returns its number. Writers share the writes as they share flushes
-    /// in `Always`.
-    pub(super) fn journal_write_out(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
+    /// Adds `entry` to the journal and waits until its batch is durable
+    /// (`Always`) or written to the file (`Periodic`: a process crash can
+    /// no longer lose it, and the flusher makes it durable, see
+    /// [`Inner::journal_flush`]); returns its number. Writers share the
+    /// writes and flushes of their batches (group commit).
+    pub(super) fn journal_append(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
         self.check_writable()?;
         let n = {
             let mut st = j.state.lock();
@@ -242,8 +151,9 @@ impl Inner {
         Ok(n)
     }
 
-    /// `Periodic` mode: makes every entry written to the journal file so
-    /// far durable (`fdatasync`); returns the number of the last one.
+    /// Makes every entry written to the journal file so far durable
+    /// (`fdatasync`; in `Always` mode their batches have done so already);
+    /// returns the number of the last one.
     pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
         // One flush at a time: callers that waited for it find their
         // entries durable and skip their own (the flusher and helping
@@ -266,29 +176,14 @@ impl Inner {
         Ok(upto)
     }
 
-    /// Adds `entry` to the buffer of the next batch; returns its number and
-    /// the checkpoint epoch (its ticket is counted open in it).
-    fn journal_add(&self, j: &Journal, entry: &Entry<'_>) -> Result<(u64, u64)> {
-        self.check_writable()?;
-        let mut st = j.state.lock();
-        if !st.retry_cancels.is_empty() {
-            let retry = std::mem::take(&mut st.retry_cancels);
-            st.buffer.extend_from_slice(&retry);
-        }
-        journal::encode(entry, &mut st.buffer);
-        st.appended += 1;
-        j.open_tickets[(st.epoch % 2) as usize].fetch_add(1, Ordering::SeqCst);
-        Ok((st.appended, st.epoch))
-    }
-
     /// Waits until entry `n` is durable (`Always`) or written to the file
     /// (`Periodic`, where the flusher makes it durable), leading batches
     /// when no other writer is.
     fn journal_sync(&self, j: &Journal, n: u64) -> Result<()> {
-        let done = if self.journaled_behind() {
-            &j.written
-        } else {
+        let done = if self.acks_durable() {
             &j.synced
+        } else {
+            &j.written
         };
         loop {
             if done.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
@@ -338,7 +233,7 @@ impl Inner {
                 self.journal_write_batch(j, &frames, from, upto)
             };
             let mut st = j.state.lock();
-            if res.is_ok() && !self.journaled_behind() {
+            if res.is_ok() && self.acks_durable() {
                 j.synced.fetch_max(upto, Ordering::SeqCst);
             }
             // Entries up to `upto` are durable or failed; on an error every
@@ -415,17 +310,12 @@ impl Inner {
         f.len += batch.len() as u64;
         j.written.fetch_max(upto, Ordering::SeqCst);
         // `Periodic`: the flusher makes it durable ([`Inner::journal_flush`]).
-        if self.journaled_behind() {
-            if f.len > CHECKPOINT_BYTES {
-                self.stop.kick();
+        if self.acks_durable() {
+            if let Err(e) = self.fs.sync_file_data(&f.path) {
+                let e = io_err(&f.path, e);
+                self.set_read_only(format!("flush of the journal failed: {e}"));
+                return Err(e);
             }
-            j.state.lock().since_checkpoint += upto - from;
-            return Ok(());
-        }
-        if let Err(e) = self.fs.sync_file_data(&f.path) {
-            let e = io_err(&f.path, e);
-            self.set_read_only(format!("flush of the journal failed: {e}"));
-            return Err(e);
         }
         if f.len > CHECKPOINT_BYTES {
             self.stop.kick();
@@ -434,59 +324,7 @@ impl Inner {
         Ok(())
     }
 
-    /// The checkpointer thread of an `Always` store.
-    pub(super) fn checkpointer_loop(&self, every: Duration) {
-        while !self.stop.wait(every) {
-            if self.health.read_only() {
-                continue;
-            }
-            if let Err(e) = self.checkpoint() {
-                log::error!("journal checkpoint failed: {e}");
-            }
-        }
-    }
-
-    /// Switches to a new journal file, waits until the writers of entries
-    /// in the old one have finished their file changes, makes everything
-    /// durable (`syncfs`) and removes the old file.
-    pub(super) fn checkpoint(&self) -> Result<()> {
-        let Some(j) = &self.journal else {
-            return Ok(());
-        };
-        if j.state.lock().since_checkpoint == 0 {
-            return Ok(());
-        }
-        let next_seq = j.file.lock().seq + 1;
-        let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
-        // Tickets taken before the switch may have entries in the old file:
-        // once they are all released, those entries are durable (their
-        // batch was flushed) and their file changes done.
-        let (old_path, old_epoch) = {
-            let mut f = j.file.lock();
-            let old = std::mem::replace(&mut *f, new);
-            let mut st = j.state.lock();
-            st.since_checkpoint = 0;
-            st.epoch += 1;
-            (old.path, st.epoch - 1)
-        };
-        {
-            let mut st = j.state.lock();
-            j.checkpoint_waiting.store(true, Ordering::SeqCst);
-            while j.open_tickets[(old_epoch % 2) as usize].load(Ordering::SeqCst) > 0 {
-                j.released.wait(&mut st);
-            }
-            j.checkpoint_waiting.store(false, Ordering::SeqCst);
-        }
-        self.group_sync()?;
-        // Set aside for the next switch: its entries are all in the files
-        // now, and a reuse rewrites its blocks in place.
-        let spare = self.dir.join(layout::JOURNAL_SPARE);
-        self.fs
-            .rename(&old_path, &spare)
-            .map_err(|e| io_err(&old_path, e))
-    }
-
-    /// `Periodic` checkpoint, first half: switches to a new journal file
+    /// Checkpoint, first half: switches to a new journal file
     /// and returns the old one's path. The caller (the flusher) holds every
     /// stripe lock and has applied every change written to the old file.
     pub(super) fn switch_journal(&self, j: &Journal) -> Result<PathBuf> {
@@ -498,7 +336,7 @@ impl Inner {
         Ok(old.path)
     }
 
-    /// `Periodic` checkpoint, second half: once the value files are
+    /// Checkpoint, second half: once the value files are
     /// durable (`syncfs`), the old journal file is set aside for reuse.
     pub(super) fn retire_journal(&self, old: &Path) -> Result<()> {
         self.group_sync()?;

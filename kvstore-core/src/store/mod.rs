@@ -6,12 +6,13 @@
 //! under the key's stripe lock, then, by mode:
 //!
 //! - `Never`: change the value files now ([`Inner::write_files`]);
-//! - `Always`: journal the change and wait for its group commit, then
-//!   change the value files (`store/journal.rs`);
-//! - `Periodic`: write the change to the journal file (no flush) and stage
-//!   it in the pending table (`store/pending.rs`); the flusher makes the
-//!   journal durable every interval and then applies the staged changes to
-//!   the value files (`store/durability.rs`).
+//! - `Periodic` and `Always`: append the change to the journal
+//!   (`store/journal.rs`; `Always` waits for its group commit, `Periodic`
+//!   only for the write to the file) and stage it in the pending table
+//!   (`store/pending.rs`). The flusher makes the journal durable and then
+//!   applies the staged changes to the value files (`store/durability.rs`);
+//!   so no value file changes before the journal entry behind it is
+//!   durable, in either mode.
 //!
 //! Readers take no lock: the pending table, then the cache, then the file.
 
@@ -281,12 +282,12 @@ struct Inner {
     sweep_done: AtomicBool,
     /// The write-ahead journal (`Periodic` and `Always`).
     journal: Option<Journal>,
-    /// `Periodic`: changes journaled but not yet in the value files.
+    /// Changes journaled but not yet in the value files.
     pending: Pending,
-    /// `Periodic`: one flush-and-apply pass at a time (the flusher,
-    /// `Store::flush`, close).
+    /// One flush-and-apply pass at a time (the flusher, `Store::flush`,
+    /// close).
     tick: Mutex<TickState>,
-    /// `Periodic`: the old journal file of a checkpoint, handed from the
+    /// The old journal file of a checkpoint, handed from the
     /// flusher to the retirer thread.
     retire: Mutex<Option<PathBuf>>,
     retire_cv: Condvar,
@@ -446,7 +447,15 @@ impl Store {
                 inner.sweep_done.store(true, Ordering::SeqCst);
             })?);
         }
-        if let Durability::Periodic(every) = options.durability {
+        // The flusher applies the pending table every interval
+        // (`Periodic`: also the journal's flush; `Always`: the
+        // checkpoint interval), the retirer finishes its checkpoints.
+        let flush_every = match options.durability {
+            Durability::Periodic(every) => Some(every),
+            Durability::Always => Some(options.checkpoint_interval),
+            Durability::Never => None,
+        };
+        if let Some(every) = flush_every {
             let flusher = inner.clone();
             let every = every.max(Duration::from_millis(1));
             threads.push(spawn("kvstore-flusher", move || {
@@ -454,13 +463,6 @@ impl Store {
             })?);
             let retirer = inner.clone();
             threads.push(spawn("kvstore-retirer", move || retirer.retirer_loop())?);
-        }
-        if inner.durability == Durability::Always {
-            let inner = inner.clone();
-            let every = options.checkpoint_interval;
-            threads.push(spawn("kvstore-checkpointer", move || {
-                inner.checkpointer_loop(every)
-            })?);
         }
         Ok(Store {
             inner,
@@ -880,7 +882,7 @@ impl Store {
     }
 
     /// Bytes of acknowledged changes waiting to be applied to the value
-    /// files (`Durability::Periodic`; 0 in the other modes). Bounded by
+    /// files (`Durability::Periodic` and `Always`; 0 in `Never`). Bounded by
     /// [`Options::max_pending_bytes`].
     pub fn pending_bytes(&self) -> usize {
         self.inner.pending.bytes()
@@ -982,9 +984,16 @@ impl Drop for Store {
             let _ = t.join();
         }
         let inner = &self.inner;
+        // A checkpoint the flusher finished after the retirer had stopped.
+        let handed_over = inner.retire.lock().take();
+        if let Some(old) = handed_over {
+            if let Err(e) = inner.retire_journal(&old) {
+                log::error!("journal checkpoint failed: {e}");
+            }
+        }
         if inner.durability != Durability::Never && !inner.health.read_only() {
-            // `Periodic`: every staged change is applied first; one that
-            // cannot be keeps the journal for the next open to replay.
+            // Every staged change is applied first; one that cannot be
+            // keeps the journal for the next open to replay.
             let applied = !inner.journaled_behind() || inner.flush_and_apply(false).is_ok();
             if applied && inner.pending.bytes() == 0 {
                 let _ = inner.close_journal();

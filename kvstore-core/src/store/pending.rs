@@ -1,4 +1,4 @@
-//! The pending table of `Durability::Periodic`: acknowledged changes whose
+//! The pending table of `Durability::Periodic` and `Always`: acknowledged changes whose
 //! journal entries the value files do not reflect yet, in front of the
 //! cache and the files for every read (see docs/DESIGN.md, 3.3).
 //!

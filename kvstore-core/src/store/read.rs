@@ -20,7 +20,7 @@ pub(super) struct Current {
     pub(super) idx: Option<u16>,
     /// Its live item (not expired).
     pub(super) item: Option<Arc<CachedItem>>,
-    /// `Periodic`: its latest change is staged (`Some(true)` a put,
+    /// Its latest change is staged (`Some(true)` a put,
     /// `Some(false)` a removal), and the files may not show it yet.
     pub(super) staged: Option<bool>,
 }

@@ -43,10 +43,10 @@ impl Inner {
     /// Runs `decide` on the key's current item under its stripe lock and
     /// carries out the decision. Returns the cas written, if anything was.
     ///
-    /// This is the whole write path of every change but removals: the
-    /// record is journaled and, by durability mode, either staged for the
-    /// flusher (`Periodic`) or written to the value files here (`Never`,
-    /// and `Always` once its journal entry is durable).
+    /// This is the whole write path of every change but removals: in
+    /// `Periodic` and `Always` the record goes to the journal and its
+    /// change to the pending table, which the flusher applies to the value
+    /// files; in `Never` the record is written to the value files here.
     pub(super) fn update<'a>(
         &self,
         key: &[u8],
@@ -94,7 +94,7 @@ impl Inner {
                     };
                     self.stage(hash, key, &entry, Change::Put(item.clone()))
                 }
-                _ => self.write_record(gen, hash, key, cur.idx, &rec, cas),
+                _ => self.write_files(gen, hash, key, cur.idx, &rec),
             };
             match written {
                 Ok(()) => self.changed(hash, key, item.filter(|_| self.cache_enabled)),
@@ -109,9 +109,10 @@ impl Inner {
         })
     }
 
-    /// `Periodic`: writes `entry` to the journal file (durable at the
-    /// next flush; a process crash no longer loses it), then stages its
-    /// change in the pending table, where reads see it at once. Stripe lock
+    /// Writes `entry` to the journal (durable before this returns in
+    /// `Always`, at the next flush in `Periodic`; a process crash no longer
+    /// loses it), then stages its change in the pending table, where reads
+    /// see it at once. Stripe lock
     /// of the key held, so that the journal and the table agree on the
     /// order of the key's changes, and so that a checkpoint holding every
     /// stripe finds each written change staged.
@@ -121,7 +122,7 @@ impl Inner {
                 reason: "no journal".to_string(),
             });
         };
-        let n = self.journal_write_out(j, entry)?;
+        let n = self.journal_append(j, entry)?;
         self.pending.stage(hash, key, n, change);
         Ok(())
     }
@@ -147,8 +148,8 @@ impl Inner {
         })
     }
 
-    /// Removes the key (stripe lock held): staged in `Periodic` mode,
-    /// journaled first in `Always` mode (see `store/journal.rs`).
+    /// Removes the key (stripe lock held): staged behind the journal in
+    /// `Periodic` and `Always`, from the files at once in `Never`.
     pub(super) fn remove_locked(
         &self,
         gen: &Generation,
@@ -159,17 +160,17 @@ impl Inner {
         if !cur.present() {
             return Ok(());
         }
-        let cas = self.next_cas();
-        let entry = |gen| Entry::Remove { gen, cas, key };
-        if self.journaled_behind() {
-            self.stage(hash, key, &entry(gen.number), Change::Remove)?;
-            self.changed(hash, key, None);
-            return Ok(());
+        if !self.journaled_behind() {
+            return self.remove_files(gen, hash, key, cur.idx);
         }
-        let ticket = self.journal_write(gen, cas, entry)?;
-        let res = self.remove_files(gen, hash, key, cur.idx);
-        self.journal_finish(ticket, res.is_ok());
-        res
+        let entry = Entry::Remove {
+            gen: gen.number,
+            cas: self.next_cas(),
+            key,
+        };
+        self.stage(hash, key, &entry, Change::Remove)?;
+        self.changed(hash, key, None);
+        Ok(())
     }
 
     /// Logs the removal, then moves the key's file to the spare pool. The
@@ -277,27 +278,10 @@ impl Inner {
 }
 
 impl Inner {
-    /// Writes the record `rec` (whose cas is `cas`) for `key`, stripe lock
-    /// held. In `Always` mode the record is journaled first (see
-    /// `store/journal.rs`).
-    pub(super) fn write_record(
-        &self,
-        gen: &Generation,
-        hash: u64,
-        key: &[u8],
-        idx: Option<u16>,
-        rec: &[u8],
-        cas: u64,
-    ) -> Result<()> {
-        let ticket = self.journal_write(gen, cas, |gen| Entry::Put { gen, record: rec })?;
-        let res = self.write_files(gen, hash, key, idx, rec);
-        self.journal_finish(ticket, res.is_ok());
-        res
-    }
-
     /// Writes a record for `key` into the files (stripe lock held): into a
-    /// spare, then swapped in (in `Always` mode a new key's file is created
-    /// in place when no spare is pooled, see [`Inner::create_in_place`]); a
+    /// spare, then swapped in (behind the journal a new key's file is
+    /// created in place when no spare is pooled, see
+    /// [`Inner::create_in_place`]); a
     /// new key also gets a collision index and a map record.
     pub(super) fn write_files(
         &self,
@@ -380,7 +364,7 @@ impl Inner {
         })
     }
 
-    /// `Always` mode, a new key and no pooled spare: creates the value
+    /// Behind the journal, a new key and no pooled spare: creates the value
     /// file directly under the first free collision index of `hash` and
     /// returns that index, saving the spare's name and its rename (about a
     /// sixth of a new key's CPU here). `None` when a leftover no map entry
