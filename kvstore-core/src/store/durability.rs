@@ -85,13 +85,6 @@ impl Inner {
         self.journal.is_some()
     }
 
-    /// Whether a write is acknowledged only once its journal entry is
-    /// durable (`Always`), rather than once it is written to the journal
-    /// file (`Periodic`, flushed by the flusher every interval).
-    pub(super) fn acks_durable(&self) -> bool {
-        self.durability == Durability::Always
-    }
-
     /// Back-pressure: waits while the pending table or the journal buffer
     /// is at the bound, asking the flusher to run now.
     pub(super) fn wait_for_room(&self) -> Result<()> {
@@ -122,7 +115,7 @@ impl Inner {
 
     /// A waiting writer's share of the applier's work: makes the journal
     /// durable (one `fdatasync` for all helpers at once, see
-    /// [`Inner::journal_flush`]) and applies a share of the changes it
+    /// [`Journal::flush`]) and applies a share of the changes it
     /// covers, so that applying runs on as many threads as are writing
     /// rather than on the flusher's alone. `false` when nothing was due.
     ///
@@ -131,7 +124,7 @@ impl Inner {
     /// applied or replaced in the meantime is skipped (`apply_staged`), so
     /// per key the newest durable change wins whoever applies it.
     fn help_apply(&self, j: &Journal) -> Result<bool> {
-        let synced = self.journal_flush(j)?;
+        let synced = j.flush()?;
         let share = self.pending.share(synced, HELP_SHARE);
         if share.is_empty() {
             return Ok(false);
@@ -169,7 +162,7 @@ impl Inner {
         };
         let mut tick = self.tick.lock();
         self.check_writable()?;
-        let synced = self.journal_flush(j)?;
+        let synced = j.flush()?;
         self.pending.notify_room();
         for (key, staged) in self.pending.due(synced) {
             let hash = (self.hasher)(&key);
@@ -179,10 +172,10 @@ impl Inner {
         }
         self.pending.notify_room();
         let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
-            || self.journal_len(j) > CHECKPOINT_BYTES;
+            || j.len() > CHECKPOINT_BYTES;
         // One retirement at a time: the next checkpoint waits for it.
         let retiring = self.retire.lock().is_some();
-        if may_checkpoint && due && !retiring && self.journal_since_checkpoint(j) > 0 {
+        if may_checkpoint && due && !retiring && j.since_checkpoint() > 0 {
             tick.last_checkpoint = Instant::now();
             self.checkpoint(j)?;
         }
@@ -201,12 +194,12 @@ impl Inner {
             // Lock order as the writers': generation, then stripes.
             let gen = self.gen_read();
             let _stripes: Vec<_> = self.stripes.iter().map(|s| s.lock.lock()).collect();
-            let synced = self.journal_flush(j)?;
+            let synced = j.flush()?;
             for (key, staged) in self.pending.due(synced) {
                 self.apply_staged(&gen, (self.hasher)(&key), &key, &staged)?;
             }
             self.pending.notify_room();
-            self.switch_journal(j)?
+            j.switch()?
         };
         *self.retire.lock() = Some(old);
         self.retire_cv.notify_all();
@@ -237,6 +230,26 @@ impl Inner {
             }
             *self.retire.lock() = None;
         }
+    }
+
+    /// Checkpoint, second half (the retirer's): makes the value files
+    /// durable (`syncfs`), then sets the old journal file `old` aside.
+    pub(super) fn retire_journal(&self, old: &Path) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        self.group_sync()?;
+        j.set_aside(old)
+    }
+
+    /// At a clean close, with nothing left staged: everything is made
+    /// durable and the journal set aside, so the next open replays nothing.
+    pub(super) fn close_journal(&self) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        self.group_sync()?;
+        j.close()
     }
 
     /// Applies one staged change (journal entry durable) to the value

@@ -1,7 +1,8 @@
 //! The write-ahead journal at run time: group commit (writers lead
 //! batches: written to the file in `Periodic`, and made durable in
 //! `Always`), the flusher's `fdatasync`, checkpoints, reuse of journal
-//! files and replay on open. The file format is in
+//! files, and reading the journal back for replay on open
+//! (`store/open.rs` applies it). The file format is in
 //! `crate::journal`; the protocol and why each step is there in
 //! docs/DESIGN.md (sections 3.2, 3.3, 3.5 and 4).
 //!
@@ -13,9 +14,21 @@
 //! overwrites/s of 100 B for the growth by zeros).
 
 use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use super::*;
+use parking_lot::Mutex;
+
+use super::files::read_optional;
+use super::health::Health;
+use super::io_err;
+use super::Stop;
+use crate::error::Result;
+use crate::io::FileSystem;
 use crate::journal::{self, Entry};
+use crate::{layout, record};
 
 /// Most batches one leader flushes in a row.
 const LEAD_ROUNDS: u32 = 3;
@@ -34,7 +47,7 @@ pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// waiting writer parks; the leader publishes `written` (and `synced`) and
 /// unparks exactly the writers it served (waking them through a condvar
 /// would send them all to fight for the state mutex). In `Periodic` the
-/// flusher runs the `fdatasync` later ([`Inner::journal_flush`]).
+/// flusher runs the `fdatasync` later ([`Journal::flush`]).
 pub(super) struct Journal {
     /// The file being written, held by the leader for its write and flush.
     /// Lock order: `file`, then `state`.
@@ -51,8 +64,16 @@ pub(super) struct Journal {
     /// Set while some entry's batch failed and its writer has not read
     /// the error yet (`state.failed`): the lock-free check is then off.
     any_failed: AtomicBool,
-    /// Held by [`Inner::journal_flush`] for its `fdatasync`.
+    /// Held by [`Journal::flush`] for its `fdatasync`.
     flushing: Mutex<()>,
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    /// `Always`: a batch is flushed before its writers are acknowledged.
+    durable_acks: bool,
+    /// Turned read-only by a failed write or flush.
+    health: Arc<Health>,
+    /// Kicked when the file passes [`CHECKPOINT_BYTES`].
+    flusher: Arc<Stop>,
 }
 
 /// The journal file being written: `journal.<seq>`, written up to `len`
@@ -118,88 +139,101 @@ fn create_journal_file(fs: &dyn FileSystem, dir: &Path, seq: u64) -> Result<Jour
 }
 
 impl Journal {
-    /// Opens a new journal file numbered `seq` in `dir`.
-    pub(super) fn create(fs: &dyn FileSystem, dir: &Path, seq: u64) -> Result<Journal> {
+    /// Opens a new journal file numbered `seq` in `dir`. `durable_acks`:
+    /// `Always` (a batch's writers wait for its `fdatasync`).
+    pub(super) fn create(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        seq: u64,
+        durable_acks: bool,
+        health: Arc<Health>,
+        flusher: Arc<Stop>,
+    ) -> Result<Journal> {
         Ok(Journal {
-            file: Mutex::new(create_journal_file(fs, dir, seq)?),
+            file: Mutex::new(create_journal_file(&*fs, dir, seq)?),
             state: Mutex::new(JournalState::default()),
             synced: AtomicU64::new(0),
             written: AtomicU64::new(0),
             buffered: AtomicUsize::new(0),
             any_failed: AtomicBool::new(false),
             flushing: Mutex::new(()),
+            fs,
+            dir: dir.to_path_buf(),
+            durable_acks,
+            health,
+            flusher,
         })
     }
-}
 
-impl Inner {
     /// Adds `entry` to the journal and waits until its batch is durable
     /// (`Always`) or written to the file (`Periodic`: a process crash can
     /// no longer lose it, and the flusher makes it durable, see
-    /// [`Inner::journal_flush`]); returns its number. Writers share the
+    /// [`Journal::flush`]); returns its number. Writers share the
     /// writes and flushes of their batches (group commit).
-    pub(super) fn journal_append(&self, j: &Journal, entry: &Entry<'_>) -> Result<u64> {
-        self.check_writable()?;
+    pub(super) fn append(&self, entry: &Entry<'_>) -> Result<u64> {
+        self.health.check()?;
         let n = {
-            let mut st = j.state.lock();
+            let mut st = self.state.lock();
             journal::encode(entry, &mut st.buffer);
-            j.buffered.store(st.buffer.len(), Ordering::Relaxed);
+            self.buffered.store(st.buffer.len(), Ordering::Relaxed);
             st.appended += 1;
             st.appended
         };
-        self.journal_sync(j, n)?;
+        self.wait_for(n)?;
         Ok(n)
     }
 
     /// Makes every entry written to the journal file so far durable
     /// (`fdatasync`; in `Always` mode their batches have done so already);
     /// returns the number of the last one.
-    pub(super) fn journal_flush(&self, j: &Journal) -> Result<u64> {
+    pub(super) fn flush(&self) -> Result<u64> {
         // One flush at a time: callers that waited for it find their
         // entries durable and skip their own (the flusher and helping
         // writers flush concurrently).
-        let _one = j.flushing.lock();
+        let _one = self.flushing.lock();
         // Read under the file's lock: no batch is half written.
         let (upto, path) = {
-            let f = j.file.lock();
-            (j.written.load(Ordering::SeqCst), f.path.clone())
+            let f = self.file.lock();
+            (self.written.load(Ordering::SeqCst), f.path.clone())
         };
-        if upto <= j.synced.load(Ordering::SeqCst) {
+        if upto <= self.synced.load(Ordering::SeqCst) {
             return Ok(upto);
         }
         if let Err(e) = self.fs.sync_file_data(&path) {
             let e = io_err(&path, e);
-            self.set_read_only(format!("flush of the journal failed: {e}"));
+            self.health
+                .fail(format!("flush of the journal failed: {e}"));
             return Err(e);
         }
-        j.synced.fetch_max(upto, Ordering::SeqCst);
+        self.synced.fetch_max(upto, Ordering::SeqCst);
         Ok(upto)
     }
 
     /// Waits until entry `n` is durable (`Always`) or written to the file
     /// (`Periodic`, where the flusher makes it durable), leading batches
     /// when no other writer is.
-    fn journal_sync(&self, j: &Journal, n: u64) -> Result<()> {
-        let done = if self.acks_durable() {
-            &j.synced
+    fn wait_for(&self, n: u64) -> Result<()> {
+        let done = if self.durable_acks {
+            &self.synced
         } else {
-            &j.written
+            &self.written
         };
         loop {
-            if done.load(Ordering::SeqCst) >= n && !j.any_failed.load(Ordering::SeqCst) {
+            if done.load(Ordering::SeqCst) >= n && !self.any_failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let mut st = j.state.lock();
+            let mut st = self.state.lock();
             if let Some((kind, what)) = st.failed.remove(&n) {
-                j.any_failed.store(!st.failed.is_empty(), Ordering::SeqCst);
+                self.any_failed
+                    .store(!st.failed.is_empty(), Ordering::SeqCst);
                 drop(st);
-                let path = lock_path(j);
+                let path = self.path();
                 return Err(io_err(&path, io::Error::new(kind, what)));
             }
             if done.load(Ordering::SeqCst) >= n {
                 return Ok(());
             }
-            self.check_writable()?;
+            self.health.check()?;
             if st.syncing {
                 st.waiters.push((n, std::thread::current()));
                 drop(st);
@@ -209,7 +243,7 @@ impl Inner {
             }
             st.syncing = true;
             drop(st);
-            self.lead_batches(j)?;
+            self.lead_batches()?;
         }
     }
 
@@ -217,12 +251,12 @@ impl Inner {
     /// writers keep coming, up to `LEAD_ROUNDS - 1` more (it is already
     /// running, where a hand-over costs a wake-up). Unparks the writers of
     /// each batch, and at the end one waiting writer to lead the next.
-    fn lead_batches(&self, j: &Journal) -> Result<()> {
+    fn lead_batches(&self) -> Result<()> {
         for round in 1..=LEAD_ROUNDS {
             let (frames, from, upto) = {
-                let mut st = j.state.lock();
+                let mut st = self.state.lock();
                 let frames = std::mem::take(&mut st.buffer);
-                j.buffered.store(0, Ordering::Relaxed);
+                self.buffered.store(0, Ordering::Relaxed);
                 let (from, upto) = (st.taken, st.appended);
                 st.taken = upto;
                 (frames, from, upto)
@@ -230,11 +264,11 @@ impl Inner {
             let res = if frames.is_empty() {
                 Ok(())
             } else {
-                self.journal_write_batch(j, &frames, from, upto)
+                self.write_batch(&frames, from, upto)
             };
-            let mut st = j.state.lock();
-            if res.is_ok() && self.acks_durable() {
-                j.synced.fetch_max(upto, Ordering::SeqCst);
+            let mut st = self.state.lock();
+            if res.is_ok() && self.durable_acks {
+                self.synced.fetch_max(upto, Ordering::SeqCst);
             }
             // Entries up to `upto` are durable or failed; on an error every
             // writer looks (the store is read-only now).
@@ -270,8 +304,8 @@ impl Inner {
     /// The leader's part: writes a batch (entries `from + 1 ..= upto`) to
     /// the file and flushes it. A failed write marks the entries failed
     /// (their writers read the error) and cuts the torn batch off.
-    fn journal_write_batch(&self, j: &Journal, frames: &[u8], from: u64, upto: u64) -> Result<()> {
-        let mut f = j.file.lock();
+    fn write_batch(&self, frames: &[u8], from: u64, upto: u64) -> Result<()> {
+        let mut f = self.file.lock();
         let mut batch = Vec::with_capacity(journal::FRAME_HEADER + frames.len());
         batch.extend_from_slice(&journal::batch_header(f.seq, frames));
         batch.extend_from_slice(frames);
@@ -294,82 +328,77 @@ impl Inner {
             // Cut the torn batch off: its complete frames must not read as
             // good after a shorter batch written over its start.
             if let Err(e2) = self.fs.set_len(&f.path, f.len) {
-                self.set_read_only(format!(
+                self.health.fail(format!(
                     "journal {} has a torn entry that cannot be cut off: {e2}",
                     f.path.display()
                 ));
             }
             f.allocated = f.len;
-            let mut st = j.state.lock();
+            let mut st = self.state.lock();
             for n in from + 1..=upto {
                 st.failed.insert(n, (e.kind(), e.to_string()));
             }
-            j.any_failed.store(true, Ordering::SeqCst);
+            self.any_failed.store(true, Ordering::SeqCst);
             return Ok(());
         }
         f.len += batch.len() as u64;
-        j.written.fetch_max(upto, Ordering::SeqCst);
-        // `Periodic`: the flusher makes it durable ([`Inner::journal_flush`]).
-        if self.acks_durable() {
+        self.written.fetch_max(upto, Ordering::SeqCst);
+        // `Periodic`: the flusher makes it durable ([`Journal::flush`]).
+        if self.durable_acks {
             if let Err(e) = self.fs.sync_file_data(&f.path) {
                 let e = io_err(&f.path, e);
-                self.set_read_only(format!("flush of the journal failed: {e}"));
+                self.health
+                    .fail(format!("flush of the journal failed: {e}"));
                 return Err(e);
             }
         }
         if f.len > CHECKPOINT_BYTES {
-            self.stop.kick();
+            self.flusher.kick();
         }
-        j.state.lock().since_checkpoint += upto - from;
+        self.state.lock().since_checkpoint += upto - from;
         Ok(())
     }
 
     /// Checkpoint, first half: switches to a new journal file
     /// and returns the old one's path. The caller (the flusher) holds every
     /// stripe lock and has applied every change written to the old file.
-    pub(super) fn switch_journal(&self, j: &Journal) -> Result<PathBuf> {
-        let next_seq = j.file.lock().seq + 1;
+    pub(super) fn switch(&self) -> Result<PathBuf> {
+        let next_seq = self.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
-        let mut f = j.file.lock();
+        let mut f = self.file.lock();
         let old = std::mem::replace(&mut *f, new);
-        j.state.lock().since_checkpoint = 0;
+        self.state.lock().since_checkpoint = 0;
         Ok(old.path)
     }
 
-    /// Checkpoint, second half: once the value files are
-    /// durable (`syncfs`), the old journal file is set aside for reuse.
-    pub(super) fn retire_journal(&self, old: &Path) -> Result<()> {
-        self.group_sync()?;
+    /// Checkpoint, second half: sets the old file `old` aside for reuse
+    /// (`journal.spare`). The caller has made the value files durable
+    /// (`syncfs`), so nothing in it is needed any more.
+    pub(super) fn set_aside(&self, old: &Path) -> Result<()> {
         let spare = self.dir.join(layout::JOURNAL_SPARE);
         self.fs.rename(old, &spare).map_err(|e| io_err(old, e))
     }
 
+    /// At a clean close, after everything was applied and made durable:
+    /// sets the current file aside (nothing to replay).
+    pub(super) fn close(&self) -> Result<()> {
+        self.set_aside(&self.path())
+    }
+
     /// Bytes written to the current journal file.
-    pub(super) fn journal_len(&self, j: &Journal) -> u64 {
-        j.file.lock().len
+    pub(super) fn len(&self) -> u64 {
+        self.file.lock().len
     }
 
     /// Entries written since the last checkpoint.
-    pub(super) fn journal_since_checkpoint(&self, j: &Journal) -> u64 {
-        j.state.lock().since_checkpoint
+    pub(super) fn since_checkpoint(&self) -> u64 {
+        self.state.lock().since_checkpoint
     }
 
-    /// At close: everything is made durable and the journal removed.
-    pub(super) fn close_journal(&self) -> Result<()> {
-        let Some(j) = &self.journal else {
-            return Ok(());
-        };
-        self.group_sync()?;
-        // Nothing to replay: set aside for the next session to reuse.
-        let path = lock_path(j);
-        let spare = self.dir.join(layout::JOURNAL_SPARE);
-        self.fs.rename(&path, &spare).map_err(|e| io_err(&path, e))
+    /// The path of the journal file being written.
+    fn path(&self) -> PathBuf {
+        self.file.lock().path.clone()
     }
-}
-
-/// The path of the journal file being written.
-fn lock_path(j: &Journal) -> PathBuf {
-    j.file.lock().path.clone()
 }
 
 /// One journal entry of a key: its cas and its record (`None` for a
@@ -378,116 +407,72 @@ type Logged = (u64, Option<Vec<u8>>);
 
 /// What the journal says about one key: its last entry that was not
 /// cancelled.
-enum Final {
+pub(super) enum Final {
+    /// Its whole value record.
     Put(Vec<u8>),
     Remove,
 }
 
-impl Inner {
-    /// Replays journal files (`(number, path)`, any order) onto the value
-    /// files of the current generation, makes the result durable and
-    /// removes them. Returns how many keys were rewritten or removed.
-    pub(super) fn replay_journals(&self, files: &mut [(u64, PathBuf)]) -> Result<usize> {
-        if files.is_empty() {
-            return Ok(0);
-        }
-        files.sort();
-        let gen = self.current_gen();
-        let gen_no = gen.number;
-        // Per key, its entries in order.
-        let mut ops: HashMap<Vec<u8>, Vec<Logged>> = HashMap::new();
-        let mut order: Vec<Vec<u8>> = Vec::new();
-        let mut cancelled: HashSet<u64> = HashSet::new();
-        for (seq, path) in files.iter() {
-            let Some(bytes) = read_optional(&*self.fs, path, usize::MAX)? else {
-                continue;
-            };
-            let end = journal::decode(&bytes, *seq, |entry| {
-                let (key, cas, rec) = match entry {
-                    Entry::Put { gen, record } if gen == gen_no => {
-                        let Ok(r) = record::decode(record) else {
-                            return;
-                        };
-                        (r.key, r.cas, Some(record.to_vec()))
-                    }
-                    Entry::Remove { gen, cas, key } if gen == gen_no => (key, cas, None),
-                    Entry::Cancel { gen, cas } if gen == gen_no => {
-                        cancelled.insert(cas);
+/// Reads journal files (`(number, path)`, sorted) and returns, per key of
+/// generation `gen_no` in the order keys first appear, its last entry
+/// that was not cancelled: its cas and what it does. Reading a file stops
+/// at its first bad batch (the usual end of a reused file).
+pub(super) fn read_final(
+    fs: &dyn FileSystem,
+    files: &[(u64, PathBuf)],
+    gen_no: u64,
+) -> Result<Vec<(Vec<u8>, u64, Final)>> {
+    // Per key, its entries in order.
+    let mut ops: HashMap<Vec<u8>, Vec<Logged>> = HashMap::new();
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut cancelled: HashSet<u64> = HashSet::new();
+    for (seq, path) in files {
+        let Some(bytes) = read_optional(fs, path, usize::MAX)? else {
+            continue;
+        };
+        let end = journal::decode(&bytes, *seq, |entry| {
+            let (key, cas, rec) = match entry {
+                Entry::Put { gen, record } if gen == gen_no => {
+                    let Ok(r) = record::decode(record) else {
                         return;
-                    }
-                    _ => return,
-                };
-                match ops.get_mut(key) {
-                    Some(v) => v.push((cas, rec)),
-                    None => {
-                        order.push(key.to_vec());
-                        ops.insert(key.to_vec(), vec![(cas, rec)]);
-                    }
+                    };
+                    (r.key, r.cas, Some(record.to_vec()))
                 }
-            });
-            if let journal::End::Stopped { at, what } = end {
-                // The usual end of a reused file: its old batches follow.
-                log::debug!("journal {}: replay stops at {at} ({what})", path.display());
-            }
-        }
-        let mut applied = 0;
-        for key in order {
-            let Some(entries) = ops.remove(&key) else {
-                continue;
+                Entry::Remove { gen, cas, key } if gen == gen_no => (key, cas, None),
+                Entry::Cancel { gen, cas } if gen == gen_no => {
+                    cancelled.insert(cas);
+                    return;
+                }
+                _ => return,
             };
-            let last = entries
-                .into_iter()
-                .rev()
-                .find(|(cas, _)| !cancelled.contains(cas));
-            let Some((cas, rec)) = last else { continue };
+            match ops.get_mut(key) {
+                Some(v) => v.push((cas, rec)),
+                None => {
+                    order.push(key.to_vec());
+                    ops.insert(key.to_vec(), vec![(cas, rec)]);
+                }
+            }
+        });
+        if let journal::End::Stopped { at, what } = end {
+            log::debug!("journal {}: replay stops at {at} ({what})", path.display());
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for key in order {
+        let Some(entries) = ops.remove(&key) else {
+            continue;
+        };
+        let last = entries
+            .into_iter()
+            .rev()
+            .find(|(cas, _)| !cancelled.contains(cas));
+        if let Some((cas, rec)) = last {
             let op = match rec {
                 Some(r) => Final::Put(r),
                 None => Final::Remove,
             };
-            if self.replay_one(&gen, &key, cas, op)? {
-                applied += 1;
-            }
+            out.push((key, cas, op));
         }
-        self.fs
-            .syncfs(&self.dir)
-            .map_err(|e| io_err(&self.dir, e))?;
-        for (_, path) in files.iter() {
-            if let Err(e) = self.fs.remove_file(path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(io_err(path, e));
-                }
-            }
-        }
-        if applied > 0 {
-            log::info!(
-                "replayed the journal of {}: {applied} keys restored",
-                self.dir.display()
-            );
-        }
-        Ok(applied)
     }
-
-    /// Applies one key's final journal entry; `false` when the files
-    /// already agree.
-    fn replay_one(&self, gen: &Generation, key: &[u8], cas: u64, op: Final) -> Result<bool> {
-        let hash = (self.hasher)(key);
-        let _g = self.stripe(hash).lock.lock();
-        let cur = self.current(gen, hash, key)?;
-        match op {
-            Final::Put(rec) => {
-                if cur.item.as_ref().is_some_and(|it| it.cas == cas) {
-                    return Ok(false);
-                }
-                self.write_files(gen, hash, key, cur.idx, &rec)?;
-            }
-            Final::Remove => {
-                if cur.idx.is_none() {
-                    return Ok(false);
-                }
-                self.remove_files(gen, hash, key, cur.idx)?;
-            }
-        }
-        self.changed(hash, key, None);
-        Ok(true)
-    }
+    Ok(out)
 }

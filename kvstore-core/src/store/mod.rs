@@ -273,11 +273,11 @@ struct Inner {
     /// Pending `clear_after` deadline in Unix milliseconds; 0 = none.
     clear_deadline: AtomicU64,
     clear_lock: Mutex<()>,
-    health: Health,
+    health: Arc<Health>,
     group: GroupSync,
     exchange_supported: AtomicBool,
     noreplace_supported: AtomicBool,
-    stop: Stop,
+    stop: Arc<Stop>,
     /// Set when the background sweep after open has finished.
     sweep_done: AtomicBool,
     /// The write-ahead journal (`Periodic` and `Always`).
@@ -387,10 +387,19 @@ impl Store {
             .map(|&n| dir.join(layout::gen_name(n)))
             .collect();
         let next_gen = gens.iter().copied().chain([current]).max().unwrap_or(0) + 1;
+        let health = Arc::new(Health::default());
+        let stop = Arc::new(Stop::default());
         let journal = match options.durability {
             Durability::Always | Durability::Periodic(_) => {
                 let seq = journals.iter().map(|&(n, _)| n + 1).max().unwrap_or(0);
-                Some(Journal::create(&*fs, &dir, seq)?)
+                Some(Journal::create(
+                    fs.clone(),
+                    &dir,
+                    seq,
+                    options.durability == Durability::Always,
+                    health.clone(),
+                    stop.clone(),
+                )?)
             }
             _ => None,
         };
@@ -415,11 +424,11 @@ impl Store {
             cas_counter: AtomicU64::new(0),
             clear_deadline: AtomicU64::new(clear_deadline),
             clear_lock: Mutex::new(()),
-            health: Health::default(),
+            health,
             group: GroupSync::default(),
             exchange_supported: AtomicBool::new(true),
             noreplace_supported: AtomicBool::new(true),
-            stop: Stop::default(),
+            stop,
             sweep_done: AtomicBool::new(false),
             journal,
             pending: Pending::new(options.max_pending_bytes),

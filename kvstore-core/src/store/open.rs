@@ -1,5 +1,6 @@
-//! Opening: loading and scanning a generation, and the background sweep after open.
+//! Opening: loading and scanning a generation, replaying the journal onto it, and the background sweep after open.
 
+use super::journal::{self, Final};
 use super::*;
 
 impl Inner {
@@ -332,5 +333,65 @@ pub(super) fn drop_file(fs: &dyn FileSystem, path: &Path, scan: &mut Scan) -> Re
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path, e)),
+    }
+}
+
+impl Inner {
+    /// Replays journal files (`(number, path)`, any order) onto the value
+    /// files of the current generation, makes the result durable and
+    /// removes them. Returns how many keys were rewritten or removed.
+    pub(super) fn replay_journals(&self, files: &mut [(u64, PathBuf)]) -> Result<usize> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        files.sort();
+        let gen = self.current_gen();
+        let mut applied = 0;
+        for (key, cas, op) in journal::read_final(&*self.fs, files, gen.number)? {
+            if self.replay_one(&gen, &key, cas, op)? {
+                applied += 1;
+            }
+        }
+        self.fs
+            .syncfs(&self.dir)
+            .map_err(|e| io_err(&self.dir, e))?;
+        for (_, path) in files.iter() {
+            if let Err(e) = self.fs.remove_file(path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(io_err(path, e));
+                }
+            }
+        }
+        if applied > 0 {
+            log::info!(
+                "replayed the journal of {}: {applied} keys restored",
+                self.dir.display()
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Applies one key's final journal entry; `false` when the files
+    /// already agree.
+    fn replay_one(&self, gen: &Generation, key: &[u8], cas: u64, op: Final) -> Result<bool> {
+        let hash = (self.hasher)(key);
+        let _g = self.stripe(hash).lock.lock();
+        let cur = self.current(gen, hash, key)?;
+        match op {
+            Final::Put(rec) => {
+                if cur.item.as_ref().is_some_and(|it| it.cas == cas) {
+                    return Ok(false);
+                }
+                self.write_files(gen, hash, key, cur.idx, &rec)?;
+            }
+            Final::Remove => {
+                if cur.idx.is_none() {
+                    return Ok(false);
+                }
+                self.remove_files(gen, hash, key, cur.idx)?;
+            }
+        }
+        self.changed(hash, key, None);
+        Ok(true)
     }
 }

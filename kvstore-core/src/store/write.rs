@@ -122,7 +122,7 @@ impl Inner {
                 reason: "no journal".to_string(),
             });
         };
-        let n = self.journal_append(j, entry)?;
+        let n = j.append(entry)?;
         self.pending.stage(hash, key, n, change);
         Ok(())
     }
