@@ -206,8 +206,7 @@ struct Generation {
     count: AtomicUsize,
     log: Mutex<LogState>,
     subdir_ready: Box<[AtomicBool]>,
-    spares: Box<[Mutex<SparePool>]>,
-    spare_counter: AtomicU64,
+    spares: Spares,
     expiring_marked: AtomicBool,
 }
 
@@ -226,10 +225,6 @@ impl Generation {
 
     fn subdir_path(&self, sub: usize) -> PathBuf {
         self.dir.join(format!("{sub:02x}"))
-    }
-
-    fn spare_path(&self, sub: usize, id: u64) -> PathBuf {
-        self.subdir_path(sub).join(layout::spare_name(id))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -377,7 +372,7 @@ impl Store {
                 sync_meta,
             )?;
         }
-        let generation = load_generation(&*fs, &gen_dir, options.key_hasher, sync_meta, epoch)?;
+        let generation = load_generation(&fs, &gen_dir, options.key_hasher, sync_meta, epoch)?;
 
         let clear_deadline = read_u64_file(&*fs, &dir.join(layout::CLEAR_AT_FILE))?.unwrap_or(0);
         let doomed: Vec<PathBuf> = gens

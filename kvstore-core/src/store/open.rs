@@ -40,15 +40,7 @@ impl Inner {
                         // Made in this session: already pooled or in use.
                         continue;
                     }
-                    let mut pool = gen.spares[sub].lock();
-                    if pool.len() < SPARES_PER_SUBDIR {
-                        if !pool.contains(id) {
-                            pool.ready.push(id);
-                        }
-                    } else if !pool.contains(id) {
-                        drop(pool);
-                        let _ = self.fs.remove_file(&dir.join(name));
-                    }
+                    gen.spares.adopt(sub, id, &dir.join(name));
                 } else if let Some((hash, idx)) = layout::parse_value_name(name) {
                     if mapped.binary_search(&(hash, idx)).is_err() {
                         self.sweep_stray(&gen, &dir.join(name), hash, idx);
@@ -74,7 +66,7 @@ impl Inner {
         {
             return;
         }
-        if let Err(e) = self.retire_file(gen, hash, path) {
+        if let Err(e) = gen.spares.retire_file(hash, path) {
             log::warn!("cannot recycle stray value file {}: {e}", path.display());
         }
     }
@@ -104,12 +96,13 @@ impl Inner {
 /// tail) or, if it is missing or damaged, rebuilds the map from the value
 /// files and writes a fresh log.
 pub(super) fn load_generation(
-    fs: &dyn FileSystem,
+    shared_fs: &Arc<dyn FileSystem>,
     dir: &Path,
     hasher: fn(&[u8]) -> u64,
     sync: bool,
     epoch: u64,
 ) -> Result<Generation> {
+    let fs = &**shared_fs;
     let log_path = dir.join(layout::MAP_LOG);
     let shards = empty_shards();
     let mut count = 0usize;
@@ -193,13 +186,7 @@ pub(super) fn load_generation(
             records,
         }),
         subdir_ready: (0..SUBDIRS).map(|_| AtomicBool::new(false)).collect(),
-        spares: (0..SUBDIRS)
-            .map(|_| Mutex::new(SparePool::default()))
-            .collect(),
-        // Spares made in this session are numbered from `epoch << 40`, so
-        // they never clash with spares of earlier sessions (smaller epochs),
-        // which the sweep adds to the pools.
-        spare_counter: AtomicU64::new(epoch << 40),
+        spares: Spares::new(shared_fs.clone(), dir, epoch),
         expiring_marked: AtomicBool::new(expiring_marked),
     };
     if rebuild {

@@ -186,7 +186,7 @@ impl Inner {
             FileRead::Corrupt(what) => {
                 let path = gen.value_path(hash, idx);
                 log::warn!("dropping damaged value file {}: {what}", path.display());
-                self.retire_file(gen, hash, &path)?;
+                gen.spares.retire_file(hash, &path)?;
                 self.log_remove(gen, hash, key)?;
                 Ok(Current::absent())
             }

@@ -1,4 +1,10 @@
-//! The spare pool: value files kept for reuse, filled in place and swapped in by `RENAME_EXCHANGE` (see docs/DESIGN.md).
+//! The spare pool of one generation: value files kept for reuse, filled in
+//! place and swapped in by `RENAME_EXCHANGE` (see docs/DESIGN.md).
+//!
+//! [`Spares`] owns the per-subdirectory pools, the counter that names new
+//! spares and what it needs to build their paths; the write path asks it
+//! for a filled spare ([`Spares::fill_pooled`], [`Spares::create`]) and
+//! hands freed files back ([`Spares::recycle`], [`Spares::retire_file`]).
 
 use super::*;
 
@@ -7,29 +13,75 @@ use super::*;
 /// `Always` follows a durable journal entry, so a freed file is reusable at
 /// once (a power cut that leaves a torn reuse is repaired by replay).
 #[derive(Default)]
-pub(super) struct SparePool {
-    pub(super) ready: Vec<u64>,
+struct SparePool {
+    ready: Vec<u64>,
 }
 
 impl SparePool {
-    pub(super) fn contains(&self, id: u64) -> bool {
+    fn contains(&self, id: u64) -> bool {
         self.ready.contains(&id)
     }
 
-    pub(super) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.ready.len()
     }
 }
 
-impl Inner {
+/// The spare pool of one generation: up to [`SPARES_PER_SUBDIR`] spares
+/// per value subdirectory.
+pub(super) struct Spares {
+    fs: Arc<dyn FileSystem>,
+    /// The generation directory the spares live in.
+    dir: PathBuf,
+    /// One pool per value subdirectory (none for a generation that is
+    /// only written offline, see [`Spares::without_pools`]).
+    pools: Box<[Mutex<SparePool>]>,
+    /// Names new spares. Starts at `epoch << 40`, so spares made in this
+    /// session never clash with spares of earlier sessions (smaller
+    /// epochs), which the sweep adds to the pools.
+    counter: AtomicU64,
+}
+
+impl Spares {
+    /// An empty pool for the generation in `dir`, naming new spares from
+    /// `epoch << 40`.
+    pub(super) fn new(fs: Arc<dyn FileSystem>, dir: &Path, epoch: u64) -> Spares {
+        Spares {
+            fs,
+            dir: dir.to_path_buf(),
+            pools: (0..SUBDIRS)
+                .map(|_| Mutex::new(SparePool::default()))
+                .collect(),
+            counter: AtomicU64::new(epoch << 40),
+        }
+    }
+
+    /// A pool that holds nothing, for a generation no write goes to (the
+    /// offline repair only rewrites its map log).
+    pub(super) fn without_pools(fs: Arc<dyn FileSystem>, dir: &Path) -> Spares {
+        Spares {
+            fs,
+            dir: dir.to_path_buf(),
+            pools: Box::new([]),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The path of spare `id` of subdirectory `sub`.
+    pub(super) fn path(&self, sub: usize, id: u64) -> PathBuf {
+        self.dir
+            .join(format!("{sub:02x}"))
+            .join(layout::spare_name(id))
+    }
+
     /// Turns a value file into a spare (or removes it when the pool is
     /// full). A missing file is fine.
-    pub(super) fn retire_file(&self, gen: &Generation, hash: u64, path: &Path) -> Result<()> {
+    pub(super) fn retire_file(&self, hash: u64, path: &Path) -> Result<()> {
         let sub = layout::subdir_index(hash);
-        let mut pool = gen.spares[sub].lock();
+        let mut pool = self.pools[sub].lock();
         let res = if pool.len() < SPARES_PER_SUBDIR {
-            let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
-            let spare = gen.spare_path(sub, id);
+            let id = self.counter.fetch_add(1, Ordering::Relaxed);
+            let spare = self.path(sub, id);
             let r = self.fs.rename(path, &spare);
             if r.is_ok() {
                 pool.ready.push(id);
@@ -45,15 +97,13 @@ impl Inner {
             Err(e) => Err(io_err(path, e)),
         }
     }
-}
 
-impl Inner {
     /// Writes `rec` into a new spare file of subdirectory `sub` (when
-    /// [`Inner::fill_pooled_spare`] found none); returns its id.
-    pub(super) fn create_spare(&self, gen: &Generation, sub: usize, rec: &[u8]) -> Result<u64> {
+    /// [`Spares::fill_pooled`] found none); returns its id.
+    pub(super) fn create(&self, sub: usize, rec: &[u8]) -> Result<u64> {
         loop {
-            let id = gen.spare_counter.fetch_add(1, Ordering::Relaxed);
-            let path = gen.spare_path(sub, id);
+            let id = self.counter.fetch_add(1, Ordering::Relaxed);
+            let path = self.path(sub, id);
             match self.fs.create_new(&path, rec) {
                 Ok(()) => return Ok(id),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -69,16 +119,11 @@ impl Inner {
 
     /// Writes `rec` into a pooled spare of subdirectory `sub` and returns
     /// its id; `None` when the pool has no usable spare.
-    pub(super) fn fill_pooled_spare(
-        &self,
-        gen: &Generation,
-        sub: usize,
-        rec: &[u8],
-    ) -> Option<u64> {
+    pub(super) fn fill_pooled(&self, sub: usize, rec: &[u8]) -> Option<u64> {
         loop {
-            let pooled = gen.spares[sub].lock().ready.pop();
+            let pooled = self.pools[sub].lock().ready.pop();
             let id = pooled?;
-            let path = gen.spare_path(sub, id);
+            let path = self.path(sub, id);
             match self.fs.write_at(&path, 0, rec) {
                 Ok(()) => return Some(id),
                 // A spare that vanished (removed by hand): try the next.
@@ -94,24 +139,38 @@ impl Inner {
             }
         }
     }
-}
 
-impl Inner {
     /// Returns the old file of an exchange to the spare pool (or removes it
     /// when the pool is full).
-    pub(super) fn recycle_spare(&self, gen: &Generation, sub: usize, old: Option<u64>) {
+    pub(super) fn recycle(&self, sub: usize, old: Option<u64>) {
         let Some(id) = old else { return };
-        let mut pool = gen.spares[sub].lock();
+        let mut pool = self.pools[sub].lock();
         if pool.len() < SPARES_PER_SUBDIR {
             pool.ready.push(id);
         } else {
             drop(pool);
-            let _ = self.fs.remove_file(&gen.spare_path(sub, id));
+            let _ = self.fs.remove_file(&self.path(sub, id));
         }
     }
 
     /// Returns an unused spare (maybe written with a record) to the pool.
-    pub(super) fn give_back(&self, gen: &Generation, sub: usize, id: u64) {
-        gen.spares[sub].lock().ready.push(id);
+    pub(super) fn give_back(&self, sub: usize, id: u64) {
+        self.pools[sub].lock().ready.push(id);
+    }
+
+    /// Takes spare `id` of subdirectory `sub`, a file of an earlier session
+    /// found at `found` by the sweep after open, into the pool (or removes
+    /// the file when the pool is full).
+    pub(super) fn adopt(&self, sub: usize, id: u64, found: &Path) {
+        let mut pool = self.pools[sub].lock();
+        if pool.contains(id) {
+            return;
+        }
+        if pool.len() < SPARES_PER_SUBDIR {
+            pool.ready.push(id);
+        } else {
+            drop(pool);
+            let _ = self.fs.remove_file(found);
+        }
     }
 }

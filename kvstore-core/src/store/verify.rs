@@ -235,8 +235,7 @@ pub(crate) mod offline {
                 records: 0,
             }),
             subdir_ready: Box::new([]),
-            spares: Box::new([]),
-            spare_counter: AtomicU64::new(0),
+            spares: Spares::without_pools(options.file_system.clone(), &gen_dir),
             expiring_marked: AtomicBool::new(false),
         };
         gen.insert_scanned(scan.keys, hasher);
