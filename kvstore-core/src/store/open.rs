@@ -12,9 +12,8 @@ impl Inner {
         // (hash, index) of every mapped key, to spot value files no entry
         // points to (left by a write interrupted between its rename and its
         // map record) without reading every file.
-        let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.count.load(Ordering::Relaxed));
-        for shard in gen.shards.iter() {
-            let shard = shard.read();
+        let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.map.len());
+        for shard in gen.map.read_shards() {
             mapped.extend(shard.iter().map(|(k, &idx)| ((self.hasher)(k), idx)));
         }
         mapped.sort_unstable();
@@ -104,8 +103,7 @@ pub(super) fn load_generation(
 ) -> Result<Generation> {
     let fs = &**shared_fs;
     let log_path = dir.join(layout::MAP_LOG);
-    let shards = empty_shards();
-    let mut count = 0usize;
+    let mut loaded = Vec::new();
     let mut rebuild = false;
     let mut records = 0;
     match read_optional(fs, &log_path, usize::MAX)? {
@@ -144,10 +142,7 @@ pub(super) fn load_generation(
                 }
             }
             if !rebuild {
-                for (i, m) in tmp.into_iter().enumerate() {
-                    count += m.len();
-                    *shards[i].write() = m;
-                }
+                loaded = tmp;
             }
         }
     }
@@ -178,13 +173,8 @@ pub(super) fn load_generation(
             .and_then(|n| n.to_str())
             .and_then(layout::parse_gen_name)
             .unwrap_or(0),
-        shards,
-        count: AtomicUsize::new(count),
-        // Replaced below once the log is known good.
-        log: Mutex::new(LogState {
-            file: Box::new(NullAppend),
-            records,
-        }),
+        // Its log is opened below once it is known good.
+        map: KeyMap::new(shared_fs.clone(), dir, sync, loaded, records),
         subdir_ready: (0..SUBDIRS).map(|_| AtomicBool::new(false)).collect(),
         spares: Spares::new(shared_fs.clone(), dir, epoch),
         expiring_marked: AtomicBool::new(expiring_marked),
@@ -194,14 +184,10 @@ pub(super) fn load_generation(
         for p in &scan.problems {
             log::warn!("rebuilding {}: {p}", dir.display());
         }
-        gen.insert_scanned(scan.keys, hasher);
-        let (file, records) = write_log_snapshot(fs, &gen, sync)?;
-        *gen.log.lock() = LogState { file, records };
+        gen.map.insert_scanned(scan.keys, hasher);
+        gen.map.rewrite_log()?;
     } else {
-        let file = fs
-            .open_append(&log_path)
-            .map_err(|e| io_err(&log_path, e))?;
-        *gen.log.lock() = LogState { file, records };
+        gen.map.open_log()?;
     }
     Ok(gen)
 }

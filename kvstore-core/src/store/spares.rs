@@ -33,8 +33,7 @@ pub(super) struct Spares {
     fs: Arc<dyn FileSystem>,
     /// The generation directory the spares live in.
     dir: PathBuf,
-    /// One pool per value subdirectory (none for a generation that is
-    /// only written offline, see [`Spares::without_pools`]).
+    /// One pool per value subdirectory.
     pools: Box<[Mutex<SparePool>]>,
     /// Names new spares. Starts at `epoch << 40`, so spares made in this
     /// session never clash with spares of earlier sessions (smaller
@@ -53,17 +52,6 @@ impl Spares {
                 .map(|_| Mutex::new(SparePool::default()))
                 .collect(),
             counter: AtomicU64::new(epoch << 40),
-        }
-    }
-
-    /// A pool that holds nothing, for a generation no write goes to (the
-    /// offline repair only rewrites its map log).
-    pub(super) fn without_pools(fs: Arc<dyn FileSystem>, dir: &Path) -> Spares {
-        Spares {
-            fs,
-            dir: dir.to_path_buf(),
-            pools: Box::new([]),
-            counter: AtomicU64::new(0),
         }
     }
 

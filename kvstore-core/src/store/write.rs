@@ -188,7 +188,7 @@ impl Inner {
         idx: Option<u16>,
     ) -> Result<()> {
         let Some(idx) = idx else { return Ok(()) };
-        self.log_remove(gen, hash, key)?;
+        gen.map.remove(hash, key)?;
         self.changed(hash, key, None);
         let path = gen.value_path(hash, idx);
         if let Err(e) = gen.spares.retire_file(hash, &path) {
@@ -312,7 +312,7 @@ impl Inner {
         let pooled = gen.spares.fill_pooled(sub, rec);
         if idx.is_none() && pooled.is_none() && self.journal.is_some() {
             if let Some(idx) = self.create_in_place(gen, hash, rec)? {
-                self.log_put(gen, hash, key, idx)?;
+                gen.map.put(hash, key, idx)?;
                 return Ok(());
             }
         }
@@ -329,7 +329,7 @@ impl Inner {
             None => {
                 let (idx, old) = self.place_new(gen, sub, id, hash)?;
                 gen.spares.recycle(sub, old);
-                self.log_put(gen, hash, key, idx)?;
+                gen.map.put(hash, key, idx)?;
                 Ok(())
             }
         }
@@ -440,7 +440,7 @@ impl Inner {
             Err(e) => return Err(io_err(path, e)),
         };
         Ok(record::header_key(&buf).is_some_and(|other| {
-            (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx)
+            (self.hasher)(other) == hash && gen.map.lookup(hash, other) == Some(idx)
         }))
     }
 }
