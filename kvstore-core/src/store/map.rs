@@ -244,3 +244,115 @@ impl KeyMap {
         Ok((file, snapshot.len() as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdFileSystem;
+
+    fn hash(key: &[u8]) -> u64 {
+        crate::layout::fnv1a64(key)
+    }
+
+    /// A map with an empty, open log in a fresh directory.
+    fn open_map() -> (tempfile::TempDir, KeyMap) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(layout::MAP_LOG), maplog::MAGIC).unwrap();
+        let map = KeyMap::new(Arc::new(StdFileSystem), tmp.path(), false, Vec::new(), 0);
+        map.open_log().unwrap();
+        (tmp, map)
+    }
+
+    /// The map the log on disk describes, and its number of records.
+    fn replay(dir: &Path) -> (HashMap<Vec<u8>, u16>, u64) {
+        let bytes = std::fs::read(dir.join(layout::MAP_LOG)).unwrap();
+        let mut map = HashMap::new();
+        let (end, records) = maplog::decode_log(&bytes, |rec| match rec {
+            MapRecord::Put { key, idx } => {
+                map.insert(key.0.to_vec(), idx);
+            }
+            MapRecord::Remove { key } => {
+                map.remove(key.0);
+            }
+        });
+        assert!(matches!(end, LogEnd::Clean), "log not clean");
+        (map, records)
+    }
+
+    fn in_memory(map: &KeyMap) -> HashMap<Vec<u8>, u16> {
+        map.snapshot()
+            .into_iter()
+            .map(|(k, i)| (k.into_vec(), i))
+            .collect()
+    }
+
+    #[test]
+    fn changes_are_logged_and_counted() {
+        let (tmp, map) = open_map();
+        for (key, idx) in [(&b"a"[..], 0), (b"b", 1), (b"c", 0), (b"a", 2)] {
+            map.put(hash(key), key, idx).unwrap();
+        }
+        map.remove(hash(b"b"), b"b").unwrap();
+        map.remove(hash(b"absent"), b"absent").unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.lookup(hash(b"a"), b"a"), Some(2));
+        assert_eq!(map.lookup(hash(b"b"), b"b"), None);
+        let (logged, records) = replay(tmp.path());
+        assert_eq!(logged, in_memory(&map));
+        assert_eq!(records, 6);
+        let shards: usize = map.read_shards().map(|s| s.len()).sum();
+        assert_eq!(shards, 2);
+        assert_eq!(map.shard_count(), MAP_SHARDS);
+    }
+
+    #[test]
+    fn compaction_keeps_the_log_to_the_live_records() {
+        let (tmp, map) = open_map();
+        map.put(hash(b"live"), b"live", 0).unwrap();
+        let rounds = COMPACT_MIN_DEAD * 2;
+        for _ in 0..rounds {
+            map.put(hash(b"churn"), b"churn", 1).unwrap();
+            map.remove(hash(b"churn"), b"churn").unwrap();
+        }
+        let (logged, records) = replay(tmp.path());
+        assert_eq!(logged, in_memory(&map));
+        assert_eq!(map.len(), 1);
+        assert!(
+            records <= COMPACT_MIN_DEAD + 2,
+            "{records} records after {} changes: never compacted",
+            2 * rounds + 1
+        );
+        assert!(!tmp.path().join(layout::MAP_LOG_TMP).exists());
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_logged_is_not_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut loaded: Vec<HashMap<Box<[u8]>, u16>> =
+            (0..MAP_SHARDS).map(|_| HashMap::new()).collect();
+        loaded[(hash(b"k") as usize) % MAP_SHARDS].insert((&b"k"[..]).into(), 3);
+        // The log is not open: every append fails.
+        let map = KeyMap::new(Arc::new(StdFileSystem), tmp.path(), false, loaded, 1);
+        assert!(map.put(hash(b"new"), b"new", 0).is_err());
+        assert!(map.remove(hash(b"k"), b"k").is_err());
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.lookup(hash(b"k"), b"k"), Some(3));
+        assert_eq!(map.lookup(hash(b"new"), b"new"), None);
+    }
+
+    #[test]
+    fn a_rewritten_log_holds_the_scanned_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = KeyMap::new(Arc::new(StdFileSystem), tmp.path(), true, Vec::new(), 0);
+        let keys: Vec<(Box<[u8]>, u16)> = (0..100u16)
+            .map(|i| (format!("key{i}").into_bytes().into_boxed_slice(), i % 3))
+            .collect();
+        map.insert_scanned(keys, hash);
+        assert_eq!(map.len(), 100);
+        map.rewrite_log().unwrap();
+        map.put(hash(b"after"), b"after", 0).unwrap();
+        let (logged, records) = replay(tmp.path());
+        assert_eq!(records, 101);
+        assert_eq!(logged, in_memory(&map));
+    }
+}

@@ -162,3 +162,107 @@ impl Spares {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdFileSystem;
+
+    /// A pool over a fresh generation directory with subdirectory 00.
+    fn pool() -> (tempfile::TempDir, Spares) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("00")).unwrap();
+        let spares = Spares::new(Arc::new(StdFileSystem), tmp.path(), 1);
+        (tmp, spares)
+    }
+
+    /// Spare files on disk in subdirectory 00.
+    fn on_disk(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("00"))
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                layout::parse_spare_name(name.to_str().unwrap()).is_some()
+            })
+            .count()
+    }
+
+    #[test]
+    fn retired_files_are_pooled_up_to_the_bound_then_removed() {
+        let (tmp, spares) = pool();
+        for i in 0..SPARES_PER_SUBDIR + 3 {
+            let path = tmp.path().join("00").join(format!("value-{i}"));
+            std::fs::write(&path, b"old").unwrap();
+            spares.retire_file(0x00ab, &path).unwrap();
+            assert!(!path.exists(), "retired file {i} left under its name");
+        }
+        assert_eq!(on_disk(tmp.path()), SPARES_PER_SUBDIR);
+        assert_eq!(spares.pools[0].lock().len(), SPARES_PER_SUBDIR);
+        // A file already gone is not an error.
+        spares
+            .retire_file(0x00ab, &tmp.path().join("00").join("gone"))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_filled_spare_is_a_pooled_one_until_the_pool_is_empty() {
+        let (tmp, spares) = pool();
+        let path = tmp.path().join("00").join("value");
+        std::fs::write(&path, b"a longer old record").unwrap();
+        spares.retire_file(0, &path).unwrap();
+        let reused = spares.fill_pooled(0, b"new").unwrap();
+        let bytes = std::fs::read(spares.path(0, reused)).unwrap();
+        assert!(bytes.starts_with(b"new"), "record not written at offset 0");
+        assert_eq!(spares.fill_pooled(0, b"new"), None);
+        let made = spares.create(0, b"fresh").unwrap();
+        assert_ne!(made, reused);
+        assert_eq!(std::fs::read(spares.path(0, made)).unwrap(), b"fresh");
+        assert_eq!(made >> 40, 1, "ids of this session start at epoch << 40");
+    }
+
+    #[test]
+    fn a_vanished_spare_is_skipped() {
+        let (_tmp, spares) = pool();
+        let kept = spares.create(0, b"x").unwrap();
+        spares.give_back(0, kept);
+        let vanished = spares.create(0, b"y").unwrap();
+        std::fs::remove_file(spares.path(0, vanished)).unwrap();
+        spares.give_back(0, vanished);
+        assert_eq!(spares.fill_pooled(0, b"z"), Some(kept));
+        assert_eq!(spares.fill_pooled(0, b"z"), None);
+    }
+
+    #[test]
+    fn recycled_spares_beyond_the_bound_are_removed() {
+        let (tmp, spares) = pool();
+        let ids: Vec<u64> = (0..SPARES_PER_SUBDIR + 2)
+            .map(|_| spares.create(0, b"r").unwrap())
+            .collect();
+        spares.recycle(0, None);
+        for &id in &ids {
+            spares.recycle(0, Some(id));
+        }
+        assert_eq!(spares.pools[0].lock().len(), SPARES_PER_SUBDIR);
+        assert_eq!(on_disk(tmp.path()), SPARES_PER_SUBDIR);
+    }
+
+    #[test]
+    fn adopted_spares_are_pooled_once_and_removed_beyond_the_bound() {
+        let (tmp, spares) = pool();
+        let found = |id: u64| {
+            let path = tmp.path().join("00").join(layout::spare_name(id));
+            std::fs::write(&path, b"earlier session").unwrap();
+            path
+        };
+        let first = found(1);
+        spares.adopt(0, 1, &first);
+        spares.adopt(0, 1, &first);
+        assert_eq!(spares.pools[0].lock().len(), 1);
+        for id in 2..=SPARES_PER_SUBDIR as u64 + 1 {
+            spares.adopt(0, id, &found(id));
+        }
+        assert_eq!(spares.pools[0].lock().len(), SPARES_PER_SUBDIR);
+        assert_eq!(on_disk(tmp.path()), SPARES_PER_SUBDIR);
+        assert!(first.exists(), "a pooled spare was removed");
+    }
+}
