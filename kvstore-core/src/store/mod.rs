@@ -14,6 +14,10 @@
 //!   the value files (`store/durability.rs`).
 //!
 //! Readers take no lock: the pending table, then the cache, then the file.
+//!
+//! Each [`Generation`] owns its map of keys to value files with the map
+//! log ([`KeyMap`], `store/map.rs`) and its pool of spare files
+//! ([`Spares`], `store/spares.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -190,7 +194,8 @@ impl Stop {
     }
 }
 
-/// One generation: a directory of value files with its map.
+/// One generation: a directory of value files with its map and its spare
+/// pool.
 struct Generation {
     dir: PathBuf,
     /// Its number (the `<N>` of `gen-<N>`), which journal entries carry.
@@ -198,6 +203,7 @@ struct Generation {
     /// Its keys, in memory and in its map log.
     map: KeyMap,
     subdir_ready: Box<[AtomicBool]>,
+    /// Its spare files, which writes fill and swap in.
     spares: Spares,
     expiring_marked: AtomicBool,
 }
