@@ -32,7 +32,7 @@ impl Inner {
         let n = self.next_gen.fetch_add(1, Ordering::SeqCst);
         let gen_dir = self.dir.join(layout::gen_name(n));
         create_generation_dir(&*self.fs, &gen_dir, sync_meta)?;
-        let new_gen = match load_generation(&*self.fs, &gen_dir, self.hasher, sync_meta, self.epoch)
+        let new_gen = match load_generation(&self.fs, &gen_dir, self.hasher, sync_meta, self.epoch)
         {
             Ok(g) => g,
             Err(e) => {

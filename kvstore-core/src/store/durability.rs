@@ -270,7 +270,7 @@ impl Inner {
     }
 
     fn apply_change(&self, gen: &Generation, hash: u64, key: &[u8], staged: &Staged) -> Result<()> {
-        let idx = gen.lookup(hash, key);
+        let idx = gen.map.lookup(hash, key);
         match &staged.change {
             Change::Put(it) => {
                 let rec = record::encode(key, &it.value, it.flags, it.expiry, it.cas).ok_or(

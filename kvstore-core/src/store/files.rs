@@ -120,9 +120,3 @@ pub(super) fn create_generation_dir(fs: &dyn FileSystem, dir: &Path, sync: bool)
     }
     Ok(())
 }
-
-pub(super) fn empty_shards() -> Box<[MapShard]> {
-    (0..MAP_SHARDS)
-        .map(|_| RwLock::new(HashMap::new()))
-        .collect()
-}

@@ -15,6 +15,10 @@
 //!   durable, in either mode.
 //!
 //! Readers take no lock: the pending table, then the cache, then the file.
+//!
+//! Each [`Generation`] owns its map of keys to value files with the map
+//! log ([`KeyMap`], `store/map.rs`) and its pool of spare files
+//! ([`Spares`], `store/spares.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -80,10 +84,6 @@ const MAP_SHARDS: usize = 64;
 const SPARES_PER_SUBDIR: usize = 64;
 /// First read of a value file; larger records take a second read.
 const FIRST_READ: usize = 4096;
-/// Compaction starts when the log has more than this many dead records...
-const COMPACT_MIN_DEAD: u64 = 4096;
-/// ...and dead records outnumber live ones by this factor.
-const COMPACT_DEAD_RATIO: u64 = 2;
 
 /// A persistent key-value store in one directory. `Send + Sync`: share it by
 /// `&` or `Arc` between threads.
@@ -195,65 +195,27 @@ impl Stop {
     }
 }
 
-/// One shard of the in-memory map: key -> collision index of its file.
-type MapShard = RwLock<HashMap<Box<[u8]>, u16>>;
-
-/// One generation: a directory of value files with its map.
+/// One generation: a directory of value files with its map and its spare
+/// pool.
 struct Generation {
     dir: PathBuf,
     /// Its number (the `<N>` of `gen-<N>`), which journal entries carry.
     number: u64,
-    shards: Box<[MapShard]>,
-    count: AtomicUsize,
-    log: Mutex<LogState>,
+    /// Its keys, in memory and in its map log.
+    map: KeyMap,
     subdir_ready: Box<[AtomicBool]>,
-    spares: Box<[Mutex<SparePool>]>,
-    spare_counter: AtomicU64,
+    /// Its spare files, which writes fill and swap in.
+    spares: Spares,
     expiring_marked: AtomicBool,
 }
 
 impl Generation {
-    fn shard(&self, hash: u64) -> &MapShard {
-        &self.shards[(hash as usize) % MAP_SHARDS]
-    }
-
-    fn lookup(&self, hash: u64, key: &[u8]) -> Option<u16> {
-        self.shard(hash).read().get(key).copied()
-    }
-
     fn value_path(&self, hash: u64, idx: u16) -> PathBuf {
         self.dir.join(layout::value_rel_path(hash, idx))
     }
 
     fn subdir_path(&self, sub: usize) -> PathBuf {
         self.dir.join(format!("{sub:02x}"))
-    }
-
-    fn spare_path(&self, sub: usize, id: u64) -> PathBuf {
-        self.subdir_path(sub).join(layout::spare_name(id))
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join(layout::MAP_LOG)
-    }
-
-    /// Puts keys found by scanning the value files into the map and
-    /// recounts it.
-    fn insert_scanned(&self, keys: Vec<(Box<[u8]>, u16)>, hasher: fn(&[u8]) -> u64) {
-        for (key, idx) in keys {
-            self.shard(hasher(&key)).write().insert(key, idx);
-        }
-        let count = self.shards.iter().map(|s| s.read().len()).sum();
-        self.count.store(count, Ordering::Relaxed);
-    }
-
-    fn map_snapshot(&self) -> Vec<(Box<[u8]>, u16)> {
-        let mut out = Vec::with_capacity(self.count.load(Ordering::Relaxed));
-        for shard in self.shards.iter() {
-            let shard = shard.read();
-            out.extend(shard.iter().map(|(k, &i)| (k.clone(), i)));
-        }
-        out
     }
 }
 
@@ -378,7 +340,7 @@ impl Store {
                 sync_meta,
             )?;
         }
-        let generation = load_generation(&*fs, &gen_dir, options.key_hasher, sync_meta, epoch)?;
+        let generation = load_generation(&fs, &gen_dir, options.key_hasher, sync_meta, epoch)?;
 
         let clear_deadline = read_u64_file(&*fs, &dir.join(layout::CLEAR_AT_FILE))?.unwrap_or(0);
         let doomed: Vec<PathBuf> = gens
@@ -822,10 +784,10 @@ impl Store {
         let _ = self.inner.clear_if_due();
         let gen = self.inner.current_gen();
         self.inner.counted(|| {
-            let mut count = gen.count.load(Ordering::Acquire);
+            let mut count = gen.map.len();
             // Staged changes the map does not reflect yet.
             for (key, put) in self.inner.pending.snapshot() {
-                let mapped = gen.lookup((self.inner.hasher)(&key), &key).is_some();
+                let mapped = gen.map.lookup((self.inner.hasher)(&key), &key).is_some();
                 match (put, mapped) {
                     (true, false) => count += 1,
                     (false, true) => count = count.saturating_sub(1),
@@ -853,7 +815,8 @@ impl Store {
             let staged = self.inner.pending.snapshot();
             if staged.is_empty() {
                 return gen
-                    .map_snapshot()
+                    .map
+                    .snapshot()
                     .into_iter()
                     .map(|(k, _)| k.into_vec())
                     .collect();
@@ -861,7 +824,8 @@ impl Store {
             // Staged changes the map does not reflect yet.
             let staged: HashMap<Box<[u8]>, bool> = staged.into_iter().collect();
             let mut keys: Vec<Vec<u8>> = gen
-                .map_snapshot()
+                .map
+                .snapshot()
                 .into_iter()
                 .filter(|(k, _)| staged.get(k).copied().unwrap_or(true))
                 .map(|(k, _)| k.into_vec())
@@ -869,7 +833,7 @@ impl Store {
             keys.extend(
                 staged
                     .into_iter()
-                    .filter(|(k, put)| *put && gen.lookup((self.inner.hasher)(k), k).is_none())
+                    .filter(|(k, put)| *put && gen.map.lookup((self.inner.hasher)(k), k).is_none())
                     .map(|(k, _)| k.into_vec()),
             );
             keys
@@ -969,10 +933,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("dir", &self.inner.dir)
             .field("durability", &self.inner.durability)
-            .field(
-                "keys",
-                &self.inner.current_gen().count.load(Ordering::Relaxed),
-            )
+            .field("keys", &self.inner.current_gen().map.len())
             .field("read_only", &self.inner.health.read_only())
             .finish_non_exhaustive()
     }

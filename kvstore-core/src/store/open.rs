@@ -13,9 +13,8 @@ impl Inner {
         // (hash, index) of every mapped key, to spot value files no entry
         // points to (left by a write interrupted between its rename and its
         // map record) without reading every file.
-        let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.count.load(Ordering::Relaxed));
-        for shard in gen.shards.iter() {
-            let shard = shard.read();
+        let mut mapped: Vec<(u64, u16)> = Vec::with_capacity(gen.map.len());
+        for shard in gen.map.read_shards() {
             mapped.extend(shard.iter().map(|(k, &idx)| ((self.hasher)(k), idx)));
         }
         mapped.sort_unstable();
@@ -41,15 +40,7 @@ impl Inner {
                         // Made in this session: already pooled or in use.
                         continue;
                     }
-                    let mut pool = gen.spares[sub].lock();
-                    if pool.len() < SPARES_PER_SUBDIR {
-                        if !pool.contains(id) {
-                            pool.ready.push(id);
-                        }
-                    } else if !pool.contains(id) {
-                        drop(pool);
-                        let _ = self.fs.remove_file(&dir.join(name));
-                    }
+                    gen.spares.adopt(sub, id, &dir.join(name));
                 } else if let Some((hash, idx)) = layout::parse_value_name(name) {
                     if mapped.binary_search(&(hash, idx)).is_err() {
                         self.sweep_stray(&gen, &dir.join(name), hash, idx);
@@ -75,7 +66,7 @@ impl Inner {
         {
             return;
         }
-        if let Err(e) = self.retire_file(gen, hash, path) {
+        if let Err(e) = gen.spares.retire_file(hash, path) {
             log::warn!("cannot recycle stray value file {}: {e}", path.display());
         }
     }
@@ -105,15 +96,15 @@ impl Inner {
 /// tail) or, if it is missing or damaged, rebuilds the map from the value
 /// files and writes a fresh log.
 pub(super) fn load_generation(
-    fs: &dyn FileSystem,
+    shared_fs: &Arc<dyn FileSystem>,
     dir: &Path,
     hasher: fn(&[u8]) -> u64,
     sync: bool,
     epoch: u64,
 ) -> Result<Generation> {
+    let fs = &**shared_fs;
     let log_path = dir.join(layout::MAP_LOG);
-    let shards = empty_shards();
-    let mut count = 0usize;
+    let mut loaded = Vec::new();
     let mut rebuild = false;
     let mut records = 0;
     match read_optional(fs, &log_path, usize::MAX)? {
@@ -152,10 +143,7 @@ pub(super) fn load_generation(
                 }
             }
             if !rebuild {
-                for (i, m) in tmp.into_iter().enumerate() {
-                    count += m.len();
-                    *shards[i].write() = m;
-                }
+                loaded = tmp;
             }
         }
     }
@@ -186,21 +174,10 @@ pub(super) fn load_generation(
             .and_then(|n| n.to_str())
             .and_then(layout::parse_gen_name)
             .unwrap_or(0),
-        shards,
-        count: AtomicUsize::new(count),
-        // Replaced below once the log is known good.
-        log: Mutex::new(LogState {
-            file: Box::new(NullAppend),
-            records,
-        }),
+        // Its log is opened below once it is known good.
+        map: KeyMap::new(shared_fs.clone(), dir, sync, loaded, records),
         subdir_ready: (0..SUBDIRS).map(|_| AtomicBool::new(false)).collect(),
-        spares: (0..SUBDIRS)
-            .map(|_| Mutex::new(SparePool::default()))
-            .collect(),
-        // Spares made in this session are numbered from `epoch << 40`, so
-        // they never clash with spares of earlier sessions (smaller epochs),
-        // which the sweep adds to the pools.
-        spare_counter: AtomicU64::new(epoch << 40),
+        spares: Spares::new(shared_fs.clone(), dir, epoch),
         expiring_marked: AtomicBool::new(expiring_marked),
     };
     if rebuild {
@@ -208,14 +185,10 @@ pub(super) fn load_generation(
         for p in &scan.problems {
             log::warn!("rebuilding {}: {p}", dir.display());
         }
-        gen.insert_scanned(scan.keys, hasher);
-        let (file, records) = write_log_snapshot(fs, &gen, sync)?;
-        *gen.log.lock() = LogState { file, records };
+        gen.map.insert_scanned(scan.keys, hasher);
+        gen.map.rewrite_log()?;
     } else {
-        let file = fs
-            .open_append(&log_path)
-            .map_err(|e| io_err(&log_path, e))?;
-        *gen.log.lock() = LogState { file, records };
+        gen.map.open_log()?;
     }
     Ok(gen)
 }

@@ -71,7 +71,7 @@ impl Inner {
             return Ok(found);
         }
         let gen = self.gen_read();
-        let Some(idx) = gen.lookup(hash, key) else {
+        let Some(idx) = gen.map.lookup(hash, key) else {
             return Ok(None);
         };
         if let FileRead::Found(item) = self.read_file(&gen, hash, idx, key)? {
@@ -133,7 +133,7 @@ impl Inner {
     /// The key's state; the caller holds its stripe lock. Repairs what it
     /// finds inconsistent: a map entry without a good file is dropped.
     pub(super) fn current(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<Current> {
-        let idx = gen.lookup(hash, key);
+        let idx = gen.map.lookup(hash, key);
         if let Some(staged) = self.pending.get(hash, key) {
             return Ok(Current {
                 idx,
@@ -180,14 +180,14 @@ impl Inner {
             FileRead::Found(_) | FileRead::Missing | FileRead::OtherKey => {
                 // The file went away (interrupted delete) or the name was
                 // reused for another key: the key is absent.
-                self.log_remove(gen, hash, key)?;
+                gen.map.remove(hash, key)?;
                 Ok(Current::absent())
             }
             FileRead::Corrupt(what) => {
                 let path = gen.value_path(hash, idx);
                 log::warn!("dropping damaged value file {}: {what}", path.display());
-                self.retire_file(gen, hash, &path)?;
-                self.log_remove(gen, hash, key)?;
+                gen.spares.retire_file(hash, &path)?;
+                gen.map.remove(hash, key)?;
                 Ok(Current::absent())
             }
         }

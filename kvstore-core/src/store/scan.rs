@@ -56,13 +56,13 @@ impl Store {
         // Changes staged in the pending table are not in the map yet: they
         // count as the map will hold them (bounded by the table's bound).
         let staged: HashMap<Box<[u8]>, bool> = self.inner.pending.snapshot().into_iter().collect();
-        while shard_no < gen.shards.len() {
+        while shard_no < gen.map.shard_count() {
             let in_shard =
                 |key: &[u8]| ((self.inner.hasher)(key) as usize) % MAP_SHARDS == shard_no;
             let past = |key: &[u8]| after.as_deref().is_none_or(|a| key > a);
             // A max-heap of the `limit` smallest keys past `after`.
             let mut best: BinaryHeap<&[u8]> = BinaryHeap::with_capacity(limit + 1);
-            let shard = gen.shards[shard_no].read();
+            let shard = gen.map.read_shard(shard_no);
             for key in shard.keys() {
                 let key: &[u8] = key;
                 if past(key) && staged.get(key).copied().unwrap_or(true) {
@@ -98,7 +98,7 @@ impl Store {
                     after: None,
                 }
             };
-            let done = next.shard >= gen.shards.len();
+            let done = next.shard >= gen.map.shard_count();
             return Ok((keys, (!done).then_some(next)));
         }
         Ok((Vec::new(), None))

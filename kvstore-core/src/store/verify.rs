@@ -225,22 +225,9 @@ pub(crate) mod offline {
         report.keys_recovered = scan.keys.len() as u64;
         report.files_dropped = scan.dropped;
         report.problems.extend(scan.problems);
-        let gen = Generation {
-            dir: gen_dir.clone(),
-            number: n,
-            shards: empty_shards(),
-            count: AtomicUsize::new(0),
-            log: Mutex::new(LogState {
-                file: Box::new(NullAppend),
-                records: 0,
-            }),
-            subdir_ready: Box::new([]),
-            spares: Box::new([]),
-            spare_counter: AtomicU64::new(0),
-            expiring_marked: AtomicBool::new(false),
-        };
-        gen.insert_scanned(scan.keys, hasher);
-        write_log_snapshot(fs, &gen, true)?;
+        let map = KeyMap::new(options.file_system.clone(), &gen_dir, true, Vec::new(), 0);
+        map.insert_scanned(scan.keys, hasher);
+        map.write_snapshot()?;
         // Cas numbers must stay unique: the boot epoch must be past every
         // cas found (its high bits), whatever EPOCH says or if it is damaged.
         let epoch_path = dir.join(layout::EPOCH_FILE);

@@ -189,10 +189,10 @@ impl Inner {
         idx: Option<u16>,
     ) -> Result<()> {
         let Some(idx) = idx else { return Ok(()) };
-        self.log_remove(gen, hash, key)?;
+        gen.map.remove(hash, key)?;
         self.changed(hash, key, None);
         let path = gen.value_path(hash, idx);
-        if let Err(e) = self.retire_file(gen, hash, &path) {
+        if let Err(e) = gen.spares.retire_file(hash, &path) {
             log::warn!("removed key's file left in place: {e}");
         }
         Ok(())
@@ -243,7 +243,7 @@ impl Inner {
 impl Inner {
     /// Puts the filled spare `id` in place of `target`. With exchange, the
     /// old file becomes a spare, returned as `Some(id)` for the caller to
-    /// recycle ([`Inner::recycle_spare`]); reusing it at once is safe (see
+    /// recycle ([`Spares::recycle`]); reusing it at once is safe (see
     /// docs/DESIGN.md, 3.4). Without exchange the old file is replaced (and
     /// freed).
     pub(super) fn swap_in(
@@ -253,7 +253,7 @@ impl Inner {
         id: u64,
         target: &Path,
     ) -> Result<Option<u64>> {
-        let spare = gen.spare_path(sub, id);
+        let spare = gen.spares.path(sub, id);
         if self.exchange_supported.load(Ordering::Relaxed) {
             match self.fs.rename_exchange(&spare, target) {
                 Ok(()) => return Ok(Some(id)),
@@ -262,7 +262,7 @@ impl Inner {
                     self.exchange_supported.store(false, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    self.give_back(gen, sub, id);
+                    gen.spares.give_back(sub, id);
                     return Err(io_err(target, e));
                 }
             }
@@ -271,7 +271,7 @@ impl Inner {
         // the journal entry of the new record is durable, so a power cut
         // that leaves the name without good data is repaired by replay.
         self.fs.rename(&spare, target).map(|()| None).map_err(|e| {
-            self.give_back(gen, sub, id);
+            gen.spares.give_back(sub, id);
             io_err(target, e)
         })
     }
@@ -293,27 +293,27 @@ impl Inner {
     ) -> Result<()> {
         let sub = layout::subdir_index(hash);
         self.ensure_subdir(gen, sub)?;
-        let pooled = self.fill_pooled_spare(gen, sub, rec);
+        let pooled = gen.spares.fill_pooled(sub, rec);
         if idx.is_none() && pooled.is_none() && self.journal.is_some() {
             if let Some(idx) = self.create_in_place(gen, hash, rec)? {
-                self.log_put(gen, hash, key, idx)?;
+                gen.map.put(hash, key, idx)?;
                 return Ok(());
             }
         }
         let id = match pooled {
             Some(id) => id,
-            None => self.create_spare(gen, sub, rec)?,
+            None => gen.spares.create(sub, rec)?,
         };
         match idx {
             Some(idx) => {
                 let old = self.swap_in(gen, sub, id, &gen.value_path(hash, idx))?;
-                self.recycle_spare(gen, sub, old);
+                gen.spares.recycle(sub, old);
                 Ok(())
             }
             None => {
                 let (idx, old) = self.place_new(gen, sub, id, hash)?;
-                self.recycle_spare(gen, sub, old);
-                self.log_put(gen, hash, key, idx)?;
+                gen.spares.recycle(sub, old);
+                gen.map.put(hash, key, idx)?;
                 Ok(())
             }
         }
@@ -330,7 +330,7 @@ impl Inner {
         id: u64,
         hash: u64,
     ) -> Result<(u16, Option<u64>)> {
-        let spare = gen.spare_path(sub, id);
+        let spare = gen.spares.path(sub, id);
         for idx in 0..=layout::MAX_COLLISION_INDEX {
             let target = gen.value_path(hash, idx);
             let taken = if self.noreplace_supported.load(Ordering::Relaxed) {
@@ -340,16 +340,16 @@ impl Inner {
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         self.noreplace_supported.store(false, Ordering::Relaxed);
                         self.name_taken(&target)
-                            .inspect_err(|_| self.give_back(gen, sub, id))?
+                            .inspect_err(|_| gen.spares.give_back(sub, id))?
                     }
                     Err(e) => {
-                        self.give_back(gen, sub, id);
+                        gen.spares.give_back(sub, id);
                         return Err(io_err(&target, e));
                     }
                 }
             } else {
                 self.name_taken(&target)
-                    .inspect_err(|_| self.give_back(gen, sub, id))?
+                    .inspect_err(|_| gen.spares.give_back(sub, id))?
             };
             if taken && self.owned_by_mapped_key(gen, &target, hash, idx)? {
                 continue;
@@ -358,7 +358,7 @@ impl Inner {
             let old = self.swap_in(gen, sub, id, &target)?;
             return Ok((idx, old));
         }
-        self.give_back(gen, sub, id);
+        gen.spares.give_back(sub, id);
         Err(Error::InvalidKey {
             reason: "too many keys share one hash",
         })
@@ -424,7 +424,7 @@ impl Inner {
             Err(e) => return Err(io_err(path, e)),
         };
         Ok(record::header_key(&buf).is_some_and(|other| {
-            (self.hasher)(other) == hash && gen.lookup(hash, other) == Some(idx)
+            (self.hasher)(other) == hash && gen.map.lookup(hash, other) == Some(idx)
         }))
     }
 }
