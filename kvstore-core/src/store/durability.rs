@@ -85,28 +85,21 @@ impl Inner {
         self.journal.is_some()
     }
 
-    /// Back-pressure: waits while the pending table or the journal buffer
-    /// is at the bound, asking the flusher to run now.
+    /// Back-pressure: waits while the pending table is at the bound,
+    /// asking the flusher to run now and helping it.
     pub(super) fn wait_for_room(&self) -> Result<()> {
-        let Some(j) = self.journal.as_ref().filter(|_| self.journaled_behind()) else {
+        let Some(j) = &self.journal else {
             return Ok(());
         };
-        let full = || {
-            self.pending.over(self.pending.bytes())
-                || self.pending.over(j.buffered.load(Ordering::Relaxed))
-        };
-        if !full() {
+        if !self.pending.over(self.pending.bytes()) {
             return Ok(());
         }
         // Wait for the low water mark (hysteresis), not just the bound.
-        let busy = || {
-            !self.pending.below_low_water(self.pending.bytes())
-                || self.pending.over(j.buffered.load(Ordering::Relaxed))
-        };
+        let busy = || !self.pending.below_low_water(self.pending.bytes());
         while busy() {
             self.check_writable()?;
             self.stop.kick();
-            if self.pending.over(j.buffered.load(Ordering::Relaxed)) || !self.help_apply(j)? {
+            if !self.help_apply(j)? {
                 self.pending.wait_for_room(ROOM_WAIT, busy);
             }
         }

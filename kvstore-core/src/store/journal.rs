@@ -1,6 +1,6 @@
-//! The write-ahead journal at run time: group commit (writers lead
-//! batches: written to the file in `Periodic`, and made durable in
-//! `Always`), the flusher's `fdatasync`, checkpoints, reuse of journal
+//! The write-ahead journal at run time: appends, group commit of the
+//! `fdatasync` (`Always` writers; in `Periodic` the flusher's), checkpoints,
+//! reuse of journal
 //! files, and reading the journal back for replay on open
 //! (`store/open.rs` applies it). The file format is in
 //! `crate::journal`; the protocol and why each step is there in
@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -30,8 +30,6 @@ use crate::io::FileSystem;
 use crate::journal::{self, Entry};
 use crate::{layout, record};
 
-/// Most batches one leader flushes in a row.
-const LEAD_ROUNDS: u32 = 3;
 /// A journal file grows by at least this much at a time (zeros).
 const JOURNAL_GROW: u64 = 1 << 20;
 /// A journal file longer than this asks for a checkpoint at once.
@@ -39,38 +37,31 @@ pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 /// The journal of a `Periodic` or `Always` store.
 ///
-/// Group commit: writers encode their entry into `state.buffer` and wait;
-/// one leader at a time takes the whole buffer, writes it to the file in
-/// one write and (`Always`) runs one `fdatasync`, for every writer whose
-/// entry was in it; the writers then stage their changes in the pending
-/// table, which the flusher applies to the value files. Writers that arrive meanwhile fill the next buffer. A
-/// waiting writer parks; the leader publishes `written` (and `synced`) and
-/// unparks exactly the writers it served (waking them through a condvar
-/// would send them all to fight for the state mutex). In `Periodic` the
-/// flusher runs the `fdatasync` later ([`Journal::flush`]).
+/// A writer appends its entry itself, as a batch of one frame, under the
+/// file's lock (which numbers the entries in file order and keeps the
+/// write short: one `pwrite`), and goes on: a `Periodic` writer at once
+/// (the flusher makes the entry durable later, [`Journal::flush`]), an
+/// `Always` writer once a `fdatasync` that started after its write has
+/// finished. One `fdatasync` runs at a time (`flushing`); the writers that
+/// waited for it find their entries durable and return without one of
+/// their own, so a flush serves every entry written while the one before
+/// it ran (group commit, with no leader to hand batches over and no
+/// writer parked while another one writes).
 pub(super) struct Journal {
-    /// The file being written, held by the leader for its write and flush.
-    /// Lock order: `file`, then `state`.
+    /// The file being written. Lock order: `flushing`, then `file`.
     file: Mutex<JournalFile>,
-    state: Mutex<JournalState>,
+    /// Entries written to the file: entry `n` is once `written >= n`.
+    /// Moves under `file`'s lock.
+    written: AtomicU64,
     /// Entries known durable: entry `n` is once `synced >= n`.
-    pub(super) synced: AtomicU64,
-    /// Entries whose batch is written to the file (not necessarily
-    /// durable): in `Periodic` mode a writer waits for this, not `synced`.
-    pub(super) written: AtomicU64,
-    /// Bytes of `state.buffer`, readable without the lock (`Periodic`
-    /// back-pressure bounds it).
-    pub(super) buffered: AtomicUsize,
-    /// Set while some entry's batch failed and its writer has not read
-    /// the error yet (`state.failed`): the lock-free check is then off.
-    any_failed: AtomicBool,
-    /// Held by [`Journal::flush`] for its `fdatasync`.
+    synced: AtomicU64,
+    /// Held for each `fdatasync`, one at a time.
     flushing: Mutex<()>,
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    /// `Always`: a batch is flushed before its writers are acknowledged.
+    /// `Always`: a writer returns only once its entry is durable.
     durable_acks: bool,
-    /// Turned read-only by a failed write or flush.
+    /// Turned read-only by a failed flush.
     health: Arc<Health>,
     /// Kicked when the file passes [`CHECKPOINT_BYTES`].
     flusher: Arc<Stop>,
@@ -84,24 +75,8 @@ struct JournalFile {
     len: u64,
     /// The file's size: batches up to it are written in place.
     allocated: u64,
-}
-
-#[derive(Default)]
-struct JournalState {
-    /// Frames not yet written to the file.
-    buffer: Vec<u8>,
-    /// Entries numbered so far / taken into batches.
-    appended: u64,
-    taken: u64,
-    /// A leader is writing and flushing.
-    syncing: bool,
-    /// Parked writers: (entry number, thread).
-    waiters: Vec<(u64, std::thread::Thread)>,
-    /// Entries whose batch could not be written (cut off again): the
-    /// writer reads its error here.
-    failed: HashMap<u64, (io::ErrorKind, String)>,
-    /// Entries written since the last checkpoint switched files.
-    since_checkpoint: u64,
+    /// Entries written to it (a checkpoint is due only after some).
+    entries: u64,
 }
 
 /// Makes journal file `seq`: the set-aside file of an earlier checkpoint
@@ -135,12 +110,13 @@ fn create_journal_file(fs: &dyn FileSystem, dir: &Path, seq: u64) -> Result<Jour
         path,
         len: journal::HEADER_LEN as u64,
         allocated,
+        entries: 0,
     })
 }
 
 impl Journal {
     /// Opens a new journal file numbered `seq` in `dir`. `durable_acks`:
-    /// `Always` (a batch's writers wait for its `fdatasync`).
+    /// `Always` (a writer waits for its entry's `fdatasync`).
     pub(super) fn create(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
@@ -151,11 +127,8 @@ impl Journal {
     ) -> Result<Journal> {
         Ok(Journal {
             file: Mutex::new(create_journal_file(&*fs, dir, seq)?),
-            state: Mutex::new(JournalState::default()),
-            synced: AtomicU64::new(0),
             written: AtomicU64::new(0),
-            buffered: AtomicUsize::new(0),
-            any_failed: AtomicBool::new(false),
+            synced: AtomicU64::new(0),
             flushing: Mutex::new(()),
             fs,
             dir: dir.to_path_buf(),
@@ -165,150 +138,39 @@ impl Journal {
         })
     }
 
-    /// Adds `entry` to the journal and waits until its batch is durable
-    /// (`Always`) or written to the file (`Periodic`: a process crash can
-    /// no longer lose it, and the flusher makes it durable, see
-    /// [`Journal::flush`]); returns its number. Writers share the
-    /// writes and flushes of their batches (group commit).
+    /// Appends `entry` to the journal file and returns its number, once
+    /// it is durable (`Always`) or written (`Periodic`: a process crash
+    /// can no longer lose it; the flusher makes it durable). On an error
+    /// nothing of the entry stays in the file.
     pub(super) fn append(&self, entry: &Entry<'_>) -> Result<u64> {
         self.health.check()?;
+        // One batch of one frame: the batch header is filled in under the
+        // lock (its checksum covers the file's number).
+        let mut batch = vec![0u8; journal::FRAME_HEADER];
+        journal::encode(entry, &mut batch);
         let n = {
-            let mut st = self.state.lock();
-            journal::encode(entry, &mut st.buffer);
-            self.buffered.store(st.buffer.len(), Ordering::Relaxed);
-            st.appended += 1;
-            st.appended
+            let mut f = self.file.lock();
+            let header = journal::batch_header(f.seq, &batch[journal::FRAME_HEADER..]);
+            batch[..journal::FRAME_HEADER].copy_from_slice(&header);
+            self.write_at_end(&mut f, &batch)?;
+            f.entries += 1;
+            if f.len > CHECKPOINT_BYTES {
+                self.flusher.kick();
+            }
+            let n = self.written.load(Ordering::Relaxed) + 1;
+            self.written.store(n, Ordering::Release);
+            n
         };
-        self.wait_for(n)?;
+        if self.durable_acks {
+            self.wait_durable(n)?;
+        }
         Ok(n)
     }
 
-    /// Makes every entry written to the journal file so far durable
-    /// (`fdatasync`; in `Always` mode their batches have done so already);
-    /// returns the number of the last one.
-    pub(super) fn flush(&self) -> Result<u64> {
-        // One flush at a time: callers that waited for it find their
-        // entries durable and skip their own (the flusher and helping
-        // writers flush concurrently).
-        let _one = self.flushing.lock();
-        // Read under the file's lock: no batch is half written.
-        let (upto, path) = {
-            let f = self.file.lock();
-            (self.written.load(Ordering::SeqCst), f.path.clone())
-        };
-        if upto <= self.synced.load(Ordering::SeqCst) {
-            return Ok(upto);
-        }
-        if let Err(e) = self.fs.sync_file_data(&path) {
-            let e = io_err(&path, e);
-            self.health
-                .fail(format!("flush of the journal failed: {e}"));
-            return Err(e);
-        }
-        self.synced.fetch_max(upto, Ordering::SeqCst);
-        Ok(upto)
-    }
-
-    /// Waits until entry `n` is durable (`Always`) or written to the file
-    /// (`Periodic`, where the flusher makes it durable), leading batches
-    /// when no other writer is.
-    fn wait_for(&self, n: u64) -> Result<()> {
-        let done = if self.durable_acks {
-            &self.synced
-        } else {
-            &self.written
-        };
-        loop {
-            if done.load(Ordering::SeqCst) >= n && !self.any_failed.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let mut st = self.state.lock();
-            if let Some((kind, what)) = st.failed.remove(&n) {
-                self.any_failed
-                    .store(!st.failed.is_empty(), Ordering::SeqCst);
-                drop(st);
-                let path = self.path();
-                return Err(io_err(&path, io::Error::new(kind, what)));
-            }
-            if done.load(Ordering::SeqCst) >= n {
-                return Ok(());
-            }
-            self.health.check()?;
-            if st.syncing {
-                st.waiters.push((n, std::thread::current()));
-                drop(st);
-                // A stale unpark only makes this loop look again.
-                std::thread::park();
-                continue;
-            }
-            st.syncing = true;
-            drop(st);
-            self.lead_batches()?;
-        }
-    }
-
-    /// The leader: writes and flushes the buffer as a batch and, while
-    /// writers keep coming, up to `LEAD_ROUNDS - 1` more (it is already
-    /// running, where a hand-over costs a wake-up). Unparks the writers of
-    /// each batch, and at the end one waiting writer to lead the next.
-    fn lead_batches(&self) -> Result<()> {
-        for round in 1..=LEAD_ROUNDS {
-            let (frames, from, upto) = {
-                let mut st = self.state.lock();
-                let frames = std::mem::take(&mut st.buffer);
-                self.buffered.store(0, Ordering::Relaxed);
-                let (from, upto) = (st.taken, st.appended);
-                st.taken = upto;
-                (frames, from, upto)
-            };
-            let res = if frames.is_empty() {
-                Ok(())
-            } else {
-                self.write_batch(&frames, from, upto)
-            };
-            let mut st = self.state.lock();
-            if res.is_ok() && self.durable_acks {
-                self.synced.fetch_max(upto, Ordering::SeqCst);
-            }
-            // Entries up to `upto` are durable or failed; on an error every
-            // writer looks (the store is read-only now).
-            let mut wake = Vec::new();
-            st.waiters.retain(|(n, th)| {
-                let done = res.is_err() || *n <= upto;
-                if done {
-                    wake.push(th.clone());
-                }
-                !done
-            });
-            let last = res.is_err() || st.buffer.is_empty() || round == LEAD_ROUNDS;
-            if last {
-                st.syncing = false;
-                if !st.buffer.is_empty() {
-                    // One writer of the next batch leads it (if none is
-                    // parked yet, the next to look will).
-                    if let Some((_, th)) = st.waiters.pop() {
-                        wake.push(th);
-                    }
-                }
-            }
-            drop(st);
-            wake.into_iter().for_each(|th| th.unpark());
-            res?;
-            if last {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// The leader's part: writes a batch (entries `from + 1 ..= upto`) to
-    /// the file and flushes it. A failed write marks the entries failed
-    /// (their writers read the error) and cuts the torn batch off.
-    fn write_batch(&self, frames: &[u8], from: u64, upto: u64) -> Result<()> {
-        let mut f = self.file.lock();
-        let mut batch = Vec::with_capacity(journal::FRAME_HEADER + frames.len());
-        batch.extend_from_slice(&journal::batch_header(f.seq, frames));
-        batch.extend_from_slice(frames);
+    /// Writes `batch` at the end of the file (`file`'s lock held). A
+    /// failed write is cut off again: its complete frames must not read
+    /// as good after a shorter batch written over its start.
+    fn write_at_end(&self, f: &mut JournalFile, batch: &[u8]) -> Result<()> {
         let end = f.len + batch.len() as u64;
         let grown = if end > f.allocated {
             // Zeros ahead of the batches (they read as the end), so that
@@ -322,11 +184,9 @@ impl Journal {
         };
         let written = grown.and_then(|to| {
             f.allocated = to;
-            self.fs.write_at(&f.path, f.len, &batch)
+            self.fs.write_at(&f.path, f.len, batch)
         });
         if let Err(e) = written {
-            // Cut the torn batch off: its complete frames must not read as
-            // good after a shorter batch written over its start.
             if let Err(e2) = self.fs.set_len(&f.path, f.len) {
                 self.health.fail(format!(
                     "journal {} has a torn entry that cannot be cut off: {e2}",
@@ -334,40 +194,67 @@ impl Journal {
                 ));
             }
             f.allocated = f.len;
-            let mut st = self.state.lock();
-            for n in from + 1..=upto {
-                st.failed.insert(n, (e.kind(), e.to_string()));
-            }
-            self.any_failed.store(true, Ordering::SeqCst);
-            return Ok(());
+            return Err(io_err(&f.path, e));
         }
-        f.len += batch.len() as u64;
-        self.written.fetch_max(upto, Ordering::SeqCst);
-        // `Periodic`: the flusher makes it durable ([`Journal::flush`]).
-        if self.durable_acks {
-            if let Err(e) = self.fs.sync_file_data(&f.path) {
-                let e = io_err(&f.path, e);
-                self.health
-                    .fail(format!("flush of the journal failed: {e}"));
-                return Err(e);
-            }
-        }
-        if f.len > CHECKPOINT_BYTES {
-            self.flusher.kick();
-        }
-        self.state.lock().since_checkpoint += upto - from;
+        f.len = end;
         Ok(())
     }
 
-    /// Checkpoint, first half: switches to a new journal file
-    /// and returns the old one's path. The caller (the flusher) holds every
-    /// stripe lock and has applied every change written to the old file.
+    /// Waits until entry `n` is durable: it is, or a `fdatasync` that
+    /// starts after its write runs (in this thread, unless another
+    /// thread's covers it meanwhile).
+    fn wait_durable(&self, n: u64) -> Result<()> {
+        if self.synced.load(Ordering::Acquire) >= n {
+            return Ok(());
+        }
+        let _one = self.flushing.lock();
+        if self.synced.load(Ordering::Acquire) >= n {
+            return Ok(());
+        }
+        self.flush_locked().map(|_| ())
+    }
+
+    /// Makes every entry written to the journal file so far durable
+    /// (`fdatasync`; in `Always` mode their writers have mostly done so
+    /// already); returns the number of the last one.
+    pub(super) fn flush(&self) -> Result<u64> {
+        let _one = self.flushing.lock();
+        self.flush_locked()
+    }
+
+    /// [`Journal::flush`] with `flushing` held.
+    fn flush_locked(&self) -> Result<u64> {
+        self.health.check()?;
+        // Read under the file's lock: entries up to `upto` are in this
+        // file (a switch makes the old file's entries durable first).
+        let (upto, path) = {
+            let f = self.file.lock();
+            (self.written.load(Ordering::Acquire), f.path.clone())
+        };
+        if upto <= self.synced.load(Ordering::Acquire) {
+            return Ok(upto);
+        }
+        if let Err(e) = self.fs.sync_file_data(&path) {
+            let e = io_err(&path, e);
+            self.health
+                .fail(format!("flush of the journal failed: {e}"));
+            return Err(e);
+        }
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(upto)
+    }
+
+    /// Checkpoint, first half: switches to a new journal file and returns
+    /// the old one's path. Every entry of the old file is made durable
+    /// first. The caller (the flusher) holds every stripe lock and has
+    /// applied every change written to the old file.
     pub(super) fn switch(&self) -> Result<PathBuf> {
         let next_seq = self.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
+        let _one = self.flushing.lock();
+        self.flush_locked()?;
         let mut f = self.file.lock();
         let old = std::mem::replace(&mut *f, new);
-        self.state.lock().since_checkpoint = 0;
         Ok(old.path)
     }
 
@@ -392,7 +279,7 @@ impl Journal {
 
     /// Entries written since the last checkpoint.
     pub(super) fn since_checkpoint(&self) -> u64 {
-        self.state.lock().since_checkpoint
+        self.file.lock().entries
     }
 
     /// The path of the journal file being written.
