@@ -95,12 +95,16 @@ struct Log {
     /// Live names of files -> inode.
     names: HashMap<PathBuf, Ino>,
     next_ino: Ino,
-    /// `Periodic`: positions of the flusher's syncs of a journal file.
-    /// A writer's journal entry is written to the file before the write is
-    /// acknowledged, so every write acknowledged at or before such a
-    /// position is durable once the sync is (a checkpoint syncs the old
-    /// file before it switches to a new one).
+    /// `Periodic`: positions of the flusher's syncs of the journal file
+    /// that entries are written to. A writer's journal entry is written to
+    /// the file before the write is acknowledged, so every write
+    /// acknowledged at or before such a position is durable once the sync
+    /// is (a checkpoint syncs the old file before it switches to a new
+    /// one). The sync of a new file's header, made while entries still go
+    /// to the old one, is not a flush.
     flushes: Vec<usize>,
+    /// The journal file entries were last written to.
+    entries_ino: Option<Ino>,
 }
 
 /// Whether the calling thread is the store's `Periodic` flusher.
@@ -227,7 +231,12 @@ impl FileSystem for RecordingFs {
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         StdFileSystem.write_at(path, offset, data)?;
-        let ino = log.names[&self.rel(path)];
+        let rel = self.rel(path);
+        let ino = log.names[&rel];
+        // Past the 20-byte header: entries (or the zeros ahead of them).
+        if is_journal(&rel) && offset >= 20 {
+            log.entries_ino = Some(ino);
+        }
         log.push(Op::Write {
             ino,
             off: offset,
@@ -306,7 +315,7 @@ impl FileSystem for RecordingFs {
         let rel = self.rel(path);
         let ino = log.names[&rel];
         log.mark(|op| op.data_ino() == Some(ino), Op::Sync);
-        if on_flusher() && is_journal(&rel) {
+        if on_flusher() && is_journal(&rel) && log.entries_ino == Some(ino) {
             let at = log.ops.len() - 1;
             log.flushes.push(at);
         }

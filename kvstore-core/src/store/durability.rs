@@ -175,25 +175,36 @@ impl Inner {
         Ok(())
     }
 
-    /// Checkpoint: with every stripe lock held (so every change
-    /// written to the journal is staged, and no writer writes more), the
-    /// journal is flushed again, every staged change is applied, and the
-    /// journal switches files; then, with the writers going again, the
-    /// retirer thread makes the value files durable and retires the old
-    /// journal file, while this thread goes on applying. The pause covers
-    /// only the changes since the pass just before.
+    /// Checkpoint, without stopping the writers: the journal switches
+    /// files (every entry of the old one durable first), the writers that
+    /// appended to the old file are let finish staging (each stripe lock
+    /// is taken once), and every change of the old file still staged, or
+    /// the older durable one it replaced, is applied; then the retirer
+    /// thread makes the value files durable and sets the old file aside,
+    /// while this thread goes on. New writes meanwhile go to the new file
+    /// and are not waited for.
     fn checkpoint(&self, j: &Journal) -> Result<()> {
-        let old = {
-            // Lock order as the writers': generation, then stripes.
-            let gen = self.gen_read();
-            let _stripes: Vec<_> = self.stripes.iter().map(|s| s.lock.lock()).collect();
-            let synced = j.flush()?;
-            for (key, staged) in self.pending.due(synced) {
-                self.apply_staged(&gen, (self.hasher)(&key), &key, &staged)?;
+        let (old, last) = j.switch()?;
+        // A writer appends and stages under its key's stripe lock: once
+        // each stripe has been free, every entry up to `last` is staged.
+        for stripe in self.stripes.iter() {
+            drop(stripe.lock.lock());
+        }
+        // Per key, the newest change numbered up to `last` (a newer one,
+        // once applied, removes it too); applying one never stages more.
+        loop {
+            let due = self.pending.due(last);
+            if due.is_empty() {
+                break;
             }
-            self.pending.notify_room();
-            j.switch()?
-        };
+            for (key, staged) in due {
+                let hash = (self.hasher)(&key);
+                let gen = self.gen_read();
+                let _g = self.stripe(hash).lock.lock();
+                self.apply_staged(&gen, hash, &key, &staged)?;
+            }
+        }
+        self.pending.notify_room();
         *self.retire.lock() = Some(old);
         self.retire_cv.notify_all();
         Ok(())

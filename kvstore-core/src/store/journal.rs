@@ -245,17 +245,28 @@ impl Journal {
     }
 
     /// Checkpoint, first half: switches to a new journal file and returns
-    /// the old one's path. Every entry of the old file is made durable
-    /// first. The caller (the flusher) holds every stripe lock and has
-    /// applied every change written to the old file.
-    pub(super) fn switch(&self) -> Result<PathBuf> {
+    /// the old one's path and the number of its last entry. Every entry of
+    /// the old file is made durable first.
+    pub(super) fn switch(&self) -> Result<(PathBuf, u64)> {
         let next_seq = self.file.lock().seq + 1;
         let new = create_journal_file(&*self.fs, &self.dir, next_seq)?;
         let _one = self.flushing.lock();
         self.flush_locked()?;
         let mut f = self.file.lock();
+        // Entries appended since that flush are made durable under the
+        // file's lock, which holds further appends off.
+        let last = self.written.load(Ordering::Acquire);
+        if last > self.synced.load(Ordering::Acquire) {
+            if let Err(e) = self.fs.sync_file_data(&f.path) {
+                let e = io_err(&f.path, e);
+                self.health
+                    .fail(format!("flush of the journal failed: {e}"));
+                return Err(e);
+            }
+            self.synced.fetch_max(last, Ordering::AcqRel);
+        }
         let old = std::mem::replace(&mut *f, new);
-        Ok(old.path)
+        Ok((old.path, last))
     }
 
     /// Checkpoint, second half: sets the old file `old` aside for reuse
