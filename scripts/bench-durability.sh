@@ -215,6 +215,7 @@ bench() {
     stop_server
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 SERVERS=(kv-never kv-periodic kv-always redis-always redis-everysec)
 for run in $(seq 1 "$RUNS"); do
     # Rotate the order, so no server always meets the same disk state or
@@ -237,7 +238,9 @@ runs() { # FILE: the ops/s of every round
 
 echo
 echo "$CONNS connections, $VALUE_BYTES B values, $KEYS keys prefilled, ${DURATION} s per load, medians of $RUNS rounds"
-printf '%-44s %9s %8s %8s %8s %8s  %s\n' load ops/s p50_us p99_us server loadgen "runs (ops/s)"
+echo "load average before / after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "server, loadgen: CPU cores used (CPU seconds per second of the load)"
+printf '%-44s %9s %8s %8s %8s %8s  %s\n' load ops/s p50_us p99_us server loadgen "rounds (ops/s)"
 row() { # LABEL TEXT
     local f=$WORK/$1
     printf '%-44s %9s %8s %8s %8s %8s  %s\n' "$2" "$(median "$f" 1)" "$(median "$f" 2)" \
@@ -254,9 +257,15 @@ row kv-periodic-mix "kvstore periodic, 90/10 mix, wire_load"
 row redis-everysec-mix "redis everysec, 90/10 mix, wire_load"
 
 echo
-ratio() { # TEXT A B: median ops/s of A over B's
-    awk -v t="$1" -v a="$(median "$WORK/$2" 1)" -v b="$(median "$WORK/$3" 1)" \
-        'BEGIN { printf "%-56s %s\n", t, (b > 0 ? sprintf("%.2f", a / b) : "n/a") }'
+# ratio TEXT A B: median ops/s of A over B's, and the lowest and highest
+# ratio within one round (A and B measured a few minutes apart).
+ratio() {
+    local per_round
+    per_round=$(paste -d' ' "$WORK/$2" "$WORK/$3" |
+        awk '$6 > 0 { print $1 / $6 }' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 }
+            END { if (NR > 0) printf "%.2f-%.2f", lo, hi }')
+    awk -v t="$1" -v a="$(median "$WORK/$2" 1)" -v b="$(median "$WORK/$3" 1)" -v r="$per_round" \
+        'BEGIN { printf "%-56s %5s   (within a round: %s)\n", t, (b > 0 ? sprintf("%.2f", a / b) : "n/a"), r }'
 }
 ratio "set: kvstore periodic / kvstore never" kv-periodic-set kv-never-set
 ratio "set: kvstore always / redis always (both wire_load)" kv-always-set redis-always-set

@@ -475,7 +475,8 @@ fn client(id: usize, shared: &Shared) -> Tally {
         }
     }
     shared.ready.wait();
-    let Some(mut conn) = conn else {
+    // `--seconds 0`: only the prefill.
+    let Some(mut conn) = conn.filter(|_| args.seconds > 0.0) else {
         return tally;
     };
     let mut rng = Rng::new(args.seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
