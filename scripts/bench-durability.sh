@@ -4,8 +4,8 @@
 # mix) from 64 connections, one request in flight each, 100-byte values,
 # sets and gets spread uniformly over 100,000 keys set beforehand.
 #
-#   scripts/bench-durability.sh                     # RUNS=3 SECONDS=10
-#   RUNS=5 SECONDS=20 CONNS=64 KEYS=100000 VALUE_BYTES=100 scripts/bench-durability.sh
+#   scripts/bench-durability.sh                     # RUNS=3 DURATION=10
+#   RUNS=5 DURATION=20 CONNS=64 KEYS=100000 VALUE_BYTES=100 scripts/bench-durability.sh
 #   DATA_PARENT=/dev/shm scripts/bench-durability.sh  # data on tmpfs
 #
 # Servers, each started fresh on a fresh data directory under target/ (the
@@ -14,7 +14,7 @@
 #   redis-server --appendonly yes --appendfsync always | everysec
 # Loads: the wire_load example (memcached dialect for kvstore, RESP for
 # Redis: one load generator for both), and for Redis also its own
-# redis-benchmark (-t set -P 1), sized to run about SECONDS. The order of
+# redis-benchmark (-t set -P 1), sized to run about DURATION seconds. The order of
 # the servers rotates from round to round; the table gives medians over
 # RUNS rounds, the CPU each side used (cores: CPU seconds per second, from
 # /proc/PID/stat for the server and bash's `time` for the load generator),
@@ -24,10 +24,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-# SECONDS is also bash's own clock, which starts from an inherited value and
-# then counts up: take the value as it was passed, from the environment
-# this process started with.
-DURATION=$(tr '\0' '\n' <"/proc/$$/environ" | sed -n 's/^SECONDS=//p')
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 CONNS=${CONNS:-64}
@@ -36,7 +32,7 @@ VALUE_BYTES=${VALUE_BYTES:-100}
 DATA_PARENT=${DATA_PARENT:-$ROOT/target}
 for knob in DURATION RUNS CONNS KEYS VALUE_BYTES; do
     if ! [[ ${!knob} =~ ^[0-9]+$ ]] || [ "${!knob}" -eq 0 ]; then
-        echo "bench-durability: ${knob/DURATION/SECONDS} must be a positive integer, not '${!knob}'" >&2
+        echo "bench-durability: $knob must be a positive integer, not '${!knob}'" >&2
         exit 2
     fi
 done
