@@ -42,11 +42,10 @@ pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// write short: one `pwrite`), and goes on: a `Periodic` writer at once
 /// (the flusher makes the entry durable later, [`Journal::flush`]), an
 /// `Always` writer once a `fdatasync` that started after its write has
-/// finished. One `fdatasync` runs at a time (`flushing`); the writers that
-/// waited for it find their entries durable and return without one of
-/// their own, so a flush serves every entry written while the one before
-/// it ran (group commit, with no leader to hand batches over and no
-/// writer parked while another one writes).
+/// finished. One `fdatasync` runs at a time; an `Always` writer that finds
+/// none running leads one for every entry written so far, and the writers
+/// that arrived meanwhile park until it unparks them (group commit, see
+/// [`Journal::wait_durable`]). No writer waits for another one's write.
 pub(super) struct Journal {
     /// The file being written. Lock order: `flushing`, then `file`.
     file: Mutex<JournalFile>,
@@ -57,6 +56,9 @@ pub(super) struct Journal {
     synced: AtomicU64,
     /// Held for each `fdatasync`, one at a time.
     flushing: Mutex<()>,
+    /// `Always` writers waiting for a flush, and whether one of them is
+    /// running it.
+    group: Mutex<GroupCommit>,
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     /// `Always`: a writer returns only once its entry is durable.
@@ -65,6 +67,14 @@ pub(super) struct Journal {
     health: Arc<Health>,
     /// Kicked when the file passes [`CHECKPOINT_BYTES`].
     flusher: Arc<Stop>,
+}
+
+/// The writers of a group commit.
+#[derive(Default)]
+struct GroupCommit {
+    leading: bool,
+    /// Parked writers: the entry each waits for, and its thread.
+    waiters: Vec<(u64, std::thread::Thread)>,
 }
 
 /// The journal file being written: `journal.<seq>`, written up to `len`
@@ -130,6 +140,7 @@ impl Journal {
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             flushing: Mutex::new(()),
+            group: Mutex::new(GroupCommit::default()),
             fs,
             dir: dir.to_path_buf(),
             durable_acks,
@@ -200,18 +211,51 @@ impl Journal {
         Ok(())
     }
 
-    /// Waits until entry `n` is durable: it is, or a `fdatasync` that
-    /// starts after its write runs (in this thread, unless another
-    /// thread's covers it meanwhile).
+    /// Waits until entry `n` is durable. When no writer is flushing, this
+    /// one leads: it runs a `fdatasync` covering every entry written so
+    /// far, then unparks every waiting writer it served, and one of the
+    /// others to lead the next flush. Otherwise it parks until a leader
+    /// unparks it. (Waiters queued on a lock instead would be handed the
+    /// lock one at a time, a wake-up each, after every flush.)
     fn wait_durable(&self, n: u64) -> Result<()> {
-        if self.synced.load(Ordering::Acquire) >= n {
-            return Ok(());
+        loop {
+            if self.synced.load(Ordering::Acquire) >= n {
+                return Ok(());
+            }
+            let mut group = self.group.lock();
+            if self.synced.load(Ordering::Acquire) >= n {
+                return Ok(());
+            }
+            self.health.check()?;
+            if group.leading {
+                group.waiters.push((n, std::thread::current()));
+                drop(group);
+                // A stale unpark only makes the loop look again.
+                std::thread::park();
+                continue;
+            }
+            group.leading = true;
+            drop(group);
+            let flushed = self.flush();
+            let mut group = self.group.lock();
+            group.leading = false;
+            let upto = self.synced.load(Ordering::Acquire);
+            // On an error every waiter looks (the store is read-only).
+            let mut wake = Vec::new();
+            group.waiters.retain(|(m, thread)| {
+                let served = flushed.is_err() || *m <= upto;
+                if served {
+                    wake.push(thread.clone());
+                }
+                !served
+            });
+            if let Some((_, next)) = group.waiters.pop() {
+                wake.push(next);
+            }
+            drop(group);
+            wake.into_iter().for_each(|t| t.unpark());
+            flushed?;
         }
-        let _one = self.flushing.lock();
-        if self.synced.load(Ordering::Acquire) >= n {
-            return Ok(());
-        }
-        self.flush_locked().map(|_| ())
     }
 
     /// Makes every entry written to the journal file so far durable
