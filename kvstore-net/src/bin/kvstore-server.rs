@@ -97,7 +97,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = kvstore_core::options::DEFAULT_CACHE_BYTES)]
     cache_bytes: usize,
 
-    /// With --durability periodic: most bytes of acknowledged changes not
+    /// With --durability periodic or always: most bytes of acknowledged changes not
     /// yet applied to the value files; writers wait when it is reached.
     #[arg(long, value_name = "N", default_value_t = kvstore_core::options::DEFAULT_MAX_PENDING_BYTES)]
     max_pending_bytes: usize,
