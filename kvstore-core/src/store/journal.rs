@@ -1,17 +1,16 @@
-//! The write-ahead journal at run time: appends, group commit of the
-//! `fdatasync` (`Always` writers; in `Periodic` the flusher's), checkpoints,
-//! reuse of journal
-//! files, and reading the journal back for replay on open
-//! (`store/open.rs` applies it). The file format is in
-//! `crate::journal`; the protocol and why each step is there in
-//! docs/DESIGN.md (sections 3.2, 3.3, 3.5 and 4).
+//! The write-ahead journal at run time: appends, the group commit of
+//! `Always` writers' `fdatasync`s (in `Periodic` the flusher's), the switch
+//! of files at a checkpoint, the reuse of retired files, and reading the
+//! journal back for replay on open (`store/open.rs` applies it). The file
+//! format is in `crate::journal`; the protocol and why each step is there
+//! in docs/DESIGN.md (sections 3.2, 3.3, 3.5 and 4).
 //!
-//! Reusing a checkpointed file (renamed from `journal.spare`) instead of
+//! Reusing a retired file (renamed from `journal.spare`) instead of
 //! creating one, and growing a file by [`JOURNAL_GROW`] of zeros at once,
-//! both let a batch's `fdatasync` rewrite data blocks without writing the
-//! inode (measured: 19k against 25-28k overwrites/s of 1000 B with 16
-//! writers over 8 s, append and unlink against reuse; 24-27k -> 29-33k
-//! overwrites/s of 100 B for the growth by zeros).
+//! both let a `fdatasync` rewrite data blocks without writing the inode
+//! (measured: 19k against 25-28k overwrites/s of 1000 B with 16 writers
+//! over 8 s, append and unlink against reuse; 24-27k -> 29-33k overwrites/s
+//! of 100 B for the growth by zeros).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
