@@ -265,7 +265,14 @@ impl Inner {
             return Ok(());
         }
         let _applying = self.pending.applying();
-        self.apply_change(gen, hash, key, staged).inspect_err(|e| {
+        let mut applied = self.apply_change(gen, hash, key, staged);
+        // A full disk: the journal gives back the zeros it grew ahead of
+        // its entries, and the change is tried once more.
+        let disk_full = |r: &Result<()>| matches!(r, Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::StorageFull);
+        if disk_full(&applied) && self.journal.as_ref().is_some_and(|j| j.release_reserve()) {
+            applied = self.apply_change(gen, hash, key, staged);
+        }
+        applied.inspect_err(|e| {
             self.set_read_only(format!("applying a journaled write failed: {e}"));
             self.pending.notify_room();
         })?;

@@ -182,20 +182,24 @@ impl Journal {
     /// as good after a shorter batch written over its start.
     fn write_at_end(&self, f: &mut JournalFile, batch: &[u8]) -> Result<()> {
         let end = f.len + batch.len() as u64;
-        let grown = if end > f.allocated {
+        if end > f.allocated {
             // Zeros ahead of the batches (they read as the end), so that
             // most batches are written in place and their flush does not
-            // have to write the inode for a new length.
+            // have to write the inode for a new length. On a disk too full
+            // for them the batch alone still goes in (the file grows by
+            // what the write adds).
             let to = end.max(f.allocated + JOURNAL_GROW);
             let zeros = vec![0u8; (to - f.allocated) as usize];
-            self.fs.write_at(&f.path, f.allocated, &zeros).map(|()| to)
-        } else {
-            Ok(f.allocated)
-        };
-        let written = grown.and_then(|to| {
-            f.allocated = to;
-            self.fs.write_at(&f.path, f.len, batch)
-        });
+            match self.fs.write_at(&f.path, f.allocated, &zeros) {
+                Ok(()) => f.allocated = to,
+                Err(e) => {
+                    log::debug!("journal {}: no room to grow ahead: {e}", f.path.display());
+                    let _ = self.fs.set_len(&f.path, f.len);
+                    f.allocated = f.len;
+                }
+            }
+        }
+        let written = self.fs.write_at(&f.path, f.len, batch);
         if let Err(e) = written {
             if let Err(e2) = self.fs.set_len(&f.path, f.len) {
                 self.health.fail(format!(
@@ -207,6 +211,7 @@ impl Journal {
             return Err(io_err(&f.path, e));
         }
         f.len = end;
+        f.allocated = f.allocated.max(end);
         Ok(())
     }
 
@@ -324,6 +329,17 @@ impl Journal {
     /// sets the current file aside (nothing to replay).
     pub(super) fn close(&self) -> Result<()> {
         self.set_aside(&self.path())
+    }
+
+    /// Gives back the zeros the current file was grown by ahead of its
+    /// entries (on a full disk); `true` if there were any.
+    pub(super) fn release_reserve(&self) -> bool {
+        let mut f = self.file.lock();
+        if f.allocated <= f.len || self.fs.set_len(&f.path, f.len).is_err() {
+            return false;
+        }
+        f.allocated = f.len;
+        true
     }
 
     /// Bytes written to the current journal file.

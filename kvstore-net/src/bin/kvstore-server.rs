@@ -4,7 +4,10 @@
 //!
 //! Prints one `listening on ADDR (seed|memcached)` line per listener on
 //! stdout; logs go to stderr. SIGINT/SIGTERM shut it down gracefully (stop
-//! accepting, answer requests in flight, flush the store) and it exits 0.
+//! accepting, answer requests in flight, flush the store) and it exits 0;
+//! 1 when the store could not be flushed (it had turned read-only after a
+//! failed write to the disk: the journal keeps what was acknowledged and
+//! the next start replays it).
 
 use std::io::Write;
 use std::net::IpAddr;
