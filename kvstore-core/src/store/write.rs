@@ -86,13 +86,13 @@ impl Inner {
                     cas,
                 })
             });
-            let written = match &item {
-                Some(item) if self.journaled_behind() => {
+            let written = match (&self.journal, &item) {
+                (Some(j), Some(item)) => {
                     let entry = Entry::Put {
                         gen: gen.number,
                         record: &rec,
                     };
-                    self.stage(hash, key, &entry, Change::Put(item.clone()))
+                    self.stage(j, hash, key, &entry, Change::Put(item.clone()))
                 }
                 _ => self.write_files(gen, hash, key, cur.idx, &rec),
             };
@@ -112,16 +112,18 @@ impl Inner {
     /// Writes `entry` to the journal (durable before this returns in
     /// `Always`, at the next flush in `Periodic`; a process crash no longer
     /// loses it), then stages its change in the pending table, where reads
-    /// see it at once. Stripe lock
-    /// of the key held, so that the journal and the table agree on the
-    /// order of the key's changes, and so that a checkpoint holding every
-    /// stripe finds each written change staged.
-    fn stage(&self, hash: u64, key: &[u8], entry: &Entry<'_>, change: Change) -> Result<()> {
-        let Some(j) = &self.journal else {
-            return Err(Error::ReadOnly {
-                reason: "no journal".to_string(),
-            });
-        };
+    /// see it at once. Stripe lock of the key held, so that the journal and
+    /// the table agree on the order of the key's changes, and so that a
+    /// checkpoint that has taken each stripe lock once finds every entry
+    /// of the old journal file staged.
+    fn stage(
+        &self,
+        j: &Journal,
+        hash: u64,
+        key: &[u8],
+        entry: &Entry<'_>,
+        change: Change,
+    ) -> Result<()> {
         let n = j.append(entry)?;
         self.pending.stage(hash, key, n, change);
         Ok(())
@@ -160,15 +162,15 @@ impl Inner {
         if !cur.present() {
             return Ok(());
         }
-        if !self.journaled_behind() {
+        let Some(j) = &self.journal else {
             return self.remove_files(gen, hash, key, cur.idx);
-        }
+        };
         let entry = Entry::Remove {
             gen: gen.number,
             cas: self.next_cas(),
             key,
         };
-        self.stage(hash, key, &entry, Change::Remove)?;
+        self.stage(j, hash, key, &entry, Change::Remove)?;
         self.changed(hash, key, None);
         Ok(())
     }
