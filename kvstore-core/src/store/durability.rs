@@ -122,12 +122,7 @@ impl Inner {
         if share.is_empty() {
             return Ok(false);
         }
-        for (key, staged) in share {
-            let hash = (self.hasher)(&key);
-            let gen = self.gen_read();
-            let _g = self.stripe(hash).lock.lock();
-            self.apply_staged(&gen, hash, &key, &staged)?;
-        }
+        self.apply_each(share)?;
         Ok(true)
     }
 
@@ -139,7 +134,9 @@ impl Inner {
                 continue;
             }
             if let Err(e) = self.flush_and_apply(true) {
-                log::error!("periodic flush failed, store is now read-only: {e}");
+                log::error!(
+                    "flush of the journal or applying it failed, store is now read-only: {e}"
+                );
             }
         }
     }
@@ -157,12 +154,7 @@ impl Inner {
         self.check_writable()?;
         let synced = j.flush()?;
         self.pending.notify_room();
-        for (key, staged) in self.pending.due(synced) {
-            let hash = (self.hasher)(&key);
-            let gen = self.gen_read();
-            let _g = self.stripe(hash).lock.lock();
-            self.apply_staged(&gen, hash, &key, &staged)?;
-        }
+        self.apply_each(self.pending.due(synced))?;
         self.pending.notify_room();
         let due = tick.last_checkpoint.elapsed() >= self.checkpoint_interval
             || j.len() > CHECKPOINT_BYTES;
@@ -197,12 +189,7 @@ impl Inner {
             if due.is_empty() {
                 break;
             }
-            for (key, staged) in due {
-                let hash = (self.hasher)(&key);
-                let gen = self.gen_read();
-                let _g = self.stripe(hash).lock.lock();
-                self.apply_staged(&gen, hash, &key, &staged)?;
-            }
+            self.apply_each(due)?;
         }
         self.pending.notify_room();
         *self.retire.lock() = Some(old);
@@ -254,6 +241,18 @@ impl Inner {
         };
         self.group_sync()?;
         j.close()
+    }
+
+    /// Applies staged changes (journal entries durable) one by one, each
+    /// under the generation's read lock and its key's stripe lock.
+    fn apply_each(&self, changes: Vec<(Box<[u8]>, Staged)>) -> Result<()> {
+        for (key, staged) in changes {
+            let hash = (self.hasher)(&key);
+            let gen = self.gen_read();
+            let _g = self.stripe(hash).lock.lock();
+            self.apply_staged(&gen, hash, &key, &staged)?;
+        }
+        Ok(())
     }
 
     /// Applies one staged change (journal entry durable) to the value
