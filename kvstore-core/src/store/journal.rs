@@ -279,17 +279,24 @@ impl Journal {
             let f = self.file.lock();
             (self.written.load(Ordering::Acquire), f.path.clone())
         };
+        self.sync_upto(&path, upto)?;
+        Ok(upto)
+    }
+
+    /// Makes entries up to `upto`, all in the file at `path`, durable
+    /// unless they are already; a failure turns the store read-only.
+    fn sync_upto(&self, path: &Path, upto: u64) -> Result<()> {
         if upto <= self.synced.load(Ordering::Acquire) {
-            return Ok(upto);
+            return Ok(());
         }
-        if let Err(e) = self.fs.sync_file_data(&path) {
-            let e = io_err(&path, e);
+        if let Err(e) = self.fs.sync_file_data(path) {
+            let e = io_err(path, e);
             self.health
                 .fail(format!("flush of the journal failed: {e}"));
             return Err(e);
         }
         self.synced.fetch_max(upto, Ordering::AcqRel);
-        Ok(upto)
+        Ok(())
     }
 
     /// Checkpoint, first half: switches to a new journal file and returns
@@ -304,15 +311,7 @@ impl Journal {
         // Entries appended since that flush are made durable under the
         // file's lock, which holds further appends off.
         let last = self.written.load(Ordering::Acquire);
-        if last > self.synced.load(Ordering::Acquire) {
-            if let Err(e) = self.fs.sync_file_data(&f.path) {
-                let e = io_err(&f.path, e);
-                self.health
-                    .fail(format!("flush of the journal failed: {e}"));
-                return Err(e);
-            }
-            self.synced.fetch_max(last, Ordering::AcqRel);
-        }
+        self.sync_upto(&f.path, last)?;
         let old = std::mem::replace(&mut *f, new);
         Ok((old.path, last))
     }
