@@ -615,6 +615,15 @@ mod tests {
         parse(whole)
     }
 
+    /// `parse` calls `bad` a wrong reply.
+    fn assert_wrong<T>(bad: &[u8], parse: impl Fn(&[u8]) -> Parsed<T>) {
+        assert!(
+            matches!(parse(bad), Parsed::Wrong(_)),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+
     #[test]
     fn keys_are_zero_padded_like_redis_benchmark() {
         let mut key = [0u8; KEY_BYTES];
@@ -707,11 +716,7 @@ mod tests {
             b"ERROR\r\n",
             b"$5\r\nhello\r\n",
         ] {
-            assert!(
-                matches!(parse(bad), Parsed::Wrong(_)),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_wrong(bad, parse);
         }
     }
 
@@ -734,11 +739,7 @@ mod tests {
             b"+OK\r\n",
             b"END\r\n",
         ] {
-            assert!(
-                matches!(parse(bad), Parsed::Wrong(_)),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_wrong(bad, parse);
         }
     }
 
