@@ -76,7 +76,7 @@ mod store;
 pub use error::{Error, Result};
 pub use item::{CasOutcome, CounterOutcome, Expiry, Item, ItemMeta, StoreOutcome, TouchOutcome};
 pub use options::{Durability, Options};
-pub use store::{ItemRef, RepairReport, ScanCursor, Store, VerifyReport};
+pub use store::{DeferredAcks, ItemRef, RepairReport, ScanCursor, Store, Unsynced, VerifyReport};
 
 /// The longest key accepted, in bytes (memcached's limit).
 pub const MAX_KEY_BYTES: usize = 250;

@@ -298,3 +298,140 @@ fn works_without_rename_exchange_or_noreplace() {
     assert_eq!(store.len(), 15);
     assert_eq!(store.get("k7").unwrap(), Some(b"2-7".to_vec()));
 }
+
+/// A hook that holds every journal `fdatasync` while `closed` is set,
+/// and counts the journal flushes that finished.
+#[derive(Default)]
+struct JournalGate {
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    flushes: AtomicUsize,
+}
+
+impl JournalGate {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+}
+
+impl Hook for JournalGate {
+    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        if let Step::SyncFileData(path) = step {
+            let journal = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("journal."));
+            if journal {
+                let mut closed = self.closed.lock().unwrap();
+                while *closed {
+                    closed = self.opened.wait(closed).unwrap();
+                }
+                self.flushes.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        None
+    }
+}
+
+fn always_with(fs: Arc<HookedFs<JournalGate>>, dir: &std::path::Path) -> Store {
+    Store::open_with(
+        dir,
+        Options::new()
+            .durability(Durability::Always)
+            .file_system(fs),
+    )
+    .unwrap()
+}
+
+#[test]
+fn deferred_acks_share_one_journal_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(HookedFs::new(JournalGate::default()));
+    let store = always_with(fs.clone(), tmp.path());
+    let flushes = || fs.0.flushes.load(Ordering::SeqCst);
+
+    // Without a deferral each set waits for its own flush.
+    let before = flushes();
+    for i in 0..20 {
+        store.set(format!("plain-{i}"), "v").unwrap();
+    }
+    assert!(flushes() - before >= 20, "{} flushes", flushes() - before);
+
+    // With one, the sets return at once and share the flush `take` waits
+    // for (the flusher's own pass may add one).
+    let acks = store.defer_acks();
+    let before = flushes();
+    for i in 0..20 {
+        store.set(format!("deferred-{i}"), "v").unwrap();
+    }
+    if let Some(unsynced) = acks.take() {
+        unsynced.wait().unwrap();
+    }
+    assert!(flushes() - before <= 2, "{} flushes", flushes() - before);
+    assert!(acks.take().is_none(), "nothing is owed after the wait");
+    drop(acks);
+    drop(store);
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.len(), 40);
+}
+
+#[test]
+fn nothing_is_deferred_outside_always() {
+    let tmp = tempfile::tempdir().unwrap();
+    for durability in [Durability::Never, Durability::default()] {
+        let dir = tmp.path().join(format!("{durability:?}"));
+        let store = Store::open_with(&dir, Options::new().durability(durability)).unwrap();
+        let acks = store.defer_acks();
+        store.set("k", "v").unwrap();
+        assert!(acks.take().is_none(), "{durability:?}");
+    }
+}
+
+#[test]
+fn a_read_of_a_write_not_yet_durable_waits_for_its_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(HookedFs::new(JournalGate::default()));
+    let store = always_with(fs.clone(), tmp.path());
+    store.set("k", "old").unwrap();
+    fs.0.set_closed(true);
+    let acks = store.defer_acks();
+    store.set("k", "new").unwrap();
+    let unsynced = acks.take().expect("the set is not durable yet");
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = &store;
+        s.spawn(move || tx.send(store.get("k").unwrap()).unwrap());
+        // The reader cannot return before the flush: it would pass on a
+        // value a power cut could still undo.
+        let early = rx.recv_timeout(std::time::Duration::from_millis(200));
+        assert!(early.is_err(), "read returned {early:?} before the flush");
+        fs.0.set_closed(false);
+        let read = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(read.unwrap(), Some(b"new".to_vec()));
+    });
+    unsynced.wait().unwrap();
+}
+
+#[test]
+fn a_deferred_ack_reports_a_failed_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(HookedFs::new(FlakySync::default()));
+    let store = Store::open_with(
+        tmp.path(),
+        Options::new()
+            .durability(Durability::Always)
+            .file_system(fs.clone()),
+    )
+    .unwrap();
+    let acks = store.defer_acks();
+    fs.0.fail.store(true, Ordering::SeqCst);
+    store.set("k", "v").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    acks.take()
+        .expect("the set is not durable")
+        .then(move |durable| tx.send(durable.map_err(|e| e.to_string())).unwrap());
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    let err = outcome.unwrap_err();
+    assert!(err.contains("i/o error"), "{err}");
+    assert!(matches!(store.set("x", "y"), Err(Error::ReadOnly { .. })));
+}

@@ -14,17 +14,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::files::read_optional;
 use super::health::Health;
 use super::io_err;
 use super::Stop;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::journal::{self, Entry};
 use crate::{layout, record};
@@ -38,13 +40,14 @@ pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 ///
 /// A writer appends its entry itself, as a batch of one frame, under the
 /// file's lock (which numbers the entries in file order and keeps the
-/// write short: one `pwrite`), and goes on: a `Periodic` writer at once
-/// (the flusher makes the entry durable later, [`Journal::flush`]), an
-/// `Always` writer once a `fdatasync` that started after its write has
-/// finished. One `fdatasync` runs at a time; an `Always` writer that finds
-/// none running leads one for every entry written so far, and the writers
-/// that arrived meanwhile park until it unparks them (group commit, see
-/// [`Journal::wait_durable`]). No writer waits for another one's write.
+/// write short: one `pwrite`), and goes on at once: nothing is
+/// acknowledged yet. The syncer thread ([`Journal::syncer_loop`]) makes
+/// entries durable, one `fdatasync` at a time for every entry written so
+/// far: in `Periodic` every interval, in `Always` as soon as someone waits
+/// for an entry ([`Journal::wait_durable`], [`Journal::when_durable`]),
+/// and each flush serves every waiter it covers at once (group commit).
+/// No writer waits for another one's write, and none holds a lock while
+/// it waits.
 pub(super) struct Journal {
     /// The file being written. Lock order: `flushing`, then `file`.
     file: Mutex<JournalFile>,
@@ -55,25 +58,42 @@ pub(super) struct Journal {
     synced: AtomicU64,
     /// Held for each `fdatasync`, one at a time.
     flushing: Mutex<()>,
-    /// `Always` writers waiting for a flush, and whether one of them is
-    /// running it.
+    /// Who waits for a flush; the syncer sleeps on `wake`.
     group: Mutex<GroupCommit>,
+    wake: Condvar,
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    /// `Always`: a writer returns only once its entry is durable.
+    /// `Always`: a change is acknowledged only once its entry is durable.
     durable_acks: bool,
     /// Turned read-only by a failed flush.
     health: Arc<Health>,
+    /// The first failed flush: its file and error, given to the waiters
+    /// it leaves behind.
+    failure: Mutex<Option<(PathBuf, io::ErrorKind, Option<i32>, String)>>,
     /// Kicked when the file passes [`CHECKPOINT_BYTES`].
     flusher: Arc<Stop>,
 }
 
-/// The writers of a group commit.
+/// What runs once an entry is durable (or the store failed): a thread
+/// parked in [`Journal::wait_durable`] is unparked, a callback of
+/// [`Journal::when_durable`] is called with the outcome.
+enum Waiter {
+    Thread(std::thread::Thread),
+    Then(Box<dyn FnOnce(Result<()>) + Send>),
+}
+
+/// The waiters of the group commit and the syncer's state.
 #[derive(Default)]
 struct GroupCommit {
+    /// The entry each waits for.
+    waiters: Vec<(u64, Waiter)>,
+    /// The syncer sleeps on `wake`: a new waiter must wake it.
+    idle: bool,
+    /// A waiting thread runs a flush itself (the syncer was idle).
     leading: bool,
-    /// Parked writers: the entry each waits for, and its thread.
-    waiters: Vec<(u64, std::thread::Thread)>,
+    /// The store is closing: the syncer serves who waits and stops, and
+    /// later waiters flush for themselves.
+    closing: bool,
 }
 
 /// The journal file being written: `journal.<seq>`, written up to `len`
@@ -140,18 +160,21 @@ impl Journal {
             synced: AtomicU64::new(0),
             flushing: Mutex::new(()),
             group: Mutex::new(GroupCommit::default()),
+            wake: Condvar::new(),
             fs,
             dir: dir.to_path_buf(),
             durable_acks,
             health,
+            failure: Mutex::new(None),
             flusher,
         })
     }
 
-    /// Appends `entry` to the journal file and returns its number, once
-    /// it is durable (`Always`) or written (`Periodic`: a process crash
-    /// can no longer lose it; the flusher makes it durable). On an error
-    /// nothing of the entry stays in the file.
+    /// Appends `entry` to the journal file and returns its number: a
+    /// process crash can no longer lose it, a power cut can until the
+    /// syncer's next flush (an `Always` change is acknowledged only after
+    /// that, see [`Journal::owes`]). On an error nothing of the entry stays
+    /// in the file.
     pub(super) fn append(&self, entry: &Entry<'_>) -> Result<u64> {
         self.health.check()?;
         // One batch of one frame: the batch header is filled in under the
@@ -171,9 +194,6 @@ impl Journal {
             self.written.store(n, Ordering::Release);
             n
         };
-        if self.durable_acks {
-            self.wait_durable(n)?;
-        }
         Ok(n)
     }
 
@@ -215,56 +235,187 @@ impl Journal {
         Ok(())
     }
 
-    /// Waits until entry `n` is durable. When no writer is flushing, this
-    /// one leads: it runs a `fdatasync` covering every entry written so
-    /// far, then unparks every waiting writer it served, and one of the
-    /// others to lead the next flush. Otherwise it parks until a leader
-    /// unparks it. (Waiters queued on a lock instead would be handed the
-    /// lock one at a time, a wake-up each, after every flush.)
-    fn wait_durable(&self, n: u64) -> Result<()> {
-        loop {
-            if self.synced.load(Ordering::Acquire) >= n {
-                return Ok(());
-            }
+    /// Whether a change or a read of entry `n` may be acknowledged only
+    /// once the entry is durable: `Always`, and not durable yet.
+    pub(super) fn owes(&self, n: u64) -> bool {
+        self.durable_acks && self.synced.load(Ordering::Acquire) < n
+    }
+
+    /// Waits until entry `n` is durable: parks until the syncer's flush
+    /// that covers it unparks this thread; or, when the syncer is idle and
+    /// nobody else flushes, runs that flush itself (a lone writer then
+    /// waits for its `fdatasync` alone, not for two thread switches too).
+    pub(super) fn wait_durable(&self, n: u64) -> Result<()> {
+        {
             let mut group = self.group.lock();
             if self.synced.load(Ordering::Acquire) >= n {
                 return Ok(());
             }
             self.health.check()?;
-            if group.leading {
-                group.waiters.push((n, std::thread::current()));
+            if group.closing {
                 drop(group);
-                // A stale unpark only makes the loop look again.
-                std::thread::park();
-                continue;
+                return self.flush().map(drop);
             }
-            group.leading = true;
-            drop(group);
-            let flushed = self.flush();
-            let mut group = self.group.lock();
-            group.leading = false;
-            let upto = self.synced.load(Ordering::Acquire);
-            // On an error every waiter looks (the store is read-only).
-            let mut wake = Vec::new();
-            group.waiters.retain(|(m, thread)| {
-                let served = flushed.is_err() || *m <= upto;
-                if served {
-                    wake.push(thread.clone());
-                }
-                !served
-            });
-            if let Some((_, next)) = group.waiters.pop() {
-                wake.push(next);
+            if group.idle && !group.leading {
+                group.leading = true;
+                drop(group);
+                let flushed = self.flush();
+                let served = {
+                    let mut group = self.group.lock();
+                    group.leading = false;
+                    let served = self.take_served(&mut group, flushed.is_ok());
+                    // Who came meanwhile is the syncer's.
+                    if !group.waiters.is_empty() {
+                        self.wake.notify_one();
+                    }
+                    served
+                };
+                self.serve(served, flushed.is_ok());
+                return flushed.map(drop);
             }
-            drop(group);
-            wake.into_iter().for_each(|t| t.unpark());
-            flushed?;
+            group
+                .waiters
+                .push((n, Waiter::Thread(std::thread::current())));
+            if group.idle {
+                self.wake.notify_one();
+            }
+        }
+        // A stale unpark only makes the loop look again.
+        while self.synced.load(Ordering::Acquire) < n {
+            if self.health.read_only() {
+                return Err(self.failure());
+            }
+            std::thread::park();
+        }
+        Ok(())
+    }
+
+    /// Why an entry will not be made durable: the failed flush, or what
+    /// else turned the store read-only.
+    fn failure(&self) -> Error {
+        match &*self.failure.lock() {
+            Some((path, kind, code, what)) => io_err(
+                path,
+                match code {
+                    Some(code) => io::Error::from_raw_os_error(*code),
+                    None => io::Error::new(*kind, what.clone()),
+                },
+            ),
+            None => match self.health.check() {
+                Err(e) => e,
+                Ok(()) => Error::ReadOnly {
+                    reason: "the journal could not be flushed".into(),
+                },
+            },
         }
     }
 
+    /// Calls `then` once entry `n` is durable, with `Ok`, or with the error
+    /// that turned the store read-only before it was: on this thread if
+    /// that is already known, else on the syncer's after its flush. This
+    /// thread does not wait.
+    pub(super) fn when_durable(&self, n: u64, then: Box<dyn FnOnce(Result<()>) + Send>) {
+        let mut group = self.group.lock();
+        if self.synced.load(Ordering::Acquire) >= n {
+            drop(group);
+            return then(Ok(()));
+        }
+        if self.health.read_only() {
+            drop(group);
+            return then(Err(self.failure()));
+        }
+        if group.closing {
+            drop(group);
+            return then(self.flush().map(drop));
+        }
+        group.waiters.push((n, Waiter::Then(then)));
+        if group.idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The syncer thread: a flush as soon as someone waits (`Always`),
+    /// and one every `every` when entries were written since the last
+    /// (`Periodic`); each flush covers every entry written when it starts
+    /// and serves every waiter it covers at once. Returns once
+    /// [`Journal::stop_syncer`] was called and nobody waits.
+    pub(super) fn syncer_loop(&self, every: Option<Duration>) {
+        let mut last = Instant::now();
+        loop {
+            {
+                let mut group = self.group.lock();
+                loop {
+                    if !group.waiters.is_empty() {
+                        break;
+                    }
+                    if group.closing {
+                        return;
+                    }
+                    let behind =
+                        self.written.load(Ordering::Acquire) > self.synced.load(Ordering::Acquire);
+                    group.idle = true;
+                    match every {
+                        Some(every) => {
+                            let left = every.saturating_sub(last.elapsed());
+                            if left.is_zero() && behind && !self.health.read_only() {
+                                group.idle = false;
+                                break;
+                            }
+                            let left = if left.is_zero() { every } else { left };
+                            self.wake.wait_for(&mut group, left);
+                        }
+                        None => self.wake.wait(&mut group),
+                    }
+                    group.idle = false;
+                }
+            }
+            let flushed = self.flush();
+            last = Instant::now();
+            let served = self.take_served(&mut self.group.lock(), flushed.is_ok());
+            self.serve(served, flushed.is_ok());
+        }
+    }
+
+    /// Takes the waiters a flush served: those it made durable, or after
+    /// a failed one (`flushed` false) all of them.
+    fn take_served(&self, group: &mut GroupCommit, flushed: bool) -> Vec<(u64, Waiter)> {
+        let upto = self.synced.load(Ordering::Acquire);
+        let (served, left) = std::mem::take(&mut group.waiters)
+            .into_iter()
+            .partition(|(m, _)| !flushed || *m <= upto);
+        group.waiters = left;
+        served
+    }
+
+    /// Wakes the waiters a flush served, or calls them back, with the
+    /// failure when it failed.
+    fn serve(&self, served: Vec<(u64, Waiter)>, flushed: bool) {
+        for (_, waiter) in served {
+            match waiter {
+                Waiter::Thread(t) => t.unpark(),
+                Waiter::Then(then) => {
+                    let outcome = if flushed { Ok(()) } else { Err(self.failure()) };
+                    // A callback that panics must not take the syncer,
+                    // which every later acknowledgement needs.
+                    let called = panic::catch_unwind(AssertUnwindSafe(|| then(outcome)));
+                    if called.is_err() {
+                        log::error!("a callback of Unsynced::then panicked");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the syncer serve who waits and return; later waiters flush
+    /// for themselves.
+    pub(super) fn stop_syncer(&self) {
+        self.group.lock().closing = true;
+        self.wake.notify_all();
+    }
+
     /// Makes every entry written to the journal file so far durable
-    /// (`fdatasync`; in `Always` mode their writers have mostly done so
-    /// already); returns the number of the last one.
+    /// (`fdatasync`, unless the syncer has already); returns the number of
+    /// the last one.
     pub(super) fn flush(&self) -> Result<u64> {
         let _one = self.flushing.lock();
         self.flush_locked()
@@ -290,6 +441,14 @@ impl Journal {
             return Ok(());
         }
         if let Err(e) = self.fs.sync_file_data(path) {
+            self.failure.lock().get_or_insert_with(|| {
+                (
+                    path.to_path_buf(),
+                    e.kind(),
+                    e.raw_os_error(),
+                    e.to_string(),
+                )
+            });
             let e = io_err(path, e);
             self.health
                 .fail(format!("flush of the journal failed: {e}"));

@@ -46,6 +46,7 @@ use crate::options::{Durability, Options};
 use crate::record;
 use crate::MAX_KEY_BYTES;
 
+mod acks;
 mod clear;
 mod durability;
 mod files;
@@ -60,6 +61,7 @@ mod spares;
 mod verify;
 mod write;
 
+pub use self::acks::{DeferredAcks, Unsynced};
 pub use scan::ScanCursor;
 
 use self::clear::*;
@@ -434,6 +436,18 @@ impl Store {
             })?);
             let retirer = inner.clone();
             threads.push(spawn("kvstore-retirer", move || retirer.retirer_loop())?);
+            // The syncer flushes the journal: every interval in `Periodic`,
+            // whenever an acknowledgement waits in `Always`.
+            let syncer = inner.clone();
+            let every = match options.durability {
+                Durability::Periodic(every) => Some(every),
+                _ => None,
+            };
+            threads.push(spawn("kvstore-syncer", move || {
+                if let Some(j) = &syncer.journal {
+                    j.syncer_loop(every);
+                }
+            })?);
         }
         Ok(Store {
             inner,
@@ -840,6 +854,32 @@ impl Store {
         }))
     }
 
+    /// Defers, on this thread, the wait for the journal flush that a
+    /// `Durability::Always` store makes before each call returns, so that
+    /// a batch of calls (a server's pipeline of requests) shares one wait,
+    /// or hands it off ([`Unsynced::then`]). See [`DeferredAcks`]: the
+    /// results of the calls made while it lives must not be passed on
+    /// before its [`DeferredAcks::take`] is durable. Nothing changes in
+    /// the other modes.
+    ///
+    /// ```
+    /// # fn main() -> kvstore_core::Result<()> {
+    /// use kvstore_core::{Durability, Options, Store};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open_with(dir.path(), Options::default().durability(Durability::Always))?;
+    /// let acks = store.defer_acks();
+    /// store.set("a", "1")?;
+    /// store.set("b", "2")?;
+    /// // One flush for both sets; only then are they reported as done.
+    /// if let Some(unsynced) = acks.take() {
+    ///     unsynced.wait()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn defer_acks(&self) -> DeferredAcks {
+        DeferredAcks::begin(self.inner.clone())
+    }
+
     /// Makes everything written so far durable (`syncfs`), whatever the
     /// durability mode.
     ///
@@ -942,6 +982,9 @@ impl fmt::Debug for Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.inner.stop.stop();
+        if let Some(j) = &self.inner.journal {
+            j.stop_syncer();
+        }
         {
             let _g = self.inner.doomed.lock();
             self.inner.doomed_cv.notify_all();

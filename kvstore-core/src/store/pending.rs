@@ -169,16 +169,19 @@ impl Pending {
         self.max_bytes - self.max_bytes / 4
     }
 
-    /// The key's latest change, if it has one staged: `Some(None)` for a
-    /// removal.
-    pub(super) fn get(&self, hash: u64, key: &[u8]) -> Option<Option<Arc<CachedItem>>> {
+    /// The key's latest change, if it has one staged: the number of its
+    /// journal entry, and its item (`None` for a removal).
+    pub(super) fn get(&self, hash: u64, key: &[u8]) -> Option<(u64, Option<Arc<CachedItem>>)> {
         if self.keys.load(Ordering::Acquire) == 0 {
             return None;
         }
         let shard = self.shard(hash).lock();
-        shard.get(key).map(|slot| match &slot.latest.change {
-            Change::Put(it) => Some(it.clone()),
-            Change::Remove => None,
+        shard.get(key).map(|slot| {
+            let item = match &slot.latest.change {
+                Change::Put(it) => Some(it.clone()),
+                Change::Remove => None,
+            };
+            (slot.latest.n, item)
         })
     }
 

@@ -90,20 +90,28 @@ impl Inner {
         }
         // Missing, another key, or damage: look again under the lock, where
         // no writer can be between steps.
-        let _g = stripe.lock.lock();
-        let cur = self.current(&gen, hash, key)?;
-        if let Some(item) = &cur.item {
-            self.cache.insert(hash, key, item.clone());
-        }
-        Ok(cur.item)
+        let item = {
+            let _g = stripe.lock.lock();
+            let cur = self.current(&gen, hash, key)?;
+            if let Some(item) = &cur.item {
+                self.cache.insert(hash, key, item.clone());
+            }
+            cur.item
+        };
+        drop(gen);
+        self.settle(true)?;
+        Ok(item)
     }
 
     /// The key's staged change, if it has one: `Some(None)` for a removal
     /// (or an expired item, removed now).
     fn staged_item(&self, hash: u64, key: &[u8]) -> Result<Option<Option<Arc<CachedItem>>>> {
-        let Some(staged) = self.pending.get(hash, key) else {
+        let Some((n, staged)) = self.pending.get(hash, key) else {
             return Ok(None);
         };
+        // What a read returns is acknowledged like a change.
+        acks::owe(n);
+        self.settle(true)?;
         match staged {
             Some(it) if !expired(it.expiry) => Ok(Some(Some(it))),
             Some(_) => {
@@ -134,7 +142,9 @@ impl Inner {
     /// finds inconsistent: a map entry without a good file is dropped.
     pub(super) fn current(&self, gen: &Generation, hash: u64, key: &[u8]) -> Result<Current> {
         let idx = gen.map.lookup(hash, key);
-        if let Some(staged) = self.pending.get(hash, key) {
+        if let Some((n, staged)) = self.pending.get(hash, key) {
+            // The caller settles after letting its locks go.
+            acks::owe(n);
             return Ok(Current {
                 idx,
                 staged: Some(staged.is_some()),

@@ -25,10 +25,14 @@ impl Inner {
         f: impl FnOnce(&Generation, u64, Current) -> Result<R>,
     ) -> Result<R> {
         let hash = (self.hasher)(key);
-        let gen = self.gen_read();
-        let _g = self.stripe(hash).lock.lock();
-        let cur = self.current(&gen, hash, key)?;
-        f(&gen, hash, cur)
+        let done = {
+            let gen = self.gen_read();
+            let _g = self.stripe(hash).lock.lock();
+            self.current(&gen, hash, key)
+                .and_then(|cur| f(&gen, hash, cur))?
+        };
+        self.settle(false)?;
+        Ok(done)
     }
 
     /// Removes a key that is present (a file or a staged put) but has no
@@ -109,13 +113,14 @@ impl Inner {
         })
     }
 
-    /// Writes `entry` to the journal (durable before this returns in
-    /// `Always`, at the next flush in `Periodic`; a process crash no longer
-    /// loses it), then stages its change in the pending table, where reads
-    /// see it at once. Stripe lock of the key held, so that the journal and
-    /// the table agree on the order of the key's changes, and so that a
-    /// checkpoint that has taken each stripe lock once finds every entry
-    /// of the old journal file staged.
+    /// Writes `entry` to the journal (a process crash no longer loses it;
+    /// the syncer makes it durable, and in `Always` the call waits for that
+    /// once it let its locks go, see `store/acks.rs`), then stages its
+    /// change in the pending table, where reads see it at once. Stripe lock
+    /// of the key held, so that the journal and the table agree on the
+    /// order of the key's changes, and so that a checkpoint that has taken
+    /// each stripe lock once finds every entry of the old journal file
+    /// staged.
     fn stage(
         &self,
         j: &Journal,
@@ -126,6 +131,7 @@ impl Inner {
     ) -> Result<()> {
         let n = j.append(entry)?;
         self.pending.stage(hash, key, n, change);
+        acks::owe(n);
         Ok(())
     }
 
