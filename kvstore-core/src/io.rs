@@ -47,6 +47,15 @@ pub trait FileSystem: Send + Sync {
     /// Writes `data` at `offset` into an existing file, without truncating
     /// it and without following a symlink.
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Replaces the content of an existing file with `data` in place (it
+    /// is written from the start, then cut to its length), without
+    /// following a symlink. Not atomic: a crash can leave a mix of old and
+    /// new bytes. The default is [`FileSystem::write_at`] then
+    /// [`FileSystem::set_len`].
+    fn overwrite(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.write_at(path, 0, data)?;
+        self.set_len(path, data.len() as u64)
+    }
     /// Reads at most `max_len` bytes from `offset` of a file (fewer at its
     /// end), without following a symlink.
     fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>>;
@@ -161,6 +170,12 @@ impl FileSystem for StdFileSystem {
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let file = open_existing(path, true)?;
         file.write_all_at(data, offset)
+    }
+
+    fn overwrite(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let file = open_existing(path, true)?;
+        file.write_all_at(data, 0)?;
+        file.set_len(data.len() as u64)
     }
 
     fn read_at(&self, path: &Path, offset: u64, max_len: usize) -> io::Result<Vec<u8>> {
