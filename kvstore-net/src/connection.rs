@@ -6,10 +6,23 @@
 //! so a pipeline of requests costs one `read` and one `write`. Bytes a
 //! rejected request asked to discard (an oversized data block) are dropped
 //! as they arrive, never buffered whole.
+//!
+//! Over a `Durability::Always` store, the replies of a batch are written
+//! only once the journal entries behind them are durable: the store's
+//! calls return at once ([`kvstore_core::Store::defer_acks`]), and the
+//! batch waits once. On plain TCP it does not even wait: the store's
+//! syncer thread writes the replies right after its flush, and this
+//! thread goes back to reading, so a request costs one sleep and wake-up
+//! of its thread (for the next request), not two.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
+
+use kvstore_core::{DeferredAcks, Unsynced};
+use parking_lot::{Condvar, Mutex};
 
 /// Initial size of a connection's read buffer; it grows for large values
 /// and shrinks back when idle.
@@ -24,6 +37,9 @@ const OUT_FLUSH_BYTES: usize = 256 * 1024;
 const LINGER: Duration = Duration::from_millis(200);
 /// The most bytes drained when closing.
 const LINGER_BYTES: usize = 1 << 20;
+/// Replies up to this size are handed to the store's syncer to write
+/// (larger ones are written by the connection's thread after its wait).
+const HAND_OFF_MAX_BYTES: usize = 64 * 1024;
 
 /// The byte stream of a connection: plain TCP, or TLS over TCP. The
 /// connection loop reads and writes through it and reaches the socket
@@ -34,11 +50,47 @@ pub(crate) trait Stream: Read + Write {
     /// Says goodbye in the stream's own terms before the socket closes
     /// (TLS: a close_notify alert); plain TCP has nothing to say.
     fn close_notify(&mut self) {}
+    /// The socket, for another thread to write replies to directly: plain
+    /// TCP shared with [`SharedTcp`] only (TLS records are written by the
+    /// connection's own thread).
+    fn shared(&self) -> Option<&Arc<TcpStream>> {
+        None
+    }
 }
 
 impl Stream for TcpStream {
     fn socket(&self) -> &TcpStream {
         self
+    }
+}
+
+/// A plain TCP connection whose replies the store's syncer thread may
+/// write (see [`Output::flush_batch`]).
+pub(crate) struct SharedTcp(pub(crate) Arc<TcpStream>);
+
+impl Read for SharedTcp {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for SharedTcp {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for SharedTcp {
+    fn socket(&self) -> &TcpStream {
+        &self.0
+    }
+
+    fn shared(&self) -> Option<&Arc<TcpStream>> {
+        Some(&self.0)
     }
 }
 
@@ -58,6 +110,99 @@ pub(crate) struct Output<'s> {
     buf: Vec<u8>,
     stream: &'s mut dyn Stream,
     io: IoCounts,
+    /// Over an `Always` store: the journal entries the replies buffered
+    /// so far acknowledge.
+    acks: Option<DeferredAcks>,
+    /// Replies handed to the store's syncer and maybe not yet written:
+    /// nothing else is written before they are.
+    handed_off: Option<Arc<HandOff>>,
+}
+
+/// Replies that the store's syncer writes once the changes they
+/// acknowledge are durable, and how that went.
+#[derive(Default)]
+struct HandOff {
+    outcome: Mutex<Option<io::Result<()>>>,
+    done: Condvar,
+}
+
+impl HandOff {
+    fn finish(&self, outcome: io::Result<()>) {
+        *self.outcome.lock() = Some(outcome);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> io::Result<()> {
+        let mut outcome = self.outcome.lock();
+        loop {
+            if let Some(outcome) = outcome.take() {
+                return outcome;
+            }
+            self.done.wait(&mut outcome);
+        }
+    }
+}
+
+/// Replies not sent because the changes they acknowledge could not be
+/// made durable (the store turned read-only): the connection ends, and
+/// its client learns nothing of them, as after a timeout.
+fn unacknowledged(e: kvstore_core::Error) -> io::Error {
+    io::Error::other(format!("replies withheld, the journal flush failed: {e}"))
+}
+
+/// Writes `bytes` to `sock` without blocking (on the syncer's thread):
+/// the bytes written, fewer when the socket's buffer is full.
+fn send_now(sock: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: `rest` is valid for `rest.len()` bytes, and the socket
+        // is open: `sock` holds it.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                ErrorKind::Interrupted => continue,
+                ErrorKind::WouldBlock => break,
+                _ => return Err(e),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
+/// The syncer's part of a hand-off: writes the replies once durable. A
+/// client whose socket buffer is full gets the rest from a thread of its
+/// own, so that the syncer never waits for one client.
+fn send_when_durable(
+    durable: kvstore_core::Result<()>,
+    sock: Arc<TcpStream>,
+    bytes: Vec<u8>,
+    hand_off: Arc<HandOff>,
+) {
+    let sent = durable
+        .map_err(unacknowledged)
+        .and_then(|()| send_now(&sock, &bytes));
+    match sent {
+        Ok(n) if n < bytes.len() => {
+            let finisher = hand_off.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kvstore-reply".into())
+                .spawn(move || finisher.finish((&*sock).write_all(&bytes[n..])));
+            if let Err(e) = spawned {
+                hand_off.finish(Err(e));
+            }
+        }
+        sent => hand_off.finish(sent.map(drop)),
+    }
 }
 
 /// Socket calls and bytes of a connection since the last batch.
@@ -87,16 +232,77 @@ impl Output<'_> {
         Ok(())
     }
 
-    /// Writes everything buffered.
+    /// Writes everything buffered, once the changes it acknowledges are
+    /// durable (waiting for that here).
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.stream.write_all(&self.buf)?;
-            self.stream.flush()?;
-            self.io.writes += 1;
-            self.io.bytes_written += self.buf.len() as u64;
-            self.buf.clear();
+        self.finish_hand_off()?;
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        if let Some(unsynced) = self.unsynced() {
+            unsynced.wait().map_err(unacknowledged)?;
+        }
+        self.write_buffered()
+    }
+
+    /// The end of a batch: like [`Output::flush`], but replies that wait
+    /// for a journal flush are handed to the store's syncer thread to
+    /// write right after it (plain TCP, a small batch), and this thread
+    /// goes on at once. Anything written later waits for them.
+    fn flush_batch(&mut self) -> io::Result<()> {
+        self.finish_hand_off()?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let Some(unsynced) = self.unsynced() else {
+            return self.write_buffered();
+        };
+        match self.stream.shared() {
+            Some(sock) if self.buf.len() <= HAND_OFF_MAX_BYTES => {
+                let sock = sock.clone();
+                let bytes = std::mem::take(&mut self.buf);
+                self.io.writes += 1;
+                self.io.bytes_written += bytes.len() as u64;
+                let hand_off = Arc::new(HandOff::default());
+                self.handed_off = Some(hand_off.clone());
+                unsynced.then(move |durable| send_when_durable(durable, sock, bytes, hand_off));
+                Ok(())
+            }
+            _ => {
+                unsynced.wait().map_err(unacknowledged)?;
+                self.write_buffered()
+            }
+        }
+    }
+
+    /// What the buffered replies wait for, if anything.
+    fn unsynced(&self) -> Option<Unsynced> {
+        self.acks.as_ref().and_then(DeferredAcks::take)
+    }
+
+    /// Waits until replies handed off are written.
+    fn finish_hand_off(&mut self) -> io::Result<()> {
+        match self.handed_off.take() {
+            Some(hand_off) => hand_off.wait(),
+            None => Ok(()),
+        }
+    }
+
+    fn write_buffered(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.buf)?;
+        self.stream.flush()?;
+        self.io.writes += 1;
+        self.io.bytes_written += self.buf.len() as u64;
+        self.buf.clear();
         Ok(())
+    }
+}
+
+impl Drop for Output<'_> {
+    /// A connection ends only once its last replies are written (or their
+    /// writing failed): the socket must not close under them.
+    fn drop(&mut self) {
+        let _ = self.finish_hand_off();
     }
 }
 
@@ -138,11 +344,14 @@ pub(crate) enum End {
 }
 
 /// Serves one connection until it ends. Socket errors are returned (the
-/// caller logs them); nothing half-received is ever executed.
+/// caller logs them); nothing half-received is ever executed. `acks`: the
+/// deferral of the store's acknowledgements on this thread, whose replies
+/// are then written once durable (see the module's doc).
 pub(crate) fn serve(
     stream: &mut dyn Stream,
     handler: &mut dyn Handler,
     idle_timeout: Option<Duration>,
+    acks: Option<DeferredAcks>,
 ) -> io::Result<End> {
     stream.socket().set_read_timeout(idle_timeout)?;
     let mut buf = vec![0u8; READ_BUF_BYTES];
@@ -152,6 +361,8 @@ pub(crate) fn serve(
         buf: Vec::new(),
         stream,
         io: IoCounts::default(),
+        acks,
+        handed_off: None,
     };
     loop {
         // Answer everything complete in the buffer.
@@ -180,7 +391,7 @@ pub(crate) fn serve(
                 }
             }
         }
-        out.flush()?;
+        out.flush_batch()?;
         handler.batch_done(&std::mem::take(&mut out.io));
 
         // Make room for the next read.
@@ -285,7 +496,7 @@ mod tests {
             let mut echo = Echo {
                 batches: Vec::new(),
             };
-            let end = serve(&mut server, &mut echo, None).unwrap();
+            let end = serve(&mut server, &mut echo, None, None).unwrap();
             (end, echo.batches)
         });
         client.write_all(b"x\nx\nx\n").unwrap();
@@ -326,6 +537,7 @@ mod tests {
                     batches: Vec::new(),
                 },
                 None,
+                None,
             )
             .unwrap()
         });
@@ -343,6 +555,7 @@ mod tests {
                 batches: Vec::new(),
             },
             Some(Duration::from_millis(50)),
+            None,
         )
         .unwrap();
         assert_eq!(end, End::Idle);
@@ -357,6 +570,7 @@ mod tests {
                 &mut Echo {
                     batches: Vec::new(),
                 },
+                None,
                 None,
             )
             .unwrap()

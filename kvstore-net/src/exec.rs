@@ -476,6 +476,11 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
+    /// The store it runs commands on.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// An executor over `store`, counting into `stats`.
     pub(crate) fn new(store: Arc<Store>, stats: Arc<Stats>) -> Executor {
         Executor {

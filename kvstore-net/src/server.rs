@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use kvstore_core::Store;
 
 use crate::auth::AuthFile;
-use crate::connection::{self, End, Handler, Stream};
+use crate::connection::{self, End, Handler, SharedTcp, Stream};
 use crate::error::{Error, Result};
 use crate::exec::{Executor, Stats};
 use crate::handler::{Context, McPortHandler, SeedHandler};
@@ -544,7 +544,7 @@ fn run_connection(
     let mut secured;
     let stream: std::io::Result<&mut dyn Stream> = match &shared.config.tls {
         None => {
-            plain = stream;
+            plain = SharedTcp(Arc::new(stream));
             Ok(&mut plain)
         }
         // The handshake runs on the first read, under the idle timeout; a
@@ -557,7 +557,11 @@ fn run_connection(
             Err(e) => Err(std::io::Error::other(e)),
         },
     };
-    let served = stream.and_then(|s| connection::serve(s, handler, shared.config.idle_timeout));
+    // This thread's calls to the store acknowledge nothing before the
+    // replies are written, which waits for the journal in `Always`.
+    let acks = shared.exec.store().defer_acks();
+    let served =
+        stream.and_then(|s| connection::serve(s, handler, shared.config.idle_timeout, Some(acks)));
     match served {
         Ok(End::Eof) | Ok(End::Closed) => log::debug!("{peer} closed"),
         Ok(End::EofMidRequest) => {

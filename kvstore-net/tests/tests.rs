@@ -3,6 +3,7 @@
 //! below is a module; `cargo test -p kvstore-net --test tests <module>::`
 //! runs one of them.
 
+mod acks_wire;
 mod auth;
 mod binary;
 mod binary_clients;
