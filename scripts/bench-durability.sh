@@ -9,7 +9,10 @@
 #   DATA_PARENT=/dev/shm scripts/bench-durability.sh  # data on tmpfs
 #
 # Servers, each started fresh on a fresh data directory under target/ (the
-# project's ext4; DATA_PARENT overrides), prefilled, measured, stopped:
+# project's ext4; DATA_PARENT overrides), prefilled, let settle (kvstore
+# applies a journaled prefill behind it: the script waits until its pending
+# table is empty, then SETTLE_SECONDS=2 for every server), measured,
+# stopped:
 #   kvstore-server --durability never | periodic | always (memcached dialect)
 #   redis-server --appendonly yes --appendfsync always | everysec
 # Loads: the wire_load example (memcached dialect for kvstore, RESP for
@@ -30,7 +33,8 @@ CONNS=${CONNS:-64}
 KEYS=${KEYS:-100000}
 VALUE_BYTES=${VALUE_BYTES:-100}
 DATA_PARENT=${DATA_PARENT:-$ROOT/target}
-for knob in DURATION RUNS CONNS KEYS VALUE_BYTES; do
+SETTLE_SECONDS=${SETTLE_SECONDS:-2}
+for knob in DURATION RUNS CONNS KEYS VALUE_BYTES SETTLE_SECONDS; do
     if ! [[ ${!knob} =~ ^[0-9]+$ ]] || [ "${!knob}" -eq 0 ]; then
         echo "bench-durability: $knob must be a positive integer, not '${!knob}'" >&2
         exit 2
@@ -182,7 +186,39 @@ wire_load() { # ARGS...: the load generator against the server just started
         --keys "$KEYS" --value-bytes "$VALUE_BYTES" "$@"
 }
 
-# bench SERVER: start it, prefill every key, measure its loads, stop it.
+# stat NAME: the value of `STAT NAME` from the kvstore server just started.
+stat() {
+    local value
+    exec 3<>"/dev/tcp/127.0.0.1/$PORT"
+    printf 'stats\r\nquit\r\n' >&3
+    value=$(sed -n "s/^STAT $1 \([0-9]*\).*/\1/p" <&3)
+    exec 3<&-
+    echo "$value"
+}
+
+# settle SERVER: lets the work the prefill left behind finish before the
+# measurement: kvstore in `periodic` and `always` applies the journaled
+# prefill (100,000 file creations) to the value files in the background,
+# so it waits until the pending table is empty (at most 120 s); then every
+# server gets SETTLE_SECONDS more for the last checkpoint or writeback.
+settle() {
+    local deadline=$((SECONDS + 120))
+    case $1 in
+        kv-periodic | kv-always)
+            while [ "$(stat pending_bytes)" != 0 ]; do
+                if [ "$SECONDS" -ge "$deadline" ]; then
+                    echo "bench-durability: $1 did not apply its prefill in 120 s" >&2
+                    exit 1
+                fi
+                sleep 0.2
+            done
+            ;;
+    esac
+    sleep "$SETTLE_SECONDS"
+}
+
+# bench SERVER: start it, prefill every key, let it settle, measure its
+# loads, stop it.
 bench() {
     local name=$1 rate n
     start "$name"
@@ -191,6 +227,7 @@ bench() {
         exit 1
     }
     echo "  $name: $(grep prefilled "$WORK/prefill.err")" >&2
+    settle "$name"
     measure "$name-set" wire_load --require-hits --seconds "$DURATION" --set-ratio 1.0
     case $name in
         kv-periodic | redis-everysec)
