@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use crate::common;
-use common::{Hook, HookedFs, Step};
+use common::{Hook, HookedFs, JournalGate, Step};
 
 use kvstore_core::{CasOutcome, CounterOutcome, Durability, Error, ItemMeta, Options, Store};
 
@@ -299,40 +299,6 @@ fn works_without_rename_exchange_or_noreplace() {
     assert_eq!(store.get("k7").unwrap(), Some(b"2-7".to_vec()));
 }
 
-/// A hook that holds every journal `fdatasync` while `closed` is set,
-/// and counts the journal flushes that finished.
-#[derive(Default)]
-struct JournalGate {
-    closed: std::sync::Mutex<bool>,
-    opened: std::sync::Condvar,
-    flushes: AtomicUsize,
-}
-
-impl JournalGate {
-    fn set_closed(&self, closed: bool) {
-        *self.closed.lock().unwrap() = closed;
-        self.opened.notify_all();
-    }
-}
-
-impl Hook for JournalGate {
-    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
-        if let Step::SyncFileData(path) = step {
-            let journal = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("journal."));
-            if journal {
-                let mut closed = self.closed.lock().unwrap();
-                while *closed {
-                    closed = self.opened.wait(closed).unwrap();
-                }
-                self.flushes.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        None
-    }
-}
-
 fn always_with(fs: Arc<HookedFs<JournalGate>>, dir: &std::path::Path) -> Store {
     Store::open_with(
         dir,
@@ -348,7 +314,7 @@ fn deferred_acks_share_one_journal_flush() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = Arc::new(HookedFs::new(JournalGate::default()));
     let store = always_with(fs.clone(), tmp.path());
-    let flushes = || fs.0.flushes.load(Ordering::SeqCst);
+    let flushes = || fs.0.flushes();
 
     // Without a deferral each set waits for its own flush.
     let before = flushes();
@@ -393,7 +359,7 @@ fn a_read_of_a_write_not_yet_durable_waits_for_its_flush() {
     let fs = Arc::new(HookedFs::new(JournalGate::default()));
     let store = always_with(fs.clone(), tmp.path());
     store.set("k", "old").unwrap();
-    fs.0.set_closed(true);
+    let closed = JournalGate::close(&fs.0);
     let acks = store.defer_acks();
     store.set("k", "new").unwrap();
     let unsynced = acks.take().expect("the set is not durable yet");
@@ -405,7 +371,7 @@ fn a_read_of_a_write_not_yet_durable_waits_for_its_flush() {
         // value a power cut could still undo.
         let early = rx.recv_timeout(std::time::Duration::from_millis(200));
         assert!(early.is_err(), "read returned {early:?} before the flush");
-        fs.0.set_closed(false);
+        drop(closed);
         let read = rx.recv_timeout(std::time::Duration::from_secs(30));
         assert_eq!(read.unwrap(), Some(b"new".to_vec()));
     });

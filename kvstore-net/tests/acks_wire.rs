@@ -9,47 +9,13 @@ use crate::hooked;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{raw, read_to_eof, round_trip};
-use hooked::{Hook, HookedFs, Step};
+use hooked::{HookedFs, JournalGate};
 use kvstore_core::{Durability, Options, Store};
 use kvstore_net::{Server, ServerHandle};
-
-/// Holds every journal `fdatasync` while closed; counts those finished.
-#[derive(Default)]
-struct JournalGate {
-    closed: Mutex<bool>,
-    opened: Condvar,
-    flushes: AtomicUsize,
-}
-
-impl JournalGate {
-    fn set_closed(&self, closed: bool) {
-        *self.closed.lock().unwrap() = closed;
-        self.opened.notify_all();
-    }
-}
-
-impl Hook for JournalGate {
-    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
-        if let Step::SyncFileData(path) = step {
-            let journal = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("journal."));
-            if journal {
-                let mut closed = self.closed.lock().unwrap();
-                while *closed {
-                    closed = self.opened.wait(closed).unwrap();
-                }
-                self.flushes.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        None
-    }
-}
 
 struct Gated {
     gate: Arc<HookedFs<JournalGate>>,
@@ -99,7 +65,7 @@ fn replies_wait_for_the_journal_flush() {
     let mut writer = raw(addr);
     round_trip(&mut writer, b"set k 0 0 3\r\nold\r\n", b"STORED\r\n");
 
-    g.gate.0.set_closed(true);
+    let closed = JournalGate::close(&g.gate.0);
     writer.write_all(b"set k 0 0 3\r\nnew\r\n").unwrap();
     assert_silent(&mut writer);
     // Another client reading the key is not told of the new value before
@@ -108,7 +74,7 @@ fn replies_wait_for_the_journal_flush() {
     reader.write_all(b"get k\r\n").unwrap();
     assert_silent(&mut reader);
 
-    g.gate.0.set_closed(false);
+    drop(closed);
     common::expect(&mut writer, b"STORED\r\n");
     common::expect(&mut reader, b"VALUE k 0 3\r\nnew\r\nEND\r\n");
     g.handle.shutdown().unwrap();
@@ -120,17 +86,17 @@ fn a_pipeline_of_sets_shares_a_flush() {
     let mut s = raw(g.handle.memcached_addr().unwrap());
     round_trip(&mut s, b"version\r\n", b"VERSION ");
     common::line(&mut s);
-    g.gate.0.set_closed(true);
-    let before = g.gate.0.flushes.load(Ordering::SeqCst);
+    let closed = JournalGate::close(&g.gate.0);
+    let before = g.gate.0.flushes();
     let mut pipeline = Vec::new();
     for i in 0..50 {
         pipeline.extend_from_slice(format!("set k{i} 0 0 1\r\nv\r\n").as_bytes());
     }
     s.write_all(&pipeline).unwrap();
     assert_silent(&mut s);
-    g.gate.0.set_closed(false);
+    drop(closed);
     common::expect(&mut s, &b"STORED\r\n".repeat(50));
-    let flushes = g.gate.0.flushes.load(Ordering::SeqCst) - before;
+    let flushes = g.gate.0.flushes() - before;
     // One per batch the server read, at most a few; 50 if each set waited.
     assert!((1..10).contains(&flushes), "{flushes} flushes for 50 sets");
     g.handle.shutdown().unwrap();
@@ -140,12 +106,12 @@ fn a_pipeline_of_sets_shares_a_flush() {
 fn a_client_that_half_closes_gets_its_replies() {
     let g = start_gated();
     let mut s = raw(g.handle.memcached_addr().unwrap());
-    g.gate.0.set_closed(true);
+    let closed = JournalGate::close(&g.gate.0);
     s.write_all(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\nget a b\r\n")
         .unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert_silent(&mut s);
-    g.gate.0.set_closed(false);
+    drop(closed);
     let got = read_to_eof(&mut s);
     assert_eq!(
         got,

@@ -69,10 +69,14 @@ pub(super) struct Journal {
     health: Arc<Health>,
     /// The first failed flush: its file and error, given to the waiters
     /// it leaves behind.
-    failure: Mutex<Option<(PathBuf, io::ErrorKind, Option<i32>, String)>>,
+    failure: Mutex<Option<FlushFailure>>,
     /// Kicked when the file passes [`CHECKPOINT_BYTES`].
     flusher: Arc<Stop>,
 }
+
+/// A failed flush, kept to report it again: the file, the error's kind,
+/// its OS error number and its text.
+type FlushFailure = (PathBuf, io::ErrorKind, Option<i32>, String);
 
 /// What runs once an entry is durable (or the store failed): a thread
 /// parked in [`Journal::wait_durable`] is unparked, a callback of

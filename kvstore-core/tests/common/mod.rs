@@ -11,7 +11,8 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use kvstore_core::io::{AppendFile, FileSystem, StdFileSystem};
 
@@ -187,5 +188,60 @@ impl<H: Hook> FileSystem for HookedFs<H> {
     }
     fn open_lock_file(&self, p: &Path) -> io::Result<std::fs::File> {
         StdFileSystem.open_lock_file(p)
+    }
+}
+
+/// A hook that holds every journal `fdatasync` while closed, to see what
+/// waits for it, and counts the journal flushes that finished.
+#[derive(Default)]
+pub struct JournalGate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+    flushes: AtomicUsize,
+}
+
+/// The gate closed until this is dropped: also when a test fails, so that
+/// the store can still flush and close.
+pub struct GateClosed(Arc<JournalGate>);
+
+impl Drop for GateClosed {
+    fn drop(&mut self) {
+        self.0.set_closed(false);
+    }
+}
+
+impl JournalGate {
+    /// Closes the gate (journal flushes wait) until the guard is dropped.
+    pub fn close(gate: &Arc<JournalGate>) -> GateClosed {
+        gate.set_closed(true);
+        GateClosed(gate.clone())
+    }
+
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+
+    /// Journal flushes finished so far.
+    pub fn flushes(&self) -> usize {
+        self.flushes.load(Ordering::SeqCst)
+    }
+}
+
+impl Hook for JournalGate {
+    fn before(&self, step: Step<'_>) -> Option<io::Result<()>> {
+        if let Step::SyncFileData(path) = step {
+            let journal = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("journal."));
+            if journal {
+                let mut closed = self.closed.lock().unwrap();
+                while *closed {
+                    closed = self.opened.wait(closed).unwrap();
+                }
+                self.flushes.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        None
     }
 }
