@@ -33,8 +33,13 @@ use crate::{layout, record};
 
 /// A journal file grows by at least this much at a time (zeros).
 const JOURNAL_GROW: u64 = 1 << 20;
-/// A journal file longer than this asks for a checkpoint at once.
-pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// A journal file longer than this asks for a checkpoint at once. It
+/// bounds the journal's disk space (this file and the retired one kept
+/// for reuse) and the replay after a power cut; the further apart
+/// checkpoints are, the more rewrites of a value file reach the disk as
+/// one (measured: `always` over the wire at 0.93x Redis's sets with
+/// checkpoints every 30 s or 256 MiB, 0.8x every 1 s or 32 MiB).
+pub(super) const CHECKPOINT_BYTES: u64 = 128 << 20;
 
 /// The journal of a `Periodic` or `Always` store.
 ///

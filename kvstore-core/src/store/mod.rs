@@ -421,11 +421,11 @@ impl Store {
             })?);
         }
         // The flusher applies the pending table every interval
-        // (`Periodic`: also the journal's flush; `Always`: the
-        // checkpoint interval), the retirer finishes its checkpoints.
+        // (`Periodic`: its own; `Always`: every second, or the checkpoint
+        // interval if shorter), the retirer finishes its checkpoints.
         let flush_every = match options.durability {
             Durability::Periodic(every) => Some(every),
-            Durability::Always => Some(options.checkpoint_interval),
+            Durability::Always => Some(options.checkpoint_interval.min(ALWAYS_APPLY_INTERVAL)),
             Durability::Never => None,
         };
         if let Some(every) = flush_every {
@@ -1014,6 +1014,11 @@ impl Drop for Store {
         }
     }
 }
+
+/// How often the flusher of an `Always` store applies the pending table
+/// (and checkpoints when one is due): often enough to keep the table
+/// small, whatever the checkpoint interval.
+const ALWAYS_APPLY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Name of the thread of the pass after open.
 const SWEEPER: &str = "kvstore-sweeper";
