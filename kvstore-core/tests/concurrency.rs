@@ -207,17 +207,22 @@ impl Hook for FlakySync {
     }
 }
 
+/// An `Always` store in `dir` on the hooked file system `fs`.
+fn always_with<H: Hook>(fs: Arc<HookedFs<H>>, dir: &std::path::Path) -> Store {
+    Store::open_with(
+        dir,
+        Options::new()
+            .durability(Durability::Always)
+            .file_system(fs),
+    )
+    .unwrap()
+}
+
 #[test]
 fn group_commit_shares_flushes_between_writers() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = Arc::new(HookedFs::new(FlakySync::default()));
-    let store = Store::open_with(
-        tmp.path(),
-        Options::new()
-            .durability(Durability::Always)
-            .file_system(fs.clone()),
-    )
-    .unwrap();
+    let store = always_with(fs.clone(), tmp.path());
     let writes = 16 * 8;
     std::thread::scope(|s| {
         for t in 0..16 {
@@ -299,16 +304,6 @@ fn works_without_rename_exchange_or_noreplace() {
     assert_eq!(store.get("k7").unwrap(), Some(b"2-7".to_vec()));
 }
 
-fn always_with(fs: Arc<HookedFs<JournalGate>>, dir: &std::path::Path) -> Store {
-    Store::open_with(
-        dir,
-        Options::new()
-            .durability(Durability::Always)
-            .file_system(fs),
-    )
-    .unwrap()
-}
-
 #[test]
 fn deferred_acks_share_one_journal_flush() {
     let tmp = tempfile::tempdir().unwrap();
@@ -382,13 +377,7 @@ fn a_read_of_a_write_not_yet_durable_waits_for_its_flush() {
 fn a_deferred_ack_reports_a_failed_flush() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = Arc::new(HookedFs::new(FlakySync::default()));
-    let store = Store::open_with(
-        tmp.path(),
-        Options::new()
-            .durability(Durability::Always)
-            .file_system(fs.clone()),
-    )
-    .unwrap();
+    let store = always_with(fs.clone(), tmp.path());
     let acks = store.defer_acks();
     fs.0.fail.store(true, Ordering::SeqCst);
     store.set("k", "v").unwrap();
